@@ -1,0 +1,71 @@
+"""Causal Transformer LM (GPT-2 / LLaMA family): next-token cross-entropy with optional z-loss.
+
+Loss (maximum likelihood, per token):
+    L = -1/N sum_i log p_theta(x_{i+1} | x_{<=i})  +  z * 1/N sum_i (log Z_i)^2
+where Z_i = sum_v exp(logit_{i,v}) and the z-loss term (PaLM, Chowdhery et al. 2022, Sec. 5)
+keeps the softmax normaliser near 1. Held-out quality is reported in bits per token,
+NLL / ln 2, which for the byte-level tokenizer is bits per byte.
+
+Batch: {'tokens': int32 [B, L + 1]}; inputs are tokens[:, :-1], targets tokens[:, 1:].
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from paradigms.nn.transformer import Transformer, TransformerConfig
+
+
+def build(cfg: TransformerConfig) -> Transformer:
+  """The network: the shared backbone with a causal mask."""
+  if cfg.mask != 'causal':
+    raise ValueError(f"the autoregressive paradigm needs model.mask='causal', got {cfg.mask!r}")
+  return Transformer(cfg)
+
+
+def example_batch(batch_size: int, seq_len: int) -> dict:
+  """Shapes and dtypes of one batch, for `jax.eval_shape` initialisation."""
+  return {'tokens': jax.ShapeDtypeStruct((batch_size, seq_len + 1), jnp.int32)}
+
+
+def init(model: Transformer, rng, batch) -> dict:
+  """Initial variables (params boxed with their logical axis names)."""
+  return model.init(rng, batch['tokens'][:, :-1])
+
+
+def token_nll(model: Transformer, params, tokens):
+  """-log p(x_{i+1} | x_{<=i}) and log Z per predicted position. tokens: [B, L+1] -> 2 x [B, L]."""
+  logits, _ = model.apply({'params': params}, tokens[:, :-1])  # [B, L, V] float32
+  log_z = jax.nn.logsumexp(logits, axis=-1)  # [B, L]
+  target_logit = jnp.take_along_axis(logits, tokens[:, 1:, None], axis=-1)[..., 0]  # [B, L]
+  return log_z - target_logit, log_z
+
+
+def loss(params, batch, rng, *, model: Transformer, z_loss: float = 0.0):
+  """Mean next-token NLL (+ z-loss). Returns (scalar, metrics). `rng` is unused (no dropout)."""
+  del rng
+  nll, log_z = token_nll(model, params, batch['tokens'])
+  ce = nll.mean()
+  total = ce + z_loss * jnp.mean(log_z ** 2)
+  return total, {'nll': ce, 'bits_per_token': ce / jnp.log(2.0), 'log_z_sq': jnp.mean(log_z ** 2)}
+
+
+def evaluate(params, batch, rng, *, model: Transformer) -> dict:
+  """Sums for held-out bits per token: {'nats': sum NLL, 'tokens': count}. Exact, no sampling."""
+  del rng
+  nll, _ = token_nll(model, params, batch['tokens'])
+  return {'nats': nll.sum(), 'tokens': jnp.asarray(nll.size, jnp.float32)}
+
+
+@dataclasses.dataclass(frozen=True)
+class LogitsFn:
+  """The token sampler seam: `(params, tokens [B, T], cache) -> (logits [B, T, V], cache)`.
+
+  Hashable by value (it holds only the module), so jitted samplers compile once per model.
+  """
+  model: Transformer
+
+  def __call__(self, params, tokens, cache):
+    return self.model.apply({'params': params}, tokens, cache=cache)

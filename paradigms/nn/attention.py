@@ -1,0 +1,114 @@
+"""Multi-head attention with grouped-query heads, RoPE, three mask forms and a KV cache.
+
+Mask forms (``mask`` field of the module, static):
+- ``'causal'``: query i sees key j iff id_j <= id_i, where ids are token positions.
+- ``'block_causal'``: the same rule with caller-given ids (segment / level ids), so a query
+  sees every key in its own and earlier blocks (VAR's level mask, block-causal decoding).
+- ``'bidirectional'``: every valid key.
+An optional explicit boolean ``attn_mask`` [B, 1|H, Lq, Lk] is AND-ed on top (e.g. BD3-LM).
+
+The cache is a plain pytree (`KVCache`) passed in and returned, so decoding is functional and
+the sampler seam is ``logits_fn(tokens, cache) -> (logits, cache)``. Empty cache slots carry the
+id ``EMPTY`` and are masked whatever the form, so one rule covers prefill, decode and training.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+from flax import struct
+
+from paradigms.nn.layers import normal_init, rope
+
+EMPTY = jnp.iinfo(jnp.int32).max  # id of an unwritten cache slot
+MASK_FORMS = ('causal', 'block_causal', 'bidirectional')
+
+
+@struct.dataclass
+class KVCache:
+  """Preallocated per-layer key/value cache. With the scanned backbone every field gains a
+  leading [n_layers] axis."""
+  k: jax.Array  # [B, S, K, Dh]
+  v: jax.Array  # [B, S, K, Dh]
+  ids: jax.Array  # [B, S] int32 mask ids of the cached keys; EMPTY where unwritten
+  index: jax.Array  # [] int32 number of slots written so far
+
+  @classmethod
+  def zeros(cls, batch: int, max_len: int, n_kv_heads: int, head_dim: int, dtype) -> 'KVCache':
+    kv = jnp.zeros((batch, max_len, n_kv_heads, head_dim), dtype)
+    return cls(k=kv, v=kv, ids=jnp.full((batch, max_len), EMPTY, jnp.int32),
+               index=jnp.zeros((), jnp.int32))
+
+  def update(self, k, v, ids) -> 'KVCache':
+    """Write k, v [B, L, K, Dh] and ids [B, L] at slot `index`; advance the index by L."""
+    at = (0, self.index, 0, 0)
+    return KVCache(k=jax.lax.dynamic_update_slice(self.k, k.astype(self.k.dtype), at),
+                   v=jax.lax.dynamic_update_slice(self.v, v.astype(self.v.dtype), at),
+                   ids=jax.lax.dynamic_update_slice(self.ids, ids.astype(jnp.int32), at[:2]),
+                   index=self.index + k.shape[1])
+
+
+def mask_from_ids(form: str, q_ids, k_ids):
+  """Boolean mask [B, 1, Lq, Lk] from query ids [B, Lq] and key ids [B, Lk] (see module doc)."""
+  valid = (k_ids != EMPTY)[:, None, :]  # [B, 1, Lk]
+  if form == 'bidirectional':
+    allowed = jnp.broadcast_to(valid, (q_ids.shape[0], q_ids.shape[1], k_ids.shape[1]))
+  else:
+    allowed = valid & (k_ids[:, None, :] <= q_ids[:, :, None])  # [B, Lq, Lk]
+  return allowed[:, None]
+
+
+class Attention(nn.Module):
+  """Grouped-query attention (Ainslie et al. 2023) through `jax.nn.dot_product_attention`.
+
+  x: [B, L, D]; positions, ids: [B, L] int32. Returns ([B, L, D], cache or None).
+  """
+  n_heads: int
+  n_kv_heads: int
+  head_dim: int
+  mask: str = 'causal'
+  rope_base: float = 10_000.0
+  out_std: float = 0.02
+  implementation: str | None = 'xla'  # 'xla' | 'cudnn' | None (let JAX choose)
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, positions, ids, cache: KVCache | None = None, attn_mask=None):
+    if self.mask not in MASK_FORMS:
+      raise ValueError(f'attention mask {self.mask!r} is not one of {MASK_FORMS}')
+    if self.n_heads % self.n_kv_heads:
+      raise ValueError(f'n_heads={self.n_heads} must be a multiple of n_kv_heads={self.n_kv_heads}')
+    d = x.shape[-1]
+    H, K, Dh = self.n_heads, self.n_kv_heads, self.head_dim
+    std = d ** -0.5
+    wq = self.param('wq', normal_init(std, ('embed', 'heads', 'head_dim')), (d, H, Dh), self.param_dtype)
+    wk = self.param('wk', normal_init(std, ('embed', 'kv_heads', 'head_dim')), (d, K, Dh), self.param_dtype)
+    wv = self.param('wv', normal_init(std, ('embed', 'kv_heads', 'head_dim')), (d, K, Dh), self.param_dtype)
+    wo = self.param('wo', normal_init(self.out_std, ('heads', 'head_dim', 'embed')), (H, Dh, d),
+                    self.param_dtype)
+    c = lambda w: w.astype(self.dtype)
+    q = rope(jnp.einsum('bld,dhk->blhk', x, c(wq)), positions, self.rope_base)  # [B, L, H, Dh]
+    k = rope(jnp.einsum('bld,dhk->blhk', x, c(wk)), positions, self.rope_base)  # [B, L, K, Dh]
+    v = jnp.einsum('bld,dhk->blhk', x, c(wv))  # [B, L, K, Dh]
+    q = nn.with_logical_constraint(q, ('batch', 'length', 'act_heads', None))
+    k = nn.with_logical_constraint(k, ('batch', 'length', 'act_kv_heads', None))
+    v = nn.with_logical_constraint(v, ('batch', 'length', 'act_kv_heads', None))
+
+    is_causal = False
+    if cache is not None:
+      cache = cache.update(k, v, ids)
+      k, v = cache.k.astype(self.dtype), cache.v.astype(self.dtype)
+      mask = mask_from_ids(self.mask, ids, cache.ids)
+    elif self.mask == 'causal' and attn_mask is None:
+      mask, is_causal = None, True  # index order == position order; lets cuDNN use flash attention
+    elif self.mask == 'bidirectional':
+      mask = None
+    else:
+      mask = mask_from_ids(self.mask, ids, ids)
+    if attn_mask is not None:
+      mask = attn_mask if mask is None else mask & attn_mask
+    y = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal,
+                                     implementation=self.implementation)  # [B, L, H, Dh]
+    out = jnp.einsum('blhk,hkd->bld', y, c(wo))
+    return out, cache

@@ -1,0 +1,128 @@
+"""Small building blocks shared by every paradigm: norms, RoPE, MLP, embeddings, adaLN.
+
+Every parameter carries logical axis names (``nn.with_logical_partitioning``); the trainer maps
+them to mesh axes with the rules in its config. Parameter names used here:
+``vocab, embed, mlp, heads, kv_heads, head_dim, cond, layers``.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+
+Dtype = jnp.dtype
+
+
+def normal_init(std: float, names: tuple[str, ...]):
+  """A normal(std) initialiser whose parameter carries the logical axis `names`."""
+  return nn.with_logical_partitioning(nn.initializers.normal(std), names)
+
+
+def zeros_init(names: tuple[str, ...]):
+  return nn.with_logical_partitioning(nn.initializers.zeros_init(), names)
+
+
+class RMSNorm(nn.Module):
+  """RMSNorm (Zhang & Sennrich 2019): y = x / sqrt(mean(x^2) + eps) * g.
+
+  Statistics are computed in float32 whatever the compute dtype.
+  """
+  eps: float = 1e-6
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):  # [..., D] -> [..., D]
+    g = self.param('scale', nn.with_logical_partitioning(nn.initializers.ones_init(), ('embed',)),
+                   (x.shape[-1],), self.param_dtype)
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+    return (y * g.astype(jnp.float32)).astype(self.dtype)
+
+
+def rope(x, positions, base: float = 10_000.0):
+  """Rotary position embedding (Su et al. 2021, eq. 34), rotate-half convention (LLaMA/Gemma).
+
+  x: [B, L, H, Dh] with Dh even; positions: [B, L] integer positions. Returns x rotated by
+  angle positions * base^(-2i/Dh) in each (i, i + Dh/2) plane. Computed in float32.
+  """
+  d_half = x.shape[-1] // 2
+  inv_freq = base ** (-jnp.arange(d_half, dtype=jnp.float32) / d_half)  # [Dh/2]
+  theta = positions.astype(jnp.float32)[:, :, None] * inv_freq  # [B, L, Dh/2]
+  cos, sin = jnp.cos(theta)[:, :, None, :], jnp.sin(theta)[:, :, None, :]  # [B, L, 1, Dh/2]
+  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+  return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
+
+
+class SwiGLU(nn.Module):
+  """Gated MLP (Shazeer 2020): W_out (silu(x W_gate) * (x W_up))."""
+  d_ff: int
+  out_std: float
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):  # [B, L, D] -> [B, L, D]
+    d = x.shape[-1]
+    w_in = self.param('wi', normal_init(d ** -0.5, ('embed', None, 'mlp')), (d, 2, self.d_ff),
+                      self.param_dtype)
+    w_out = self.param('wo', normal_init(self.out_std, ('mlp', 'embed')), (self.d_ff, d),
+                       self.param_dtype)
+    h = jnp.einsum('bld,dkf->blkf', x, w_in.astype(self.dtype))  # [B, L, 2, F]
+    h = nn.with_logical_constraint(h, ('batch', 'length', None, 'act_mlp'))
+    h = nn.silu(h[:, :, 0]) * h[:, :, 1]  # [B, L, F]
+    return jnp.einsum('blf,fd->bld', h, w_out.astype(self.dtype))
+
+
+class Embed(nn.Module):
+  """Token embedding with a tied (`attend`) or untied output head.
+
+  Output logits are returned in float32: logits = h E^T (tied) or h W (untied). Both matrices
+  start at std 0.02 (GPT-2), so initial logits are small and the initial loss is about ln V.
+  """
+  vocab_size: int
+  d_model: int
+  tie: bool = True
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  def setup(self):
+    self.embedding = self.param('embedding', normal_init(0.02, ('vocab', 'embed')),
+                                (self.vocab_size, self.d_model), self.param_dtype)
+    if not self.tie:
+      self.head = self.param('head', normal_init(0.02, ('embed', 'vocab')),
+                             (self.d_model, self.vocab_size), self.param_dtype)
+
+  def __call__(self, tokens):  # [B, L] int -> [B, L, D]
+    return jnp.take(self.embedding, tokens, axis=0).astype(self.dtype)
+
+  def attend(self, h):  # [B, L, D] -> [B, L, V] float32
+    w = self.embedding.T if self.tie else self.head
+    logits = jnp.einsum('bld,dv->blv', h, w.astype(self.dtype))
+    return nn.with_logical_constraint(logits.astype(jnp.float32), ('batch', 'length', 'act_vocab'))
+
+
+class AdaLN(nn.Module):
+  """adaLN-Zero modulation (DiT, Peebles & Xie 2023, Sec. 3.2): cond -> (shift, scale, gate) x n.
+
+  The projection is zero-initialised so every block starts as the identity map.
+  cond: [B, C] -> tuple of `n_chunks` arrays [B, 1, D].
+  """
+  d_model: int
+  n_chunks: int = 6
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, cond):
+    w = self.param('w', zeros_init(('cond', None, 'embed')),
+                   (cond.shape[-1], self.n_chunks, self.d_model), self.param_dtype)
+    b = self.param('b', zeros_init((None, 'embed')), (self.n_chunks, self.d_model), self.param_dtype)
+    out = jnp.einsum('bc,ckd->bkd', nn.silu(cond).astype(self.dtype), w.astype(self.dtype))
+    out = out + b.astype(self.dtype)  # [B, n_chunks, D]
+    return tuple(out[:, i, None, :] for i in range(self.n_chunks))
+
+
+def modulate(x, shift, scale):
+  """DiT's adaLN modulation: x * (1 + scale) + shift."""
+  return x * (1 + scale) + shift

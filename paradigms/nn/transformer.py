@@ -1,0 +1,177 @@
+"""The Transformer backbone shared by every token paradigm: pre-norm blocks scanned over depth.
+
+Block (pre-norm, LLaMA-style, with the DiT adaLN-Zero hook when `cond_dim > 0`):
+    h = x + g1 * Attn(mod(RMSNorm(x), b1, s1))
+    y = h + g2 * SwiGLU(mod(RMSNorm(h), b2, s2))
+where (b, s, g) come from adaLN(cond) and are (0, 0, 1) when conditioning is off.
+
+Layers are stacked with `nn.scan` (one compiled block, params with a leading 'layers' axis) and
+optionally rematerialised (`remat_policy`). Activations at block boundaries are constrained to
+the logical axes ('batch', 'length', 'act_embed').
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+
+from paradigms.nn.attention import Attention, KVCache, MASK_FORMS
+from paradigms.nn.layers import AdaLN, Embed, RMSNorm, SwiGLU, modulate
+
+REMAT_POLICIES = {
+    'none': None,  # no rematerialisation
+    'full': jax.checkpoint_policies.nothing_saveable,
+    'dots': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    'save_all': jax.checkpoint_policies.everything_saveable,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+  """Everything the backbone needs, and nothing else (built from `config.model`)."""
+  vocab_size: int = 258
+  d_model: int = 128
+  n_layers: int = 4
+  n_heads: int = 4
+  n_kv_heads: int = 0  # 0 -> n_heads (plain multi-head attention)
+  head_dim: int = 0  # 0 -> d_model // n_heads
+  d_ff: int = 0  # 0 -> SwiGLU's 8/3 d rounded up to a multiple of 64
+  max_len: int = 256  # default KV cache length
+  mask: str = 'causal'  # 'causal' | 'block_causal' | 'bidirectional'
+  rope_base: float = 10_000.0
+  norm_eps: float = 1e-6
+  tie_embeddings: bool = True
+  cond_dim: int = 0  # > 0 switches on the adaLN-Zero hook
+  dtype: str = 'float32'  # compute dtype: 'float32' | 'bfloat16'
+  param_dtype: str = 'float32'
+  remat_policy: str = 'none'  # a key of REMAT_POLICIES
+  attention_impl: str = 'xla'  # 'xla' | 'cudnn' | '' (JAX chooses)
+
+  def __post_init__(self):
+    if self.mask not in MASK_FORMS:
+      raise ValueError(f'model.mask={self.mask!r}: choose one of {MASK_FORMS}')
+    if self.remat_policy not in REMAT_POLICIES:
+      raise ValueError(f'model.remat_policy={self.remat_policy!r}: choose one of {tuple(REMAT_POLICIES)}')
+    if self.attention_impl not in ('xla', 'cudnn', ''):
+      raise ValueError(f"model.attention_impl={self.attention_impl!r}: choose 'xla', 'cudnn' or ''")
+    if self.n_heads % self.kv_heads:
+      raise ValueError(f'model.n_heads={self.n_heads} must be a multiple of model.n_kv_heads={self.kv_heads}')
+    if self.head_size % 2:
+      raise ValueError(f'head_dim={self.head_size} must be even for RoPE')
+    for name in ('dtype', 'param_dtype'):
+      if getattr(self, name) not in ('float32', 'bfloat16', 'float16'):
+        raise ValueError(f'model.{name}={getattr(self, name)!r}: use float32 or bfloat16')
+
+  @property
+  def kv_heads(self) -> int:
+    return self.n_kv_heads or self.n_heads
+
+  @property
+  def head_size(self) -> int:
+    return self.head_dim or self.d_model // self.n_heads
+
+  @property
+  def ff_size(self) -> int:
+    return self.d_ff or 64 * -(-(8 * self.d_model // 3) // 64)
+
+  @property
+  def compute_dtype(self):
+    return jnp.dtype(self.dtype)
+
+  def num_params(self, embeddings: bool = True) -> int:
+    """Exact parameter count (tested against the initialised tree)."""
+    d, h, k, dh, f = self.d_model, self.n_heads, self.kv_heads, self.head_size, self.ff_size
+    block = d * dh * (2 * h + 2 * k) + 3 * d * f + 2 * d
+    if self.cond_dim:
+      block += 6 * d * (self.cond_dim + 1)
+    emb = self.vocab_size * d * (1 if self.tie_embeddings else 2)
+    return self.n_layers * block + d + (emb if embeddings else 0)
+
+  def flops_per_token(self, seq_len: int, causal: bool = True) -> float:
+    """Training FLOPs per token: 6 N (non-embedding matmuls + output head) + attention.
+
+    Attention scores and weighted sum cost 2 * 2 * L * H * Dh multiply-adds forward per token
+    per layer (PaLM appendix B counts 6 * 2 * n_layers * L * H * Dh for fwd+bwd). With a causal
+    mask only half of it is useful work; we count the useful half (causal=True), as MaxText does.
+    """
+    n = self.num_params(embeddings=False) - self.n_layers * 2 * self.d_model - self.d_model
+    n += self.vocab_size * self.d_model  # output projection (the input lookup is not a matmul)
+    attn = 12 * self.n_layers * seq_len * self.n_heads * self.head_size
+    return 6 * n + (attn / 2 if causal else attn)
+
+
+class Block(nn.Module):
+  """One pre-norm Transformer block; the body of the layer scan.
+
+  x: [B, L, D]; cache: per-layer KVCache or None; positions, ids: [B, L]; cond: [B, C] or None.
+  Returns (x', cache').
+  """
+  cfg: TransformerConfig
+
+  @nn.compact
+  def __call__(self, x, cache, positions, ids, cond, attn_mask):
+    cfg = self.cfg
+    dt, pdt = cfg.compute_dtype, jnp.dtype(cfg.param_dtype)
+    out_std = 0.02 / (2 * cfg.n_layers) ** 0.5  # GPT-2's scaled init of residual projections
+    if cfg.cond_dim:
+      b1, s1, g1, b2, s2, g2 = AdaLN(cfg.d_model, 6, dt, pdt, name='adaln')(cond)
+    else:
+      b1 = s1 = b2 = s2 = 0.0
+      g1 = g2 = 1.0
+    h = modulate(RMSNorm(cfg.norm_eps, dt, pdt, name='attn_norm')(x), b1, s1)
+    a, cache = Attention(cfg.n_heads, cfg.kv_heads, cfg.head_size, cfg.mask, cfg.rope_base, out_std,
+                         cfg.attention_impl or None, dt, pdt, name='attn')(
+                             h, positions, ids, cache, attn_mask)
+    x = x + g1 * a
+    h = modulate(RMSNorm(cfg.norm_eps, dt, pdt, name='mlp_norm')(x), b2, s2)
+    x = x + g2 * SwiGLU(cfg.ff_size, out_std, dt, pdt, name='mlp')(h)
+    x = nn.with_logical_constraint(x, ('batch', 'length', 'act_embed'))
+    return x, cache
+
+
+class Transformer(nn.Module):
+  """Token embedding -> n_layers scanned Blocks -> RMSNorm -> output logits.
+
+  tokens: [B, L] int32; positions: [B, L] (default: cache.index + arange(L));
+  ids: [B, L] mask ids (default: positions; give level/segment ids for 'block_causal');
+  cache: KVCache with a leading [n_layers] axis, or None; cond: [B, cond_dim] or None;
+  attn_mask: optional extra boolean mask [B, 1|H, L, S].
+  Returns (logits [B, L, V] float32, cache).
+  """
+  cfg: TransformerConfig
+
+  def init_cache(self, batch: int, max_len: int | None = None) -> KVCache:
+    """An empty cache for `batch` sequences of up to `max_len` (default cfg.max_len) tokens."""
+    c = self.cfg
+    one = KVCache.zeros(batch, max_len or c.max_len, c.kv_heads, c.head_size, c.compute_dtype)
+    return jax.tree.map(lambda a: jnp.broadcast_to(a, (c.n_layers,) + a.shape), one)
+
+  @nn.compact
+  def __call__(self, tokens, *, positions=None, ids=None, cache: KVCache | None = None,
+               cond=None, attn_mask=None):
+    cfg = self.cfg
+    dt, pdt = cfg.compute_dtype, jnp.dtype(cfg.param_dtype)
+    if cfg.cond_dim and cond is None:
+      raise ValueError('model.cond_dim > 0 but no `cond` was passed')
+    B, L = tokens.shape
+    if positions is None:
+      start = 0 if cache is None else cache.index[0]
+      positions = jnp.broadcast_to(start + jnp.arange(L, dtype=jnp.int32), (B, L))
+    if ids is None:
+      if cfg.mask == 'block_causal':
+        raise ValueError("mask='block_causal' needs per-position `ids` (segment or level ids)")
+      ids = positions
+    embed = Embed(cfg.vocab_size, cfg.d_model, cfg.tie_embeddings, dt, pdt, name='embed')
+    x = nn.with_logical_constraint(embed(tokens), ('batch', 'length', 'act_embed'))
+
+    block = Block
+    if cfg.remat_policy != 'none':
+      block = nn.remat(Block, prevent_cse=False, policy=REMAT_POLICIES[cfg.remat_policy])
+    stack = nn.scan(block, variable_axes={'params': 0}, split_rngs={'params': True, 'dropout': True},
+                    in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+                    length=cfg.n_layers, metadata_params={nn.PARTITION_NAME: 'layers'})
+    x, cache = stack(cfg, name='layers')(x, cache, positions, ids, cond, attn_mask)
+    x = RMSNorm(cfg.norm_eps, dt, pdt, name='final_norm')(x)
+    return embed.attend(x), cache

@@ -1,0 +1,27 @@
+"""CLI: python -m train --config configs/ar_code.py:small --workdir runs/ar_code [--config.x=y ...]
+
+Rerunning the same command resumes from the newest checkpoint in --workdir.
+"""
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'config file and preset, e.g. '
+                                          'configs/ar_code.py:small', lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'run directory (checkpoints, metrics, config)')
+_MULTIHOST = flags.DEFINE_bool('multihost', False, 'call jax.distributed.initialize() first')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+  import jax
+  if _MULTIHOST.value:
+    jax.distributed.initialize()
+  from train.trainer import train
+  train(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == '__main__':
+  app.run(main)

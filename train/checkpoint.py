@@ -1,0 +1,91 @@
+"""Orbax checkpoints of the train state and the grain data-iterator position.
+
+Layout: `<workdir>/checkpoints/<step>/{state,data}`. `state` is the whole TrainState (params,
+optimiser state, step, EMA); `data` is the grain iterator state, so a resumed run reads exactly
+the batches an unbroken run would. Saves are asynchronous and the newest `keep` are kept.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+
+
+class Checkpointer:
+  """A thin wrapper over `ocp.CheckpointManager` with the two items this trainer saves."""
+
+  def __init__(self, workdir: str, keep: int = 3, async_save: bool = True):
+    self.directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                           enable_async_checkpointing=async_save)
+    self.manager = ocp.CheckpointManager(self.directory, item_names=('state', 'data'),
+                                         options=options)
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def save(self, step: int, state, data_iterator) -> None:
+    """Start saving `state` and the iterator position at `step` (returns before it is written)."""
+    self.manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        data=grain.checkpoint.CheckpointSave(data_iterator)), force=True)
+
+  def restore(self, abstract_state, data_iterator, step: int | None = None) -> tuple[Any, int]:
+    """Restore into the shardings of `abstract_state`; sets `data_iterator`'s position in place."""
+    step = self.latest_step() if step is None else step
+    restored = self.manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state),
+        data=grain.checkpoint.CheckpointRestore(data_iterator)))
+    return restored.state, step
+
+  def restore_params(self, abstract_params, step: int | None = None, ema: bool = False):
+    """Only the params (or EMA params) of a saved state, e.g. for sampling."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f'no checkpoint in {self.directory}; train first (python -m train ...)')
+    key = 'ema' if ema else 'params'
+    restored = self.manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.PyTreeRestore(
+            item={key: abstract_params},
+            restore_args={key: jax.tree.map(
+                lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding), abstract_params)},
+            partial_restore=True)))
+    return restored.state[key], step
+
+  def wait(self) -> None:
+    """Block until pending async saves are on disk."""
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()
+
+
+def load_run(workdir: str, step: int | None = None, ema: bool | None = None):
+  """(config, model, params) of a trained run, on one device, for sampling or analysis.
+
+  `ema=None` uses EMA params when the run kept them. Example (notebook):
+      config, model, params = load_run('runs/ar_code')
+  """
+  import flax.linen as nn
+  import paradigms
+  from train import config as config_lib
+  config = config_lib.load(os.path.join(workdir, 'config.json'))
+  paradigm = paradigms.get(config.paradigm)
+  model = paradigm.build(config_lib.model_config(config))
+  spec = paradigm.example_batch(1, config.data.seq_len)
+  batch = jax.tree.map(lambda a: jax.numpy.zeros(a.shape, a.dtype), spec)
+  shapes = jax.eval_shape(lambda r: nn.meta.unbox(paradigm.init(model, r, batch))['params'],
+                          jax.random.key(0))
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), shapes)
+  ema = config.train.ema_decay > 0 if ema is None else ema
+  ckpt = Checkpointer(workdir, async_save=False)
+  try:
+    params, _ = ckpt.restore_params(abstract, step, ema=ema)
+  finally:
+    ckpt.close()
+  return config, model, params

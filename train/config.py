@@ -1,0 +1,150 @@
+"""The trainer's config schema: every key a run can set, with defaults that work.
+
+Config files in configs/ start from `base_config()` and change what they need; the result is
+locked, so a misspelt key (`--config.train.stpes=10`) fails and names itself. The sections:
+  paradigm  registry name (paradigms.PARADIGMS)
+  model     fields of paradigms.nn.TransformerConfig (the module sees only these)
+  loss      keyword arguments of the paradigm's loss() (e.g. z_loss)
+  data      corpus and windows (train/data.py)
+  train     optimiser, schedule, logging, evaluation, checkpoints
+  mesh      device mesh shape and the logical-axis -> mesh-axis rules
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import ml_collections
+
+from paradigms.nn.transformer import TransformerConfig
+
+MESH_AXES = ('data', 'fsdp', 'tensor')
+
+# Logical axis name -> mesh axes. Parameter names: embed, mlp, heads, kv_heads, head_dim, vocab,
+# layers, cond. Activation names (kept apart so a tensor never uses one mesh axis twice): batch,
+# length, act_embed, act_mlp, act_heads, act_kv_heads, act_vocab.
+DEFAULT_RULES = (
+    ('batch', ('data', 'fsdp')),
+    ('length', None),
+    ('act_embed', None),
+    ('act_mlp', 'tensor'),
+    ('act_heads', 'tensor'),
+    ('act_kv_heads', 'tensor'),
+    ('act_vocab', 'tensor'),
+    ('embed', 'fsdp'),
+    ('mlp', 'tensor'),
+    ('heads', 'tensor'),
+    ('kv_heads', 'tensor'),
+    ('head_dim', None),
+    ('vocab', 'tensor'),
+    ('layers', None),
+    ('cond', None),
+)
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Every key with its default (not locked: config files lock after editing)."""
+  c = ml_collections.ConfigDict()
+  c.paradigm = 'autoregressive'
+  c.model = ml_collections.ConfigDict(dataclasses.asdict(TransformerConfig()))
+  c.loss = ml_collections.ConfigDict({'z_loss': 0.0})
+
+  c.data = ml_collections.ConfigDict()
+  c.data.source = 'cpython'  # 'cpython' | 'text' | 'tokens'
+  c.data.files = ''  # glob of text files (source='text'), e.g. 'corpus/**/*.txt'
+  c.data.path = ''  # token array .bin/.npy (source='tokens')
+  c.data.eval_path = ''  # optional held-out token array; '' holds out the tail
+  c.data.token_dtype = 'uint16'  # dtype of a raw .bin token file
+  c.data.holdout_fraction = 0.05
+  c.data.vocab_size = c.model.get_ref('vocab_size')  # token ids must stay below this
+  c.data.seq_len = 256
+  c.data.batch_size = 32  # global batch (sequences per optimiser step)
+  c.data.seed = 0
+  c.data.cache_dir = ''  # '' -> $JAX_PARADIGMS_CACHE or ~/.cache/jax_paradigms
+
+  c.train = ml_collections.ConfigDict()
+  c.train.steps = 1000
+  c.train.lr = 3e-3
+  c.train.warmup_steps = 100
+  c.train.min_lr_ratio = 0.1  # cosine decays to lr * min_lr_ratio at `steps`
+  c.train.b1 = 0.9
+  c.train.b2 = 0.95
+  c.train.eps = 1e-8
+  c.train.weight_decay = 0.1
+  c.train.clip_norm = 1.0
+  c.train.grad_accum = 1  # micro-batches per step; data.batch_size must divide by it
+  c.train.ema_decay = 0.0  # > 0 keeps EMA params (used by the sampler when present)
+  c.train.seed = 0
+  c.train.log_every = 20
+  c.train.eval_every = 200
+  c.train.eval_batches = 8
+  c.train.ckpt_every = 200
+  c.train.keep = 3
+  c.train.async_checkpoint = True
+  c.train.progress = True  # tqdm progress bar
+  c.train.profile = False
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.shape = (-1, 1, 1)  # sizes of (data, fsdp, tensor); one -1 takes the remaining devices
+  c.mesh.rules = DEFAULT_RULES
+  return c
+
+
+def finalize(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Lock the config (unknown keys now fail) and return it."""
+  c.lock()
+  return c
+
+
+def validate(c: ml_collections.ConfigDict) -> None:
+  """Cross-field checks, each naming the key to change."""
+  t, d = c.train, c.data
+  if t.steps < 1:
+    raise ValueError(f'train.steps must be >= 1, got {t.steps}')
+  if d.batch_size % t.grad_accum:
+    raise ValueError(f'data.batch_size={d.batch_size} must be a multiple of train.grad_accum={t.grad_accum}')
+  if not 0 <= t.ema_decay < 1:
+    raise ValueError(f'train.ema_decay must be in [0, 1), got {t.ema_decay}')
+  if len(c.mesh.shape) != len(MESH_AXES):
+    raise ValueError(f'mesh.shape must give sizes for {MESH_AXES}, got {tuple(c.mesh.shape)}')
+  for key in ('log_every', 'eval_every', 'ckpt_every', 'eval_batches', 'keep'):
+    if t[key] < 1:
+      raise ValueError(f'train.{key} must be >= 1, got {t[key]}')
+  model_config(c)  # TransformerConfig validates its own fields
+
+
+def model_config(c: ml_collections.ConfigDict) -> TransformerConfig:
+  """The frozen dataclass the network is built from (modules never see the whole config)."""
+  fields = {f.name for f in dataclasses.fields(TransformerConfig)}
+  extra = set(c.model.keys()) - fields
+  if extra:
+    raise ValueError(f'unknown model keys {sorted(extra)}; TransformerConfig has {sorted(fields)}')
+  return TransformerConfig(**{k: c.model[k] for k in c.model.keys()})
+
+
+def save(c: ml_collections.ConfigDict, path) -> None:
+  with open(path, 'w') as f:
+    f.write(c.to_json_best_effort(indent=2, sort_keys=True))
+
+
+def load(path) -> ml_collections.ConfigDict:
+  """A saved config (config.json in a workdir), re-based on the current schema and locked."""
+  with open(path) as f:
+    saved = json.load(f)
+  c = base_config()
+  _merge(c, saved, prefix='')
+  return finalize(c)
+
+
+def _merge(c: ml_collections.ConfigDict, saved: dict, prefix: str) -> None:
+  for k, v in saved.items():
+    if k not in c:
+      raise ValueError(f'saved config has key {prefix + k!r} unknown to this version of the code')
+    if isinstance(c[k], ml_collections.ConfigDict):
+      _merge(c[k], v, prefix + k + '.')
+    elif isinstance(c[k], tuple):
+      c[k] = tuple(tuple(x) if isinstance(x, list) else x for x in v)
+    elif k == 'vocab_size' and prefix == 'data.':
+      continue  # a reference to model.vocab_size
+    else:
+      c[k] = v

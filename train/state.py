@@ -1,0 +1,178 @@
+"""Mesh, sharding rules, the train state, the optimiser and the jitted train step.
+
+Params are created already sharded: `jax.eval_shape(init)` gives the boxed abstract state whose
+logical axis names the rules turn into `NamedSharding`s; `jax.jit(init, out_shardings=...)`
+then materialises each shard on its device. The train step is one `jax.jit` with explicit in/out
+shardings and the state donated.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+
+from train.config import MESH_AXES
+
+
+@struct.dataclass
+class TrainState:
+  step: jax.Array  # [] int32 optimiser steps taken
+  params: Any  # float32 param tree
+  opt_state: Any
+  ema: Any = None  # EMA of params, or None when train.ema_decay == 0
+
+
+def make_mesh(shape, devices=None) -> jax.sharding.Mesh:
+  """An Auto-typed ('data', 'fsdp', 'tensor') mesh; one -1 entry takes the remaining devices."""
+  devices = jax.devices() if devices is None else devices
+  shape = list(shape)
+  n = len(devices)
+  if shape.count(-1) > 1:
+    raise ValueError(f'mesh.shape={tuple(shape)} may contain at most one -1')
+  if -1 in shape:
+    rest = math.prod(s for s in shape if s != -1)
+    if n % rest:
+      raise ValueError(f'mesh.shape={tuple(shape)}: {n} devices are not divisible by {rest}')
+    shape[shape.index(-1)] = n // rest
+  if math.prod(shape) != n:
+    raise ValueError(f'mesh.shape={tuple(shape)} needs {math.prod(shape)} devices but {n} are '
+                     f'available; set mesh.shape so the sizes multiply to {n} (or use -1)')
+  return jax.make_mesh(tuple(shape), MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES),
+                       devices=devices)
+
+
+def logical_sharding(mesh, rules, names: tuple) -> NamedSharding:
+  """NamedSharding of an array whose axes carry logical `names`."""
+  return nn.logical_to_mesh_sharding(P(*names), mesh, rules)
+
+
+def make_optimizer(t) -> tuple[optax.GradientTransformation, Callable]:
+  """AdamW (Loshchilov & Hutter 2019) with linear warmup + cosine decay and global-norm clipping.
+
+  Weight decay skips norm scales and biases (leaves named 'scale' or 'b').
+  """
+  schedule = optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=t.lr, warmup_steps=min(t.warmup_steps, t.steps - 1),
+      decay_steps=t.steps, end_value=t.lr * t.min_lr_ratio)
+
+  def decay_mask(params):
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: getattr(path[-1], 'key', None) not in ('scale', 'b'), params)
+
+  tx = optax.chain(
+      optax.clip_by_global_norm(t.clip_norm),
+      optax.adamw(schedule, b1=t.b1, b2=t.b2, eps=t.eps, weight_decay=t.weight_decay,
+                  mask=decay_mask))
+  return tx, schedule
+
+
+@dataclasses.dataclass
+class Setup:
+  """Everything the loop needs that is derived from the config, mesh and paradigm."""
+  mesh: jax.sharding.Mesh
+  rules: tuple
+  model: nn.Module
+  state_sharding: Any  # TrainState of NamedSharding
+  batch_sharding: Any  # dict of NamedSharding
+  abstract_state: Any  # TrainState of ShapeDtypeStruct (with shardings), for restores
+  init: Callable  # rng -> sharded TrainState
+  train_step: Callable  # (state, batch, rng) -> (state, metrics)
+  eval_step: Callable  # (params, batch, rng) -> {'nats', 'tokens'}
+  schedule: Callable
+
+
+def setup(config, paradigm, mesh) -> Setup:
+  """Build the model, shardings and jitted functions for `config` on `mesh`."""
+  from train.config import model_config
+  rules = tuple(tuple(r) if isinstance(r, list) else r for r in config.mesh.rules)
+  model = paradigm.build(model_config(config))
+  t, d = config.train, config.data
+  tx, schedule = make_optimizer(t)
+  ema_on = t.ema_decay > 0
+  batch_spec = paradigm.example_batch(d.batch_size, d.seq_len)
+
+  def init_boxed(rng):
+    batch = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), batch_spec)
+    params = paradigm.init(model, rng, batch)['params']  # boxed with logical names
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                      ema=params if ema_on else None)
+
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    boxed = jax.eval_shape(init_boxed, jax.random.key(0))
+    state_sharding = nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed), mesh, rules)
+  abstract_state = jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+      nn.meta.unbox(boxed), state_sharding)
+  batch_sharding = jax.tree.map(
+      lambda a: logical_sharding(mesh, rules, ('batch',) + (None,) * (a.ndim - 1)), batch_spec)
+  replicated = NamedSharding(mesh, P())
+
+  def run(fn):
+    """Trace `fn` under the mesh and logical rules (for the activation constraints)."""
+    def wrapped(*args):
+      with nn.logical_axis_rules(rules):
+        return fn(*args)
+    return wrapped
+
+  init = jax.jit(run(lambda rng: nn.meta.unbox(init_boxed(rng))), out_shardings=state_sharding)
+  loss_kwargs = dict(config.loss)
+
+  def loss_fn(params, batch, rng):
+    loss, metrics = paradigm.loss(params, batch, rng, model=model, **loss_kwargs)
+    return loss, dict(metrics, loss=loss)
+
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+  def grads_and_metrics(params, batch, rng):
+    """Mean gradient over `grad_accum` micro-batches (scanned, accumulated in float32)."""
+    A = t.grad_accum
+    if A == 1:
+      (_, metrics), grads = grad_fn(params, batch, rng)
+      return grads, metrics
+    # micro-batch i takes rows i, i + A, ...: every data shard holds an equal part of each
+    micro = jax.tree.map(lambda x: x.reshape((x.shape[0] // A, A) + x.shape[1:]).swapaxes(0, 1), batch)
+
+    def body(acc, xs):
+      mb, i = xs
+      (_, m), g = grad_fn(params, mb, jax.random.fold_in(rng, i))
+      return jax.tree.map(jnp.add, acc, (g, m)), None
+
+    first = jax.tree.map(lambda x: x[0], micro)
+    (_, m_shape), g_shape = jax.eval_shape(grad_fn, params, first, rng)
+    zeros = jax.tree.map(lambda a: jnp.zeros(a.shape, jnp.float32), (g_shape, m_shape))
+    (grads, metrics), _ = jax.lax.scan(body, zeros, (micro, jnp.arange(A)))
+    return jax.tree.map(lambda x: x / A, (grads, metrics))
+
+  def train_step(state: TrainState, batch, rng):
+    rng = jax.random.fold_in(rng, state.step)
+    grads, metrics = grads_and_metrics(state.params, batch, rng)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    ema = state.ema
+    if ema_on:
+      ema = jax.tree.map(lambda e, p: t.ema_decay * e + (1 - t.ema_decay) * p, ema, params)
+    metrics = dict(metrics, grad_norm=optax.global_norm(grads), lr=schedule(state.step))
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state, ema=ema), metrics
+
+  train_step_jit = jax.jit(run(train_step), in_shardings=(state_sharding, batch_sharding, replicated),
+                           out_shardings=(state_sharding, replicated), donate_argnums=(0,))
+  eval_step = jax.jit(run(lambda params, batch, rng: paradigm.evaluate(params, batch, rng, model=model)),
+                      in_shardings=(state_sharding.params, batch_sharding, replicated),
+                      out_shardings=replicated)
+  return Setup(mesh=mesh, rules=rules, model=model, state_sharding=state_sharding,
+               batch_sharding=batch_sharding, abstract_state=abstract_state, init=init,
+               train_step=train_step_jit, eval_step=eval_step, schedule=schedule)
+
+
+def device_batch(batch: dict, sharding) -> dict:
+  """This process's numpy batch -> global jax.Arrays laid out by `sharding` (multi-host safe)."""
+  return jax.tree.map(lambda x, s: jax.make_array_from_process_local_data(s, np.asarray(x)),
+                      batch, sharding)

@@ -1,0 +1,179 @@
+"""The paradigm-agnostic training loop.
+
+    state = init or restore(workdir)          # params created sharded; resume is automatic
+    for step in range(start, steps):
+        state, metrics = train_step(state, next(batches), rng)   # one jitted, donated step
+        log / evaluate / checkpoint on their intervals
+
+A resumed run restores the train state and the grain iterator position, so on CPU it is
+bit-identical to an unbroken one. SIGTERM or Ctrl-C saves a checkpoint at the current step and
+exits cleanly. A non-finite loss stops the run, naming the step and the last good checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import jax
+import numpy as np
+
+import paradigms
+from train import config as config_lib
+from train.checkpoint import Checkpointer
+from train.data import describe, eval_batches, load_corpus, train_dataset
+from train.metrics import MetricsWriter, progress_bar
+from train.state import Setup, device_batch, make_mesh, setup
+
+
+class NonFiniteLoss(FloatingPointError):
+  pass
+
+
+def train(config, workdir: str, *, devices=None) -> dict:
+  """Train (or resume) the run in `workdir`. Returns the last logged train and eval metrics."""
+  config_lib.validate(config)
+  paradigm = paradigms.get(config.paradigm)
+  os.makedirs(workdir, exist_ok=True)
+  t, d = config.train, config.data
+  _check_saved_config(config, workdir)
+
+  mesh = make_mesh(config.mesh.shape, devices)
+  s = setup(config, paradigm, mesh)
+  corpus = load_corpus(d)
+  pid, nproc = jax.process_index(), jax.process_count()
+  iterator = iter(train_dataset(corpus.train, seq_len=d.seq_len, batch_size=d.batch_size,
+                                seed=d.seed, process_index=pid, process_count=nproc))
+  evals = [{k: v[pid::nproc] for k, v in b.items()}
+           for b in eval_batches(corpus.eval, seq_len=d.seq_len, batch_size=d.batch_size,
+                                 num_batches=t.eval_batches)]
+  ckpt = Checkpointer(workdir, keep=t.keep, async_save=t.async_checkpoint)
+  init_rng, rng = jax.random.split(jax.random.key(t.seed))
+  if ckpt.latest_step() is not None:
+    state, step = ckpt.restore(s.abstract_state, iterator)
+    _log(f'resumed from {ckpt.directory}/{step}')
+  else:
+    state, step = s.init(init_rng), 0
+  if pid == 0:
+    config_lib.save(config, os.path.join(workdir, 'config.json'))
+  n_params = sum(x.size for x in jax.tree.leaves(state.params))
+  _log(f'{config.paradigm}: {n_params:,} params | mesh {dict(mesh.shape)} | {describe(corpus)}')
+
+  writer = MetricsWriter(workdir, resume_step=step)
+  bar = progress_bar(t.steps, step, t.progress)
+  stop = _StopSignal()
+  tokens_per_step = d.batch_size * d.seq_len
+  pending, last = [], {}
+  tic, tic_step = None, step
+  try:
+    while step < t.steps and not stop.requested:
+      batch = device_batch(next(iterator), s.batch_sharding)
+      state, metrics = s.train_step(state, batch, rng)
+      step += 1
+      pending.append((step, metrics))
+      if tic is None:  # start the clock after the first (compiling) step
+        jax.block_until_ready(metrics)
+        tic, tic_step = time.perf_counter(), step
+      at_end = step == t.steps or stop.requested
+      if step % t.log_every == 0 or step % t.ckpt_every == 0 or at_end:
+        toc = time.perf_counter()
+        rate = tokens_per_step * (step - tic_step) / max(toc - tic, 1e-9)
+        last = _flush(pending, writer, ckpt, rate if step > tic_step else None)
+        pending, tic, tic_step = [], toc, step
+        bar.set_postfix(loss=f"{last['loss']:.4f}", tok_s=f'{rate:,.0f}', refresh=False)
+      if step % t.eval_every == 0 or at_end:
+        last.update(_evaluate(s, state, evals, corpus.bytes_per_token, rng))
+        writer.write(step, {k: v for k, v in last.items() if k.startswith('eval_')})
+        bar.write(f'step {step}: ' + ', '.join(f'{k}={v:.4f}' for k, v in last.items()
+                                                  if k.startswith('eval_')))
+      if step % t.ckpt_every == 0 or at_end:
+        ckpt.save(step, state, iterator)
+      if step % t.eval_every == 0 or step % t.ckpt_every == 0:
+        tic = time.perf_counter()  # keep evaluation and checkpoint time out of tokens/s
+      bar.update(step - bar.n)
+  finally:
+    bar.close()
+    ckpt.close()
+    writer.close()
+    stop.restore()
+  if stop.requested:
+    _log(f'stopped by signal at step {step}; checkpoint saved, rerun the same command to resume')
+  return last
+
+
+def _flush(pending, writer, ckpt, tokens_per_s) -> dict:
+  """Fetch the interval's metrics (one transfer), stop on a non-finite loss, write one row."""
+  rows = jax.device_get([m for _, m in pending])
+  for (step, _), row in zip(pending, rows):
+    if not np.isfinite(row['loss']):
+      good = ckpt.latest_step()
+      where = f'step {good} in {ckpt.directory}' if good is not None else 'none (no checkpoint yet)'
+      raise NonFiniteLoss(
+          f'loss is {row["loss"]} at step {step}. Last good checkpoint: {where}. Lower train.lr, '
+          f'check the data, or raise train.warmup_steps; rerunning resumes from that checkpoint.')
+  mean = {k: float(np.mean([r[k] for r in rows])) for k in rows[-1]}
+  mean['lr'] = float(rows[-1]['lr'])
+  if tokens_per_s is not None:
+    mean['tokens_per_s'] = tokens_per_s
+  writer.write(pending[-1][0], mean)
+  return mean
+
+
+def _evaluate(s: Setup, state, evals, bytes_per_token, rng) -> dict:
+  """Held-out bits per token (and per byte for byte-level text), summed over fixed batches."""
+  out = {}
+  for name, params in (('eval', state.params), ('eval_ema', state.ema)):
+    if params is None:
+      continue
+    nats = tokens = 0.0
+    for i, b in enumerate(evals):
+      r = jax.device_get(s.eval_step(params, device_batch(b, s.batch_sharding),
+                                     jax.random.fold_in(rng, 10_000 + i)))
+      nats, tokens = nats + float(r['nats']), tokens + float(r['tokens'])
+    bits = nats / tokens / np.log(2)
+    out[f'{name}_bits_per_token'] = bits
+    if bytes_per_token:
+      out[f'{name}_bpb'] = bits / bytes_per_token
+  return out
+
+
+def _check_saved_config(config, workdir: str) -> None:
+  """Refuse to resume a workdir whose saved model or paradigm differs from the config."""
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    saved = json.load(f)
+  now = json.loads(config.to_json_best_effort())
+  for key in ('paradigm', 'model'):
+    if saved.get(key) != now.get(key):
+      raise ValueError(f'{workdir} holds a run with a different `{key}` ({saved.get(key)} vs '
+                       f'{now.get(key)}); use a new --workdir or the saved config.')
+
+
+def _log(msg: str) -> None:
+  if jax.process_index() == 0:
+    print(msg, flush=True)
+
+
+class _StopSignal:
+  """SIGTERM / SIGINT set a flag; the loop then checkpoints and exits at the next step."""
+
+  def __init__(self):
+    self.requested = False
+    self._old = {}
+    try:
+      for sig in (signal.SIGTERM, signal.SIGINT):
+        self._old[sig] = signal.signal(sig, self._handle)
+    except ValueError:  # not the main thread (e.g. a notebook worker): no handlers
+      self._old = {}
+
+  def _handle(self, signum, frame):
+    if self.requested:  # a second signal stops at once
+      raise KeyboardInterrupt
+    self.requested = True
+
+  def restore(self):
+    for sig, old in self._old.items():
+      signal.signal(sig, old)
