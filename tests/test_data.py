@@ -284,15 +284,22 @@ def test_process_sharding_partitions_the_global_batch():
 # --- Eval batches ----------------------------------------------------------------------------
 
 def test_eval_batches_tile_the_split_deterministically():
-  batches = data.eval_batches(TOKENS, seq_len=10, batch_size=4, num_batches=3)
+  tokens = np.arange(121, dtype=np.uint16)  # exactly 12 windows of seq_len 10
+  batches = data.eval_batches(tokens, seq_len=10, batch_size=4, num_batches=0)  # 0 = all
   assert len(batches) == 3
   rows = np.concatenate([b['tokens'] for b in batches])
   assert rows.dtype == np.int32 and rows.shape == (12, 11)
   np.testing.assert_array_equal(rows[:, 0], np.arange(12) * 10)  # stride seq_len
   targets = rows[:, 1:].reshape(-1)
   np.testing.assert_array_equal(targets, np.arange(1, 121))  # every target exactly once
-  again = data.eval_batches(TOKENS, seq_len=10, batch_size=4, num_batches=3)
+  again = data.eval_batches(tokens, seq_len=10, batch_size=4, num_batches=0)
   assert all(np.array_equal(x['tokens'], y['tokens']) for x, y in zip(batches, again))
+
+
+def test_eval_batches_are_spread_over_the_whole_split():
+  tokens = np.arange(1001, dtype=np.uint16)  # 100 windows of seq_len 10
+  (b,) = data.eval_batches(tokens, seq_len=10, batch_size=4, num_batches=1)
+  np.testing.assert_array_equal(b['tokens'][:, 0], [0, 250, 500, 750])
 
 
 def test_eval_batches_short_split_uses_fewer_batches_or_wraps():

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 
 import ml_collections
 
@@ -77,12 +78,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.seed = 0
   c.train.log_every = 20
   c.train.eval_every = 200
-  c.train.eval_batches = 8
+  c.train.eval_batches = 8  # held-out batches spread over the split; 0 = all of it
   c.train.ckpt_every = 200
   c.train.keep = 3
   c.train.async_checkpoint = True
   c.train.progress = True  # tqdm progress bar
-  c.train.profile = False
+  c.train.stop_at = 0  # > 0: checkpoint and stop at this step without ending the schedule
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.shape = (-1, 1, 1)  # sizes of (data, fsdp, tensor); one -1 takes the remaining devices
@@ -107,7 +108,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
     raise ValueError(f'train.ema_decay must be in [0, 1), got {t.ema_decay}')
   if len(c.mesh.shape) != len(MESH_AXES):
     raise ValueError(f'mesh.shape must give sizes for {MESH_AXES}, got {tuple(c.mesh.shape)}')
-  for key in ('log_every', 'eval_every', 'ckpt_every', 'eval_batches', 'keep'):
+  for key in ('log_every', 'eval_every', 'ckpt_every', 'keep'):
     if t[key] < 1:
       raise ValueError(f'train.{key} must be >= 1, got {t[key]}')
   model_config(c)  # TransformerConfig validates its own fields
@@ -120,6 +121,18 @@ def model_config(c: ml_collections.ConfigDict) -> TransformerConfig:
   if extra:
     raise ValueError(f'unknown model keys {sorted(extra)}; TransformerConfig has {sorted(fields)}')
   return TransformerConfig(**{k: c.model[k] for k in c.model.keys()})
+
+
+def from_file(spec: str) -> ml_collections.ConfigDict:
+  """`'configs/ar_code.py:tiny'` -> that file's get_config('tiny') (as `--config` does)."""
+  import importlib.util
+  path, _, arg = spec.partition(':')
+  module_spec = importlib.util.spec_from_file_location('_config_' + os.path.basename(path)[:-3], path)
+  if module_spec is None or not os.path.exists(path):
+    raise FileNotFoundError(f'config file {path!r} not found')
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()
 
 
 def save(c: ml_collections.ConfigDict, path) -> None:

@@ -386,13 +386,16 @@ def train_dataset(tokens: np.ndarray, *, seq_len: int, batch_size: int, seed: in
 
 def eval_batches(tokens: np.ndarray, *, seq_len: int, batch_size: int,
                  num_batches: int) -> list[dict[str, np.ndarray]]:
-  """Deterministic held-out batches of consecutive windows.
+  """Deterministic held-out batches of windows spread evenly over the whole split.
 
   Window ``w`` is ``tokens[w * seq_len : w * seq_len + seq_len + 1]`` (stride seq_len: windows
-  share one boundary token, so the next-token targets ``window[1:]`` tile the split with no gap
-  and no repeat). The first ``num_batches * batch_size`` windows are used. If the split holds
-  fewer, fewer batches are returned (``n_windows // batch_size``), but at least one: when even
-  one full batch does not fit, windows wrap around (``w % n_windows``), so some repeat.
+  share one boundary token, so the next-token targets ``window[1:]`` of all windows tile the
+  split with no gap and no repeat). Of the ``n_windows`` windows, ``num_batches * batch_size``
+  evenly spaced ones are used (``w_k = k * n_windows // total``), so every part of the held-out
+  files is sampled; ``num_batches=0`` uses every whole batch of windows (an exact full pass up
+  to the last partial batch). If the split holds fewer windows than asked, fewer batches are
+  returned (``n_windows // batch_size``), but at least one: when even one full batch does not
+  fit, windows wrap around (``w % n_windows``), so some repeat.
 
   Args:
     tokens: [N] held-out token ids.
@@ -400,15 +403,18 @@ def eval_batches(tokens: np.ndarray, *, seq_len: int, batch_size: int,
   Returns:
     list (length <= num_batches, >= 1) of ``{'tokens': np.int32 [batch_size, seq_len + 1]}``.
   """
-  if seq_len < 1 or batch_size < 1 or num_batches < 1:
-    raise ValueError(f'seq_len={seq_len}, batch_size={batch_size}, num_batches={num_batches} '
-                     'must all be >= 1.')
+  if seq_len < 1 or batch_size < 1 or num_batches < 0:
+    raise ValueError(f'seq_len={seq_len}, batch_size={batch_size} must be >= 1 and '
+                     f'num_batches={num_batches} >= 0 (0 = the whole split).')
   num_windows = (len(tokens) - 1) // seq_len
   if num_windows < 1:
     raise ValueError(f'The eval split has {len(tokens)} tokens, fewer than one window of '
                      f'seq_len + 1 = {seq_len + 1}; lower data.seq_len or hold out more data.')
-  num_batches = min(num_batches, max(1, num_windows // batch_size))
-  starts = (np.arange(num_batches * batch_size) % num_windows) * seq_len  # [num_batches * B]
+  fit = max(1, num_windows // batch_size)
+  num_batches = fit if num_batches == 0 else min(num_batches, fit)
+  total = num_batches * batch_size
+  w = (np.arange(total) * num_windows) // total if total <= num_windows else np.arange(total)
+  starts = (w % num_windows) * seq_len  # [num_batches * B]
   windows = np.stack([np.asarray(tokens[s:s + seq_len + 1], np.int32) for s in starts])
   windows = windows.reshape(num_batches, batch_size, seq_len + 1)  # [num_batches, B, L + 1]
   return [{'tokens': w} for w in windows]

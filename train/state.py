@@ -100,7 +100,8 @@ def setup(config, paradigm, mesh) -> Setup:
   batch_spec = paradigm.example_batch(d.batch_size, d.seq_len)
 
   def init_boxed(rng):
-    batch = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), batch_spec)
+    one = paradigm.example_batch(1, d.seq_len)  # shapes of params do not depend on the batch
+    batch = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), one)
     params = paradigm.init(model, rng, batch)['params']  # boxed with logical names
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                       ema=params if ema_on else None)
@@ -116,9 +117,10 @@ def setup(config, paradigm, mesh) -> Setup:
   replicated = NamedSharding(mesh, P())
 
   def run(fn):
-    """Trace `fn` under the mesh and logical rules (for the activation constraints)."""
+    """Trace `fn` under the mesh and logical rules, so activation constraints take effect
+    (without a mesh in context Flax silently drops them)."""
     def wrapped(*args):
-      with nn.logical_axis_rules(rules):
+      with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), nn.logical_axis_rules(rules):
         return fn(*args)
     return wrapped
 

@@ -68,6 +68,8 @@ def train(config, workdir: str, *, devices=None) -> dict:
   tic, tic_step = None, step
   try:
     while step < t.steps and not stop.requested:
+      if t.stop_at and step >= t.stop_at:
+        break
       batch = device_batch(next(iterator), s.batch_sharding)
       state, metrics = s.train_step(state, batch, rng)
       step += 1
@@ -75,11 +77,12 @@ def train(config, workdir: str, *, devices=None) -> dict:
       if tic is None:  # start the clock after the first (compiling) step
         jax.block_until_ready(metrics)
         tic, tic_step = time.perf_counter(), step
-      at_end = step == t.steps or stop.requested
+      at_end = step == t.steps or step == t.stop_at or stop.requested
       if step % t.log_every == 0 or step % t.ckpt_every == 0 or at_end:
+        rows = jax.device_get([m for _, m in pending])  # waits for the interval's steps
         toc = time.perf_counter()
         rate = tokens_per_step * (step - tic_step) / max(toc - tic, 1e-9)
-        last = _flush(pending, writer, ckpt, rate if step > tic_step else None)
+        last = _flush(pending, rows, writer, ckpt, rate if step > tic_step else None)
         pending, tic, tic_step = [], toc, step
         bar.set_postfix(loss=f"{last['loss']:.4f}", tok_s=f'{rate:,.0f}', refresh=False)
       if step % t.eval_every == 0 or at_end:
@@ -102,11 +105,11 @@ def train(config, workdir: str, *, devices=None) -> dict:
   return last
 
 
-def _flush(pending, writer, ckpt, tokens_per_s) -> dict:
-  """Fetch the interval's metrics (one transfer), stop on a non-finite loss, write one row."""
-  rows = jax.device_get([m for _, m in pending])
+def _flush(pending, rows, writer, ckpt, tokens_per_s) -> dict:
+  """Check the interval's fetched metrics `rows`: stop on a non-finite loss, write one mean row."""
   for (step, _), row in zip(pending, rows):
     if not np.isfinite(row['loss']):
+      ckpt.wait()  # let an in-flight save land so the message names it
       good = ckpt.latest_step()
       where = f'step {good} in {ckpt.directory}' if good is not None else 'none (no checkpoint yet)'
       raise NonFiniteLoss(

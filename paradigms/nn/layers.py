@@ -64,13 +64,14 @@ class SwiGLU(nn.Module):
   @nn.compact
   def __call__(self, x):  # [B, L, D] -> [B, L, D]
     d = x.shape[-1]
-    w_in = self.param('wi', normal_init(d ** -0.5, ('embed', None, 'mlp')), (d, 2, self.d_ff),
-                      self.param_dtype)
-    w_out = self.param('wo', normal_init(self.out_std, ('mlp', 'embed')), (self.d_ff, d),
+    init = normal_init(d ** -0.5, ('embed', 'mlp'))
+    w_gate = self.param('w_gate', init, (d, self.d_ff), self.param_dtype)
+    w_up = self.param('w_up', init, (d, self.d_ff), self.param_dtype)
+    w_out = self.param('w_out', normal_init(self.out_std, ('mlp', 'embed')), (self.d_ff, d),
                        self.param_dtype)
-    h = jnp.einsum('bld,dkf->blkf', x, w_in.astype(self.dtype))  # [B, L, 2, F]
-    h = nn.with_logical_constraint(h, ('batch', 'length', None, 'act_mlp'))
-    h = nn.silu(h[:, :, 0]) * h[:, :, 1]  # [B, L, F]
+    gate = jnp.einsum('bld,df->blf', x, w_gate.astype(self.dtype))  # [B, L, F]
+    up = jnp.einsum('bld,df->blf', x, w_up.astype(self.dtype))  # [B, L, F]
+    h = nn.with_logical_constraint(nn.silu(gate) * up, ('batch', 'length', 'act_mlp'))
     return jnp.einsum('blf,fd->bld', h, w_out.astype(self.dtype))
 
 

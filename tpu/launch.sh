@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Launch a training run on every worker of a TPU VM slice (one process per host).
+#
+#   tpu/launch.sh NAME ZONE configs/ar_code.py:1b gs://bucket/runs/ar_1b [--config.x=y ...]
+#
+# Each host runs `python -m train --multihost`, which calls jax.distributed.initialize() (the
+# TPU runtime supplies the coordinator), reads its own shard of the data (train/data.py) and
+# lets process 0 write logs. Rerunning the same command resumes from the newest checkpoint.
+# Multi-host GPU: run the same `python -m train --multihost ...` on each host with
+# JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID set (or under SLURM, which JAX
+# detects by itself).
+set -euo pipefail
+if [ $# -lt 4 ]; then
+  echo "usage: $0 TPU_NAME ZONE CONFIG WORKDIR [--config.key=value ...]" >&2
+  exit 2
+fi
+name=$1 zone=$2 config=$3 workdir=$4
+shift 4
+repo=${REPO_DIR:-jax-paradigms}
+gcloud compute tpus tpu-vm ssh "$name" --zone "$zone" --worker=all --command "
+  set -e
+  cd $repo
+  python3 -m venv .venv && . .venv/bin/activate
+  pip install -q -e . 'jax[tpu]'
+  python -m train --multihost --config $config --workdir $workdir --config.train.progress=False $*
+"

@@ -1,0 +1,52 @@
+"""Held-out evaluation of a saved run: python -m train.evaluate --workdir runs/ar_code [--batches 0]
+
+Prints one JSON object with bits per token (and per byte for byte-level corpora). `--batches 0`
+(the default) is a full pass over the held-out split; the trainer's periodic evaluation uses
+`train.eval_batches` evenly spaced batches instead.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import jax
+import numpy as np
+
+import paradigms
+from train.checkpoint import load_run
+from train.data import eval_batches, load_corpus
+
+
+def evaluate_run(workdir: str, batches: int = 0, step: int | None = None, ema: bool | None = None,
+                 seed: int = 0) -> dict:
+  config, model, params = load_run(workdir, step, ema)
+  paradigm = paradigms.get(config.paradigm)
+  corpus = load_corpus(config.data)
+  evals = eval_batches(corpus.eval, seq_len=config.data.seq_len, batch_size=config.data.batch_size,
+                       num_batches=batches)
+  fn = jax.jit(lambda p, b, r: paradigm.evaluate(p, b, r, model=model))
+  nats = tokens = 0.0
+  t0 = time.perf_counter()
+  for i, b in enumerate(evals):
+    r = jax.device_get(fn(params, b, jax.random.fold_in(jax.random.key(seed), i)))
+    nats, tokens = nats + float(r['nats']), tokens + float(r['tokens'])
+  bits = nats / tokens / np.log(2)
+  out = {'workdir': workdir, 'paradigm': config.paradigm, 'tokens': int(tokens),
+         'bits_per_token': bits, 'seconds': time.perf_counter() - t0}
+  if corpus.bytes_per_token:
+    out['bpb'] = bits / corpus.bytes_per_token
+  return out
+
+
+def main():
+  p = argparse.ArgumentParser(prog='python -m train.evaluate', description=__doc__)
+  p.add_argument('--workdir', required=True)
+  p.add_argument('--batches', type=int, default=0, help='0 = the whole held-out split')
+  p.add_argument('--step', type=int, default=None)
+  args = p.parse_args()
+  print(json.dumps(evaluate_run(args.workdir, args.batches, args.step)))
+
+
+if __name__ == '__main__':
+  main()
