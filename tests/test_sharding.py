@@ -19,7 +19,7 @@ p = paradigms.get(c.paradigm)
 big = setup(c, p, make_mesh((2, 2, 2)))
 one = setup(c, p, make_mesh((1, 1, 1), jax.devices()[:1]))
 state = big.init(jax.random.key(0))
-specs = {jax.tree_util.keystr(k): str(v.sharding.spec) for k, v in
+specs = {jax.tree_util.keystr(k): list(v.sharding.spec) for k, v in
          jax.tree_util.tree_leaves_with_path(state.params)}
 shard_shapes = {jax.tree_util.keystr(k): list(v.addressable_shards[0].data.shape) for k, v in
                 jax.tree_util.tree_leaves_with_path(state.params)}
@@ -42,7 +42,7 @@ gscale = max(float(np.abs(a).max()) for a in jax.tree.leaves(g1))
 new_state, metrics = big.train_step(state, device_batch(batch, big.batch_sharding), jax.random.key(1))
 print(json.dumps(dict(n=jax.device_count(), specs=specs, shard_shapes=shard_shapes, l8=float(l8),
                       l1=float(l1), gdiff=gdiff, gscale=gscale,
-                      step_spec=str(new_state.params['layers']['attn']['wq'].sharding.spec))))
+                      step_spec=list(new_state.params['layers']['attn']['wq'].sharding.spec))))
 '''
 
 
@@ -51,9 +51,9 @@ def test_params_sharded_by_rules_and_loss_grads_match_single_device():
   assert out['n'] == 8
   s, shapes = out['specs'], out['shard_shapes']
   # rules: embed->fsdp, heads/kv_heads/mlp/vocab->tensor, layers/head_dim->replicated
-  assert s["['layers']['attn']['wq']"] == "PartitionSpec(None, 'fsdp', 'tensor', None)"
-  assert s["['layers']['mlp']['w_gate']"] == "PartitionSpec(None, 'fsdp', 'tensor')"
-  assert s["['embed']['embedding']"] == "PartitionSpec('tensor', 'fsdp')"
+  assert s["['layers']['attn']['wq']"] == [None, 'fsdp', 'tensor', None]
+  assert s["['layers']['mlp']['w_gate']"] == [None, 'fsdp', 'tensor']
+  assert s["['embed']['embedding']"] == ['tensor', 'fsdp']
   assert shapes["['layers']['attn']['wq']"] == [2, 16, 2, 8]  # [L, D/2, H/2, Dh] per device
   assert shapes["['embed']['embedding']"] == [129, 16]  # [V/2, D/2]
   assert out['step_spec'] == s["['layers']['attn']['wq']"]  # the step keeps the layout
