@@ -10,6 +10,7 @@ import importlib
 
 PARADIGMS = {
     'autoregressive': 'paradigms.autoregressive',
+    'masked_diffusion': 'paradigms.masked_diffusion',
 }
 
 

@@ -52,9 +52,11 @@ def loss(params, batch, rng, *, model: Transformer, z_loss: float = 0.0):
   return total, {'nll': ce, 'bits_per_token': ce / jnp.log(2.0), 'log_z_sq': jnp.mean(log_z ** 2)}
 
 
-def evaluate(params, batch, rng, *, model: Transformer) -> dict:
-  """Sums for held-out bits per token: {'nats': sum NLL, 'tokens': count}. Exact, no sampling."""
-  del rng
+def evaluate(params, batch, rng, *, model: Transformer, z_loss: float = 0.0) -> dict:
+  """Sums for held-out bits per token: {'nats': sum NLL, 'tokens': count}. Exact, no sampling.
+
+  Takes the same keyword options as `loss` (the trainer passes `config.loss` to both)."""
+  del rng, z_loss
   nll, _ = token_nll(model, params, batch['tokens'])
   return {'nats': nll.sum(), 'tokens': jnp.asarray(nll.size, jnp.float32)}
 

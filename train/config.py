@@ -145,6 +145,7 @@ def load(path) -> ml_collections.ConfigDict:
   with open(path) as f:
     saved = json.load(f)
   c = base_config()
+  c.loss = ml_collections.ConfigDict(saved.pop('loss', {}))  # paradigm-specific: taken as saved
   _merge(c, saved, prefix='')
   return finalize(c)
 

@@ -11,11 +11,11 @@ import json
 import time
 
 import jax
-import numpy as np
 
 import paradigms
 from train.checkpoint import load_run
 from train.data import eval_batches, load_corpus
+from train.trainer import summarize
 
 
 def evaluate_run(workdir: str, batches: int = 0, step: int | None = None, ema: bool | None = None,
@@ -25,17 +25,14 @@ def evaluate_run(workdir: str, batches: int = 0, step: int | None = None, ema: b
   corpus = load_corpus(config.data)
   evals = eval_batches(corpus.eval, seq_len=config.data.seq_len, batch_size=config.data.batch_size,
                        num_batches=batches)
-  fn = jax.jit(lambda p, b, r: paradigm.evaluate(p, b, r, model=model))
-  nats = tokens = 0.0
+  fn = jax.jit(lambda p, b, r: paradigm.evaluate(p, b, r, model=model, **dict(config.loss)))
+  sums = {}
   t0 = time.perf_counter()
   for i, b in enumerate(evals):
     r = jax.device_get(fn(params, b, jax.random.fold_in(jax.random.key(seed), i)))
-    nats, tokens = nats + float(r['nats']), tokens + float(r['tokens'])
-  bits = nats / tokens / np.log(2)
-  out = {'workdir': workdir, 'paradigm': config.paradigm, 'tokens': int(tokens),
-         'bits_per_token': bits, 'seconds': time.perf_counter() - t0}
-  if corpus.bytes_per_token:
-    out['bpb'] = bits / corpus.bytes_per_token
+    sums = {k: sums.get(k, 0.0) + float(v) for k, v in r.items()}
+  out = {'workdir': workdir, 'paradigm': config.paradigm, 'tokens': int(sums['tokens']),
+         **summarize(sums, corpus.bytes_per_token), 'seconds': time.perf_counter() - t0}
   return out
 
 

@@ -161,12 +161,13 @@ def setup(config, paradigm, mesh) -> Setup:
     ema = state.ema
     if ema_on:
       ema = jax.tree.map(lambda e, p: t.ema_decay * e + (1 - t.ema_decay) * p, ema, params)
-    metrics = dict(metrics, grad_norm=optax.global_norm(grads), lr=schedule(state.step))
+    metrics = dict(metrics, grad_norm=optax.tree_utils.tree_norm(grads), lr=schedule(state.step))
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state, ema=ema), metrics
 
   train_step_jit = jax.jit(run(train_step), in_shardings=(state_sharding, batch_sharding, replicated),
                            out_shardings=(state_sharding, replicated), donate_argnums=(0,))
-  eval_step = jax.jit(run(lambda params, batch, rng: paradigm.evaluate(params, batch, rng, model=model)),
+  eval_step = jax.jit(run(lambda params, batch, rng: paradigm.evaluate(params, batch, rng, model=model,
+                                                                     **loss_kwargs)),
                       in_shardings=(state_sharding.params, batch_sharding, replicated),
                       out_shardings=replicated)
   return Setup(mesh=mesh, rules=rules, model=model, state_sharding=state_sharding,

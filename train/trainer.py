@@ -129,15 +129,27 @@ def _evaluate(s: Setup, state, evals, bytes_per_token, rng) -> dict:
   for name, params in (('eval', state.params), ('eval_ema', state.ema)):
     if params is None:
       continue
-    nats = tokens = 0.0
+    sums = {}
     for i, b in enumerate(evals):
       r = jax.device_get(s.eval_step(params, device_batch(b, s.batch_sharding),
                                      jax.random.fold_in(rng, 10_000 + i)))
-      nats, tokens = nats + float(r['nats']), tokens + float(r['tokens'])
-    bits = nats / tokens / np.log(2)
-    out[f'{name}_bits_per_token'] = bits
-    if bytes_per_token:
-      out[f'{name}_bpb'] = bits / bytes_per_token
+      sums = {k: sums.get(k, 0.0) + float(v) for k, v in r.items()}
+    out.update(summarize(sums, bytes_per_token, prefix=name + '_'))
+  return out
+
+
+def summarize(sums: dict, bytes_per_token: float | None, prefix: str = '') -> dict:
+  """Evaluation sums -> bits per token (and per byte); with a Monte-Carlo bound ('nats_sq',
+  'draws' from a stochastic evaluate), also its standard error."""
+  bits = sums['nats'] / sums['tokens'] / np.log(2)
+  out = {f'{prefix}bits_per_token': bits}
+  if 'nats_sq' in sums:
+    mean = sums['nats'] / sums['tokens']
+    var = max(sums['nats_sq'] / sums['draws'] - mean ** 2, 0.0)
+    out[f'{prefix}bits_per_token_se'] = float(np.sqrt(var / sums['draws']) / np.log(2))
+  if bytes_per_token:
+    for k in list(out):
+      out[k.replace('bits_per_token', 'bpb')] = out[k] / bytes_per_token
   return out
 
 

@@ -1,0 +1,445 @@
+"""Samplers for masked (absorbing-state) diffusion LMs: MDLM/MD4, ReMDM, LLaDA, Fast-dLLM, BD3-LM.
+
+Every sampler starts from `x` [B, L], which holds the given tokens and `mask_id` at the
+positions to generate, so prompting, infilling (a fixed prefix and suffix) or any other pattern
+is just the initial `x`. Given tokens are never changed (SUBS carry-over, MDLM Sec. 3.2), and
+ReMDM never remasks them. Each sampler is one jitted free function whose whole loop runs as
+`lax` loops with static shapes; it is deterministic given `rng` and counts network calls (NFE).
+
+Seam: `logits_fn(params, tokens [B, T], cache, positions=None, ids=None) -> (logits [B, T, V],
+cache)` with the mask token's logit already at -1e6 (SUBS), so p_theta = softmax(logits / T)
+never proposes the mask. MDLM-style samplers pass cache=None. `logits_fn` is a static argument
+(hashable by value, e.g. `paradigms.masked_diffusion.LogitsFn`).
+
+Sampling goes through `sample.categorical` (inverse CDF, never float32 Gumbel-max, which lowers
+the effective temperature; Zheng et al. 2024). temperature=0 means greedy (argmax) proposals.
+
+| sampler | algorithm | NFE |
+|---|---|---|
+| `ancestral` | MDLM / MD4 reverse process t -> s, `cache_p` = MDLM's ddpm_cache | <= steps |
+| `remdm` | ReMDM-cap (Wang et al. 2025): ancestral + remasking of decoded tokens | steps |
+| `confidence_topk` | MaskGIT / LLaDA low-confidence remasking, k_i per step | <= steps |
+| `confidence_threshold` | Fast-dLLM parallel decoding: every confidence >= tau | steps run |
+| `semi_autoregressive` | LLaDA semi-AR blocks (top-k or threshold inside a block) | sum over blocks |
+| `block_diffusion` | BD3-LM block-by-block with a KV cache of finished blocks | 1 + N (S + 1) |
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from paradigms import masked_diffusion as md
+from sample.categorical import sample_categorical
+
+
+@struct.dataclass
+class MaskState:
+  """Loop state shared by the samplers."""
+  x: jax.Array  # [B, L] int32 current sequence, mask_id where still masked
+  nfe: jax.Array  # [] int32 calls of logits_fn so far
+  logits: jax.Array | None = None  # [B, L, V] float32 last p_theta logits (ancestral, cache_p)
+  stale: jax.Array | None = None  # [] bool: x changed since `logits` was computed
+  cache: Any = None  # KV cache pytree of the finished blocks (block_diffusion)
+
+
+@struct.dataclass
+class DiffusionOutput:
+  tokens: jax.Array  # [B, L] int32, no mask left
+  nfe: jax.Array  # [] int32 calls of logits_fn
+  history: jax.Array | None = None  # [S, B] int32 masks left in each row after each step
+
+
+# --- Shared pieces -----------------------------------------------------------------------------
+
+def _check(temperature: float, top_k: int, top_p: float, **positive):
+  if temperature < 0:
+    raise ValueError(f'temperature must be >= 0 (0 = greedy), got {temperature}')
+  if top_k < 0 or not 0 < top_p <= 1:
+    raise ValueError(f'top_k must be >= 0 and top_p in (0, 1], got top_k={top_k}, top_p={top_p}')
+  for name, value in positive.items():
+    if value is not None and value < 1:
+      raise ValueError(f'{name} must be >= 1, got {value}')
+
+
+def _draw(rng, logits, temperature, top_k, top_p):
+  """x0 ~ p_theta per position (inverse CDF): [B, L, V] -> [B, L]; temperature 0 = argmax."""
+  return sample_categorical(rng, logits, temperature or 1.0, top_k, top_p, greedy=temperature == 0)
+
+
+def _masks_left(x, mask_id):
+  return jnp.sum(x == mask_id, axis=1).astype(jnp.int32)  # [B]
+
+
+def _reverse_step(rng, x, logits, p_unmask, sigma, final, given, *, mask_id, temperature, top_k,
+                  top_p, final_argmax):
+  """One reverse step t -> s of the absorbing process (MDLM eq. 7-8 with SUBS; ReMDM eq. 5).
+
+  A masked position becomes x0 ~ p_theta with probability p_unmask (every one when `final`);
+  a decoded, not given, position is remasked with probability sigma (ReMDM; 0 for MDLM).
+  x: [B, L] int32; logits: [B, L, V]; given: [B, L] bool. Returns x_s [B, L].
+  """
+  draw_rng, u_rng = jax.random.split(rng)
+  x0 = _draw(draw_rng, logits, temperature, top_k, top_p)  # [B, L]
+  if final_argmax:
+    x0 = jnp.where(final, jnp.argmax(logits, axis=-1).astype(jnp.int32), x0)
+  u = jax.random.uniform(u_rng, x.shape)  # [B, L], one draw: the two events are disjoint
+  masked = x == mask_id
+  x_s = jnp.where(masked & ((u < p_unmask) | final), x0, x)
+  return jnp.where(~masked & ~given & (u < sigma), mask_id, x_s)
+
+
+def _times(k, steps: int, schedule: str):
+  """Step k = 0..steps-1 goes t_i -> s = t_i - 1/steps with t_i = i / steps, i = steps - k."""
+  alpha = md.schedule(schedule)
+  i = steps - k
+  a_t, _ = alpha(i / steps)
+  a_s, _ = alpha((i - 1) / steps)
+  return a_t, a_s, i == 1
+
+
+def _propose(logits_fn, params, x, rng, off, W: int, temperature, top_k, top_p):
+  """x_hat ~ p_theta and its confidence at every position the network sees.
+
+  The network sees the window x[:, off:off + W] (W = L: everything). Confidence is the model's
+  own probability of the proposal, softmax(logits)[x_hat] (LLaDA / Fast-dLLM use the untempered
+  softmax). Positions outside the window get confidence -inf. Returns ([B, L] int32, [B, L]).
+  """
+  B, L = x.shape
+  view = jax.lax.dynamic_slice_in_dim(x, off, W, axis=1)  # [B, W]
+  logits = logits_fn(params, view, None)[0].astype(jnp.float32)  # [B, W, V]
+  x_hat = _draw(rng, logits, temperature, top_k, top_p)  # [B, W]
+  picked = jnp.take_along_axis(logits, x_hat[..., None], axis=-1)[..., 0]
+  c = jnp.exp(picked - jax.nn.logsumexp(logits, axis=-1))  # [B, W]
+  if W < L:
+    x_hat = jax.lax.dynamic_update_slice(jnp.zeros((B, L), jnp.int32), x_hat, (0, off))
+    c = jax.lax.dynamic_update_slice(jnp.full((B, L), -jnp.inf, c.dtype), c, (0, off))
+  return x_hat, c
+
+
+def _topk_loop(propose, x, rng, region, steps: int, mask_id: int):
+  """LLaDA low-confidence remasking over the masked positions inside `region` [B, L] bool.
+
+  With M masked positions in a row, step i commits the k_i most confident proposals, where
+  k_i = M // steps + (i < M % steps) (LLaDA's get_num_transfer_tokens): after `steps` steps
+  no mask is left in the region. A step where every row has k_i = 0 is skipped (no NFE).
+  Returns (x [B, L], nfe [], history [steps, B]).
+  """
+  M = jnp.sum((x == mask_id) & region, axis=1)  # [B]
+
+  def step(s: MaskState, i):
+    k = M // steps + (i < M % steps)  # [B]
+
+    def run(s: MaskState) -> MaskState:
+      x_hat, c = propose(jax.random.fold_in(rng, i), s.x)  # [B, L] each
+      eligible = (s.x == mask_id) & region
+      c = jnp.where(eligible, c, -jnp.inf)
+      rank = jnp.argsort(jnp.argsort(-c, axis=1), axis=1)  # 0 = most confident (stable ties)
+      commit = eligible & (rank < k[:, None])
+      return s.replace(x=jnp.where(commit, x_hat, s.x), nfe=s.nfe + 1)
+
+    s = jax.lax.cond(jnp.any(k > 0), run, lambda s: s, s)
+    return s, _masks_left(s.x, mask_id)
+
+  s, history = jax.lax.scan(step, MaskState(x=x, nfe=jnp.zeros((), jnp.int32)), jnp.arange(steps))
+  return s.x, s.nfe, history
+
+
+def _threshold_loop(propose, x, rng, region, max_steps: int, tau: float, mask_id: int):
+  """Fast-dLLM parallel decoding over the masked positions inside `region` [B, L] bool.
+
+  Each step commits every proposal with confidence >= tau, and always the most confident one of
+  each row that still has masks, so it ends after at most max(M) steps; at step `max_steps`
+  whatever is left is committed. Returns (x [B, L], nfe [], history [max_steps, B]).
+  """
+  B, L = x.shape
+
+  def cond(c):
+    s, i, _ = c
+    return (i < max_steps) & jnp.any((s.x == mask_id) & region)
+
+  def body(c):
+    s, i, history = c
+    x_hat, conf = propose(jax.random.fold_in(rng, i), s.x)  # [B, L] each
+    eligible = (s.x == mask_id) & region
+    conf = jnp.where(eligible, conf, -jnp.inf)
+    best = jax.nn.one_hot(jnp.argmax(conf, axis=1), L, dtype=bool)  # [B, L]
+    commit = eligible & ((conf >= tau) | best | (i == max_steps - 1))
+    x = jnp.where(commit, x_hat, s.x)
+    return s.replace(x=x, nfe=s.nfe + 1), i + 1, history.at[i].set(_masks_left(x, mask_id))
+
+  init = (MaskState(x=x, nfe=jnp.zeros((), jnp.int32)), jnp.zeros((), jnp.int32),
+          jnp.zeros((max_steps, B), jnp.int32))
+  s, _, history = jax.lax.while_loop(cond, body, init)
+  return s.x, s.nfe, history
+
+
+# --- Samplers ----------------------------------------------------------------------------------
+
+_COMMON = ('logits_fn', 'mask_id', 'temperature', 'top_k', 'top_p')
+
+
+@functools.partial(jax.jit, static_argnames=_COMMON + ('steps', 'schedule', 'cache_p',
+                                                       'final_argmax'))
+def ancestral(logits_fn: Callable, params, x, rng, *, mask_id: int, steps: int,
+              temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+              schedule: str = 'loglinear', cache_p: bool = True,
+              final_argmax: bool = True) -> DiffusionOutput:
+  """Ancestral sampling of the reverse process (MDLM, Sahoo et al. 2024, eq. 7-8 and its
+  `_ddpm_update`; MD4, Shi et al. 2024, discrete-time ancestral sampler).
+
+  With t_i = i / steps, step i goes t -> s = t - 1/steps: a masked position becomes v with
+  probability (alpha_s - alpha_t)/(1 - alpha_t) p_theta(v) and stays masked with probability
+  (1 - alpha_s)/(1 - alpha_t); unmasked positions are copied. We draw a candidate x0 ~ p_theta
+  per masked position and unmask it with probability (alpha_s - alpha_t)/(1 - alpha_t).
+  The last step (s = 0) fills every remaining mask: by argmax (final_argmax=True, the default,
+  MDLM's final noise removal) or by the sampled candidate (final_argmax=False: the exact
+  reverse process, whose samples follow p_theta; use it to measure sample entropy).
+
+  cache_p=True reuses p_theta when no token changed in the previous step (MDLM's ddpm_cache):
+  the network is skipped with `lax.cond` and no NFE is counted. This is exact only because the
+  network does not read t; do not use it with a time-conditioned model.
+
+  x: [B, L] int32, given tokens and mask_id. Returns DiffusionOutput (history: masks left).
+  """
+  _check(temperature, top_k, top_p, steps=steps)
+  x = x.astype(jnp.int32)
+  given = x != mask_id
+  net = lambda x: logits_fn(params, x, None)[0].astype(jnp.float32)  # [B, L, V]
+  kw = dict(mask_id=mask_id, temperature=temperature, top_k=top_k, top_p=top_p,
+            final_argmax=final_argmax)
+
+  def step(s: MaskState, k):
+    a_t, a_s, final = _times(k, steps, schedule)
+    if cache_p:
+      logits = jax.lax.cond(s.stale, lambda: net(s.x), lambda: s.logits)
+      nfe = s.nfe + s.stale.astype(jnp.int32)
+    else:
+      logits, nfe = net(s.x), s.nfe + 1
+    p_unmask = (a_s - a_t) / (1.0 - a_t)
+    x = _reverse_step(jax.random.fold_in(rng, k), s.x, logits, p_unmask, 0.0, final, given, **kw)
+    if cache_p:
+      s = s.replace(logits=logits, stale=jnp.any(x != s.x))
+    return s.replace(x=x, nfe=nfe), _masks_left(x, mask_id)
+
+  s = MaskState(x=x, nfe=jnp.zeros((), jnp.int32))
+  if cache_p:
+    shape = jax.eval_shape(net, x).shape
+    s = s.replace(logits=jnp.zeros(shape, jnp.float32), stale=jnp.asarray(True))
+  s, history = jax.lax.scan(step, s, jnp.arange(steps))
+  return DiffusionOutput(tokens=s.x, nfe=s.nfe, history=history)
+
+
+@functools.partial(jax.jit, static_argnames=_COMMON + ('steps', 'eta', 'schedule',
+                                                       'final_argmax'))
+def remdm(logits_fn: Callable, params, x, rng, *, mask_id: int, steps: int, eta: float = 0.5,
+          temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+          schedule: str = 'loglinear', final_argmax: bool = True) -> DiffusionOutput:
+  """ReMDM-cap (Wang et al. 2025, "Remasking discrete diffusion models", Sec. 3, eq. 5).
+
+  sigma_t = eta * min(1, (1 - alpha_s)/alpha_t). Step t -> s (t_i = i / steps):
+  - a decoded position (generated here, not given) is remasked with probability sigma_t;
+  - a masked position becomes v with probability (alpha_s - (1 - sigma_t) alpha_t)/(1 - alpha_t)
+    p_theta(v) and stays masked with probability (1 - alpha_s - sigma_t alpha_t)/(1 - alpha_t).
+  eta = 0 is `ancestral` without cache. Given tokens are never remasked. The last step does not
+  remask and fills every remaining mask (argmax by default, as in `ancestral`). NFE = steps.
+  """
+  _check(temperature, top_k, top_p, steps=steps)
+  if not 0 <= eta <= 1:
+    raise ValueError(f'eta must be in [0, 1] (sigma_t = eta * sigma_max), got {eta}')
+  x = x.astype(jnp.int32)
+  given = x != mask_id
+  kw = dict(mask_id=mask_id, temperature=temperature, top_k=top_k, top_p=top_p,
+            final_argmax=final_argmax)
+
+  def step(x, k):
+    a_t, a_s, final = _times(k, steps, schedule)
+    sigma = jnp.where(final, 0.0, eta * jnp.minimum(1.0, (1.0 - a_s) / a_t))
+    p_unmask = (a_s - (1.0 - sigma) * a_t) / (1.0 - a_t)
+    logits = logits_fn(params, x, None)[0].astype(jnp.float32)  # [B, L, V]
+    x = _reverse_step(jax.random.fold_in(rng, k), x, logits, p_unmask, sigma, final, given, **kw)
+    return x, _masks_left(x, mask_id)
+
+  x, history = jax.lax.scan(step, x, jnp.arange(steps))
+  return DiffusionOutput(tokens=x, nfe=jnp.asarray(steps, jnp.int32), history=history)
+
+
+@functools.partial(jax.jit, static_argnames=_COMMON + ('steps',))
+def confidence_topk(logits_fn: Callable, params, x, rng, *, mask_id: int, steps: int,
+                    temperature: float = 1.0, top_k: int = 0,
+                    top_p: float = 1.0) -> DiffusionOutput:
+  """MaskGIT (Chang et al. 2022) / LLaDA (Nie et al. 2025, Alg. 5) low-confidence remasking.
+
+  Each step proposes x_hat ~ p_theta (argmax when temperature == 0) at every masked position,
+  with confidence c = softmax(logits)[x_hat], and commits the k_i most confident, where a row's
+  M masked positions are spread as evenly as possible: k_i = M // steps + (i < M % steps)
+  (LLaDA's get_num_transfer_tokens; M is per row, so infill patterns may differ). After
+  `steps` steps no mask is left; with steps > M the surplus steps commit nothing and cost no
+  NFE. history [steps, B] is the number of masks left after each step.
+
+  Even with a context-free model this does not sample p_theta unless steps == 1: committing the
+  most confident draws first favours likely tokens (tests/test_md_sampler.py measures it).
+  """
+  _check(temperature, top_k, top_p, steps=steps)
+  x = x.astype(jnp.int32)
+  W = x.shape[1]
+  propose = lambda rng, x: _propose(logits_fn, params, x, rng, 0, W, temperature, top_k, top_p)
+  x, nfe, history = _topk_loop(propose, x, rng, jnp.ones(x.shape, bool), steps, mask_id)
+  return DiffusionOutput(tokens=x, nfe=nfe, history=history)
+
+
+@functools.partial(jax.jit, static_argnames=_COMMON + ('tau', 'max_steps'))
+def confidence_threshold(logits_fn: Callable, params, x, rng, *, mask_id: int, tau: float = 0.9,
+                         max_steps: int | None = None, temperature: float = 1.0, top_k: int = 0,
+                         top_p: float = 1.0) -> DiffusionOutput:
+  """Fast-dLLM confidence-aware parallel decoding (Wu et al. 2025, Sec. 3.3).
+
+  Each step commits every masked position whose confidence softmax(logits)[x_hat] >= tau, and
+  always the single most confident masked position of each row, inside a `lax.while_loop` that
+  stops when no mask is left (at most L steps). NFE = steps actually run. With max_steps < L
+  the last allowed step commits every remaining proposal. history [max_steps, B] (default
+  max_steps = L): masks left after each step, 0 after the loop ended.
+  """
+  _check(temperature, top_k, top_p, max_steps=max_steps)
+  x = x.astype(jnp.int32)
+  L = x.shape[1]
+  propose = lambda rng, x: _propose(logits_fn, params, x, rng, 0, L, temperature, top_k, top_p)
+  x, nfe, history = _threshold_loop(propose, x, rng, jnp.ones(x.shape, bool),
+                                    min(max_steps or L, L), tau, mask_id)
+  return DiffusionOutput(tokens=x, nfe=nfe, history=history)
+
+
+@functools.partial(jax.jit, static_argnames=_COMMON + ('block_len', 'strategy', 'steps_per_block',
+                                                       'tau', 'window'))
+def semi_autoregressive(logits_fn: Callable, params, x, rng, *, mask_id: int, block_len: int,
+                        strategy: str = 'topk', steps_per_block: int | None = None,
+                        tau: float = 0.9, window: int | None = None, temperature: float = 1.0,
+                        top_k: int = 0, top_p: float = 1.0) -> DiffusionOutput:
+  """LLaDA semi-autoregressive remasking (Nie et al. 2025, Sec. 2.4 / Alg. 5 with blocks).
+
+  The generated region [start, L), start = the first position masked in any row, is cut into
+  blocks of `block_len`, decoded left to right in one `lax.fori_loop`. Inside block j only its
+  masked positions may be committed, by `strategy`:
+  - 'topk': `steps_per_block` low-confidence-remasking steps (`confidence_topk`), k_i spread
+    over the row's masks in that block;
+  - 'threshold': Fast-dLLM's rule (`confidence_threshold`, tau) until the block is full.
+  Later blocks stay masked but visible to the network. A block with nothing to fill costs no NFE.
+
+  window: outputs longer than the model's context. When given and L > window, block j is
+  decoded with the network seeing only the `window` tokens ending at the block's end,
+  x[:, e - window:e] with e = min(block end, L) (clipped to start at 0), a dynamic_slice of
+  static size `window`; needs block_len <= window. Positions inside the window restart at 0.
+  """
+  _check(temperature, top_k, top_p, block_len=block_len, steps_per_block=steps_per_block)
+  if strategy not in ('topk', 'threshold'):
+    raise ValueError(f"strategy must be 'topk' or 'threshold', got {strategy!r}")
+  if strategy == 'topk' and steps_per_block is None:
+    raise ValueError("strategy='topk' needs steps_per_block")
+  x = x.astype(jnp.int32)
+  B, L = x.shape
+  W = L if window is None else min(window, L)
+  if block_len > W:
+    raise ValueError(f'block_len={block_len} must be <= window={window}')
+  pos = jnp.arange(L)
+  start = jnp.min(jnp.where(x == mask_id, pos[None], L))  # [] first masked position
+
+  def block(j, s: MaskState) -> MaskState:
+    lo = start + j * block_len
+    region = jnp.broadcast_to((pos >= lo) & (pos < lo + block_len), (B, L))  # [B, L]
+    off = jnp.clip(jnp.minimum(lo + block_len, L) - W, 0, L - W)
+    propose = lambda rng, x: _propose(logits_fn, params, x, rng, off, W, temperature, top_k, top_p)
+    rng_j = jax.random.fold_in(rng, j)
+    if strategy == 'topk':
+      x, nfe, _ = _topk_loop(propose, s.x, rng_j, region, steps_per_block, mask_id)
+    else:
+      x, nfe, _ = _threshold_loop(propose, s.x, rng_j, region, block_len, tau, mask_id)
+    return s.replace(x=x, nfe=s.nfe + nfe)
+
+  n_blocks = -(-L // block_len)  # enough for start = 0; blocks past L are empty and free
+  s = jax.lax.fori_loop(0, n_blocks, block, MaskState(x=x, nfe=jnp.zeros((), jnp.int32)))
+  return DiffusionOutput(tokens=s.x, nfe=s.nfe)
+
+
+@functools.partial(jax.jit, static_argnames=_COMMON + ('block_size', 'num_blocks',
+                                                       'steps_per_block', 'use_cache', 'schedule',
+                                                       'final_argmax'))
+def block_diffusion(logits_fn: Callable, params, prompt, rng, cache=None, *, mask_id: int,
+                    block_size: int, num_blocks: int, steps_per_block: int,
+                    use_cache: bool = True, temperature: float = 1.0, top_k: int = 0,
+                    top_p: float = 1.0, schedule: str = 'loglinear',
+                    final_argmax: bool = True) -> DiffusionOutput:
+  """BD3-LM decoding (Arriola et al. 2025, Sec. 3 and Alg. 2): blocks left to right, each by
+  `steps_per_block` ancestral steps (as `ancestral`, without cache_p) from all-mask.
+
+  Positions are absolute (prompt [B, P], then num_blocks blocks: T = P + num_blocks *
+  block_size) and position p has block id p // block_size (needs P % block_size == 0); the
+  network runs with the block-causal mask over these ids, which is the BD3 mask at decode time.
+  - use_cache=True: `cache` is empty with room for T (`Transformer.init_cache(B, T)`). The
+    prompt is prefilled; each denoising call reads the cache and the noisy block, and the cache
+    it returns is discarded (the noisy block must not enter it); the finished block is then
+    committed by one more call whose cache is kept. NFE = [P > 0] + num_blocks (S + 1).
+  - use_cache=False: each call runs the network over the whole buffer [B, T] and takes the
+    current block's logits. Later (still masked) blocks have larger ids, and a key is visible
+    only to queries with an id >= its own, so the current block never sees them: the logits
+    are those of the cached path. NFE = num_blocks S. Both modes give the same tokens for the
+    same rng.
+  Returns DiffusionOutput with tokens [B, T] (the prompt, then the blocks).
+  """
+  _check(temperature, top_k, top_p, block_size=block_size, num_blocks=num_blocks,
+         steps_per_block=steps_per_block)
+  B, P = prompt.shape
+  Bk, N, S = block_size, num_blocks, steps_per_block
+  if P % Bk:
+    raise ValueError(f'prompt length {P} must be a multiple of block_size={Bk} (pad it on the left)')
+  T = P + N * Bk
+  if use_cache:
+    if cache is None:
+      raise ValueError(f'use_cache=True needs an empty `cache` with room for {T} positions '
+                       f'(Transformer.init_cache(B, {T})), or use_cache=False')
+    if hasattr(cache, 'ids') and cache.ids.shape[-1] < T:
+      raise ValueError(f'the cache holds {cache.ids.shape[-1]} positions; it needs {T}')
+  else:
+    cache = None
+  prompt = prompt.astype(jnp.int32)
+  pos_all = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))  # [B, T]
+  ids_all = pos_all // Bk  # [B, T] block ids
+  buf = jnp.concatenate([prompt, jnp.full((B, N * Bk), mask_id, jnp.int32)], axis=1)  # [B, T]
+  nfe = jnp.zeros((), jnp.int32)
+  if use_cache and P:
+    _, cache = logits_fn(params, prompt, cache, positions=pos_all[:, :P], ids=ids_all[:, :P])
+    nfe = nfe + 1
+  kw = dict(mask_id=mask_id, temperature=temperature, top_k=top_k, top_p=top_p,
+            final_argmax=final_argmax)
+  no_given = jnp.zeros((B, Bk), bool)
+
+  def block(j, s: MaskState) -> MaskState:
+    at = P + j * Bk
+    positions = at + jnp.broadcast_to(jnp.arange(Bk, dtype=jnp.int32), (B, Bk))  # [B, Bk]
+    ids = positions // Bk
+
+    def net(xb):  # xb: [B, Bk] -> logits [B, Bk, V]
+      if use_cache:
+        return logits_fn(params, xb, s.cache, positions=positions, ids=ids)[0]  # cache discarded
+      full = jax.lax.dynamic_update_slice(s.x, xb, (0, at))  # [B, T]
+      logits = logits_fn(params, full, None, positions=pos_all)[0]  # [B, T, V]
+      return jax.lax.dynamic_slice_in_dim(logits, at, Bk, axis=1)
+
+    def step(k, xb):
+      a_t, a_s, final = _times(k, S, schedule)
+      p_unmask = (a_s - a_t) / (1.0 - a_t)
+      logits = net(xb).astype(jnp.float32)
+      rng_k = jax.random.fold_in(jax.random.fold_in(rng, j), k)
+      return _reverse_step(rng_k, xb, logits, p_unmask, 0.0, final, no_given, **kw)
+
+    xb = jax.lax.fori_loop(0, S, step, jnp.full((B, Bk), mask_id, jnp.int32))  # [B, Bk]
+    s = s.replace(x=jax.lax.dynamic_update_slice(s.x, xb, (0, at)), nfe=s.nfe + S)
+    if use_cache:  # commit the clean block to the cache
+      _, cache = logits_fn(params, xb, s.cache, positions=positions, ids=ids)
+      s = s.replace(cache=cache, nfe=s.nfe + 1)
+    return s
+
+  s = jax.lax.fori_loop(0, N, block, MaskState(x=buf, nfe=nfe, cache=cache))
+  return DiffusionOutput(tokens=s.x, nfe=s.nfe)
