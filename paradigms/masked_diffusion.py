@@ -259,6 +259,15 @@ class LogitsFn:
   """
   model: Transformer
   mask_id: int = 257
+  time_conditioning: bool = False  # what the model was trained with (`loss.time_conditioning`)
+
+  def __post_init__(self):
+    if not 0 <= self.mask_id < self.model.cfg.vocab_size:
+      raise ValueError(f'mask_id={self.mask_id} is outside the vocabulary [0, {self.model.cfg.vocab_size})')
+    if self.time_conditioning:
+      raise NotImplementedError(
+          'the samplers are time-agnostic (RADD): they call the network without t, which is exact '
+          'only for models trained with loss.time_conditioning=False')
 
   def __call__(self, params, tokens, cache, positions=None, ids=None):
     model = self.model

@@ -7,9 +7,9 @@ ReMDM never remasks them. Each sampler is one jitted free function whose whole l
 `lax` loops with static shapes; it is deterministic given `rng` and counts network calls (NFE).
 
 Seam: `logits_fn(params, tokens [B, T], cache, positions=None, ids=None) -> (logits [B, T, V],
-cache)` with the mask token's logit already at -1e6 (SUBS), so p_theta = softmax(logits / T)
-never proposes the mask. MDLM-style samplers pass cache=None. `logits_fn` is a static argument
-(hashable by value, e.g. `paradigms.masked_diffusion.LogitsFn`).
+cache)` with the mask token's logit already at -1e6 (SUBS), so p_theta = softmax(logits /
+temperature) never proposes the mask. MDLM-style samplers pass cache=None. `logits_fn` is a
+static argument (hashable by value, e.g. `paradigms.masked_diffusion.LogitsFn`).
 
 Sampling goes through `sample.categorical` (inverse CDF, never float32 Gumbel-max, which lowers
 the effective temperature; Zheng et al. 2024). temperature=0 means greedy (argmax) proposals.
@@ -20,7 +20,7 @@ the effective temperature; Zheng et al. 2024). temperature=0 means greedy (argma
 | `remdm` | ReMDM-cap (Wang et al. 2025): ancestral + remasking of decoded tokens | steps |
 | `confidence_topk` | MaskGIT / LLaDA low-confidence remasking, k_i per step | <= steps |
 | `confidence_threshold` | Fast-dLLM parallel decoding: every confidence >= tau | steps run |
-| `semi_autoregressive` | LLaDA semi-AR blocks (top-k or threshold inside a block) | sum over blocks |
+| `semi_autoregressive` | LLaDA semi-AR blocks (top-k or threshold inside each) | sum of blocks |
 | `block_diffusion` | BD3-LM block-by-block with a KV cache of finished blocks | 1 + N (S + 1) |
 """
 from __future__ import annotations
@@ -76,7 +76,7 @@ def _masks_left(x, mask_id):
 
 def _reverse_step(rng, x, logits, p_unmask, sigma, final, given, *, mask_id, temperature, top_k,
                   top_p, final_argmax):
-  """One reverse step t -> s of the absorbing process (MDLM eq. 7-8 with SUBS; ReMDM eq. 5).
+  """One reverse step t -> s of the absorbing process (MDLM posterior with SUBS; ReMDM q_sigma).
 
   A masked position becomes x0 ~ p_theta with probability p_unmask (every one when `final`);
   a decoded, not given, position is remasked with probability sigma (ReMDM; 0 for MDLM).
@@ -188,8 +188,8 @@ def ancestral(logits_fn: Callable, params, x, rng, *, mask_id: int, steps: int,
               temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
               schedule: str = 'loglinear', cache_p: bool = True,
               final_argmax: bool = True) -> DiffusionOutput:
-  """Ancestral sampling of the reverse process (MDLM, Sahoo et al. 2024, eq. 7-8 and its
-  `_ddpm_update`; MD4, Shi et al. 2024, discrete-time ancestral sampler).
+  """Ancestral sampling of the reverse process (MDLM, Sahoo et al. 2024: the SUBS reverse
+  posterior, `_ddpm_update`; MD4, Shi et al. 2024, discrete-time ancestral sampler).
 
   With t_i = i / steps, step i goes t -> s = t - 1/steps: a masked position becomes v with
   probability (alpha_s - alpha_t)/(1 - alpha_t) p_theta(v) and stays masked with probability
@@ -238,7 +238,7 @@ def ancestral(logits_fn: Callable, params, x, rng, *, mask_id: int, steps: int,
 def remdm(logits_fn: Callable, params, x, rng, *, mask_id: int, steps: int, eta: float = 0.5,
           temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
           schedule: str = 'loglinear', final_argmax: bool = True) -> DiffusionOutput:
-  """ReMDM-cap (Wang et al. 2025, "Remasking discrete diffusion models", Sec. 3, eq. 5).
+  """ReMDM-cap (Wang et al. 2025, "Remasking discrete diffusion models": q_sigma).
 
   sigma_t = eta * min(1, (1 - alpha_s)/alpha_t). Step t -> s (t_i = i / steps):
   - a decoded position (generated here, not given) is remasked with probability sigma_t;
@@ -271,7 +271,7 @@ def remdm(logits_fn: Callable, params, x, rng, *, mask_id: int, steps: int, eta:
 def confidence_topk(logits_fn: Callable, params, x, rng, *, mask_id: int, steps: int,
                     temperature: float = 1.0, top_k: int = 0,
                     top_p: float = 1.0) -> DiffusionOutput:
-  """MaskGIT (Chang et al. 2022) / LLaDA (Nie et al. 2025, Alg. 5) low-confidence remasking.
+  """MaskGIT (Chang et al. 2022) / LLaDA (Nie et al. 2025) low-confidence remasking.
 
   Each step proposes x_hat ~ p_theta (argmax when temperature == 0) at every masked position,
   with confidence c = softmax(logits)[x_hat], and commits the k_i most confident, where a row's
@@ -295,7 +295,7 @@ def confidence_topk(logits_fn: Callable, params, x, rng, *, mask_id: int, steps:
 def confidence_threshold(logits_fn: Callable, params, x, rng, *, mask_id: int, tau: float = 0.9,
                          max_steps: int | None = None, temperature: float = 1.0, top_k: int = 0,
                          top_p: float = 1.0) -> DiffusionOutput:
-  """Fast-dLLM confidence-aware parallel decoding (Wu et al. 2025, Sec. 3.3).
+  """Fast-dLLM confidence-aware parallel decoding (Wu et al. 2025), threshold rule.
 
   Each step commits every masked position whose confidence softmax(logits)[x_hat] >= tau, and
   always the single most confident masked position of each row, inside a `lax.while_loop` that
@@ -318,7 +318,7 @@ def semi_autoregressive(logits_fn: Callable, params, x, rng, *, mask_id: int, bl
                         strategy: str = 'topk', steps_per_block: int | None = None,
                         tau: float = 0.9, window: int | None = None, temperature: float = 1.0,
                         top_k: int = 0, top_p: float = 1.0) -> DiffusionOutput:
-  """LLaDA semi-autoregressive remasking (Nie et al. 2025, Sec. 2.4 / Alg. 5 with blocks).
+  """LLaDA semi-autoregressive remasking (Nie et al. 2025, low-confidence remasking in blocks).
 
   The generated region [start, L), start = the first position masked in any row, is cut into
   blocks of `block_len`, decoded left to right in one `lax.fori_loop`. Inside block j only its
@@ -371,7 +371,7 @@ def block_diffusion(logits_fn: Callable, params, prompt, rng, cache=None, *, mas
                     use_cache: bool = True, temperature: float = 1.0, top_k: int = 0,
                     top_p: float = 1.0, schedule: str = 'loglinear',
                     final_argmax: bool = True) -> DiffusionOutput:
-  """BD3-LM decoding (Arriola et al. 2025, Sec. 3 and Alg. 2): blocks left to right, each by
+  """BD3-LM decoding (Arriola et al. 2025, block-wise sampling): blocks left to right, each by
   `steps_per_block` ancestral steps (as `ancestral`, without cache_p) from all-mask.
 
   Positions are absolute (prompt [B, P], then num_blocks blocks: T = P + num_blocks *
@@ -393,7 +393,7 @@ def block_diffusion(logits_fn: Callable, params, prompt, rng, cache=None, *, mas
   B, P = prompt.shape
   Bk, N, S = block_size, num_blocks, steps_per_block
   if P % Bk:
-    raise ValueError(f'prompt length {P} must be a multiple of block_size={Bk} (pad it on the left)')
+    raise ValueError(f'prompt length {P} must be a multiple of block_size={Bk}; left-pad it')
   T = P + N * Bk
   if use_cache:
     if cache is None:
@@ -424,7 +424,7 @@ def block_diffusion(logits_fn: Callable, params, prompt, rng, cache=None, *, mas
       if use_cache:
         return logits_fn(params, xb, s.cache, positions=positions, ids=ids)[0]  # cache discarded
       full = jax.lax.dynamic_update_slice(s.x, xb, (0, at))  # [B, T]
-      logits = logits_fn(params, full, None, positions=pos_all)[0]  # [B, T, V]
+      logits = logits_fn(params, full, None, positions=pos_all, ids=ids_all)[0]  # [B, T, V]
       return jax.lax.dynamic_slice_in_dim(logits, at, Bk, axis=1)
 
     def step(k, xb):
