@@ -1,5 +1,8 @@
 """CLI: python -m sample --workdir runs/ar_code --prompt 'def ' --num 4 --max-new-tokens 256
 
+Masked / block diffusion runs take --strategy, --steps, --block-size, --threshold, --eta and
+--infill (a template with {mask:N} holes).
+
 Loads the saved config and the newest checkpoint of --workdir and prints the samples.
 """
 from __future__ import annotations
@@ -23,6 +26,19 @@ def _parse(argv):
   p.add_argument('--seed', type=int, default=0)
   p.add_argument('--step', type=int, default=None, help='checkpoint step (default: newest)')
   p.add_argument('--no-ema', action='store_true', help='use raw params even if EMA was kept')
+  d = p.add_argument_group('masked / block diffusion')
+  d.add_argument('--strategy', default='', choices=['', 'ancestral', 'remdm', 'topk', 'threshold',
+                                                    'semi_ar', 'block'],
+                 help="default: 'block' for BD3 runs (loss.block_size > 0), else 'ancestral'")
+  d.add_argument('--steps', type=int, default=0, help='denoising steps (default: one per token; '
+                 'per block for block/semi_ar)')
+  d.add_argument('--block-size', type=int, default=0,
+                 help='semi_ar block length / BD3 block size (default: the trained block size or 32)')
+  d.add_argument('--threshold', type=float, default=0.9, help='Fast-dLLM confidence tau')
+  d.add_argument('--eta', type=float, default=0.5, help='ReMDM remasking strength')
+  d.add_argument('--infill', default='',
+                 help="template with {mask:N} holes, e.g. 'def add(a, b):\n{mask:24}\n'; "
+                      'its text stays fixed (replaces --prompt)')
   return p.parse_args(argv)
 
 
@@ -53,8 +69,62 @@ def _sample_autoregressive(args, config, model, params, prompt, rng):
                   eos_id=ByteTokenizer.EOS)
 
 
+def _infill_ids(template: str, tok, mask_id: int):
+  """'a{mask:3}b' -> ids of 'a', three mask ids, ids of 'b'."""
+  import re
+  ids, parts = [], re.split(r'\{mask:(\d+)\}', template)
+  for i, part in enumerate(parts):
+    ids += [mask_id] * int(part) if i % 2 else tok.encode(part).tolist()
+  return ids
+
+
+def _sample_masked_diffusion(args, config, model, params, prompt, rng):
+  import jax.numpy as jnp
+  import numpy as np
+  from paradigms.masked_diffusion import LogitsFn
+  from sample import masked_diffusion as mds
+  from train.data import ByteTokenizer
+  mask_id, bd3 = config.loss.mask_id, 0 < config.loss.block_size < config.data.seq_len
+  fn = LogitsFn(model, mask_id, config.loss.time_conditioning)
+  strategy = args.strategy or ('block' if bd3 else 'ancestral')
+  common = dict(mask_id=mask_id, temperature=args.temperature or 1.0, top_k=args.top_k,
+                top_p=args.top_p)
+  if args.temperature == 0:
+    common['temperature'] = 0.0 if strategy in ('topk', 'threshold', 'semi_ar') else 1.0
+  if strategy == 'block':
+    B = args.block_size or config.loss.block_size or 4
+    pad = (-prompt.shape[1]) % B  # the prompt must fill whole blocks: pad with document breaks
+    prompt = np.concatenate([np.full((args.num, pad), ByteTokenizer.EOS, np.int32), prompt], 1)
+    n_blocks = -(-args.max_new_tokens // B)
+    total = prompt.shape[1] + n_blocks * B
+    return mds.block_diffusion(fn, params, jnp.asarray(prompt), rng, model.init_cache(args.num, total),
+                               block_size=B, num_blocks=n_blocks, steps_per_block=args.steps or B,
+                               schedule=config.loss.schedule, **common)
+  if args.infill:
+    x = np.asarray([_infill_ids(args.infill, ByteTokenizer(), mask_id)] * args.num, np.int32)
+  else:
+    x = np.concatenate([prompt, np.full((args.num, args.max_new_tokens), mask_id, np.int32)], 1)
+  x, n_masked = jnp.asarray(x), int((x[0] == mask_id).sum())
+  steps = args.steps or max(n_masked, 1)
+  if strategy == 'ancestral':
+    return mds.ancestral(fn, params, x, rng, steps=steps, schedule=config.loss.schedule, **common)
+  if strategy == 'remdm':
+    return mds.remdm(fn, params, x, rng, steps=steps, eta=args.eta, schedule=config.loss.schedule,
+                     **common)
+  if strategy == 'topk':
+    return mds.confidence_topk(fn, params, x, rng, steps=min(steps, max(n_masked, 1)), **common)
+  if strategy == 'threshold':
+    return mds.confidence_threshold(fn, params, x, rng, tau=args.threshold, **common)
+  block = args.block_size or 32
+  return mds.semi_autoregressive(fn, params, x, rng, block_len=block, strategy='topk',
+                                 steps_per_block=args.steps or block, tau=args.threshold,
+                                 window=config.data.seq_len if x.shape[1] > config.data.seq_len else None,
+                                 **common)
+
+
 # paradigm name -> sampling entry point: the one place the CLI branches on the paradigm
-SAMPLERS = {'autoregressive': _sample_autoregressive}
+SAMPLERS = {'autoregressive': _sample_autoregressive,
+            'masked_diffusion': _sample_masked_diffusion}
 
 
 def main(argv=None):
@@ -69,7 +139,8 @@ def main(argv=None):
   prompt = _prompt_ids(args, config, tok)
   t0 = time.perf_counter()
   out = SAMPLERS[config.paradigm](args, config, model, params, prompt, jax.random.key(args.seed))
-  tokens, lengths = jax.device_get((out.tokens, out.lengths))
+  tokens = jax.device_get(out.tokens)
+  lengths = jax.device_get(getattr(out, 'lengths', [tokens.shape[1]] * args.num))
   dt = time.perf_counter() - t0
   for i in range(args.num):
     text = tok.decode(tokens[i, :lengths[i]])

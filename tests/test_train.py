@@ -88,3 +88,19 @@ def test_cli_unknown_key_names_it(tmp_path):
   proc = run_python(['-m', 'train', '--config', 'configs/ar_code.py:tiny', '--workdir',
                      str(tmp_path / 'u'), '--config.train.stpes=3'], check=False)
   assert proc.returncode != 0 and 'stpes' in proc.stderr
+
+
+@pytest.mark.parametrize('config,sample_args', [
+    ('configs/mdlm_code.py:tiny', ['--strategy', 'topk', '--steps', '8']),
+    ('configs/bd3lm_code.py:tiny,4', ['--steps', '2']),
+])
+def test_cli_diffusion_trains_and_samples(tmp_path, config, sample_args):
+  wd = str(tmp_path / 'd')
+  run_python(['-m', 'train', '--config', config, '--workdir', wd, '--config.train.steps=10'])
+  rows = [json.loads(l) for l in open(os.path.join(wd, 'metrics.jsonl'))]
+  assert 'eval_bpb_se' in rows[-1] and rows[-1]['eval_bpb'] > 0
+  proc = run_python(['-m', 'sample', '--workdir', wd, '--prompt', 'def ', '--num', '2',
+                     '--max-new-tokens', '16', *sample_args])
+  samples = proc.stdout.split('===== sample ')[1:]
+  assert len(samples) == 2 and all('def ' in s for s in samples)
+  assert 'network evaluations' in proc.stderr
