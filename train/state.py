@@ -19,7 +19,7 @@ import optax
 from flax import struct
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
-from train.config import MESH_AXES
+from train.config import MESH_AXES, model_config
 
 
 @struct.dataclass
@@ -91,7 +91,6 @@ class Setup:
 
 def setup(config, paradigm, mesh) -> Setup:
   """Build the model, shardings and jitted functions for `config` on `mesh`."""
-  from train.config import model_config
   rules = tuple(tuple(r) if isinstance(r, list) else r for r in config.mesh.rules)
   model = paradigm.build(model_config(config))
   t, d = config.train, config.data
