@@ -15,11 +15,13 @@ import jax.numpy as jnp
 
 
 def filtered_probs(logits, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0):
-  """Probabilities after temperature, top-k and top-p, over tokens sorted by logit.
+  """Probabilities after temperature, top-k and top-p.
 
-  logits: [..., V]. Returns (probs [..., K], token_ids [..., K]) with K = top_k or V, sorted in
-  descending order, renormalised to sum to 1. Nucleus (Holtzman et al. 2020): keep the
-  smallest prefix whose mass reaches top_p (always at least the most likely token).
+  logits: [..., V]. Returns (probs [..., K], token_ids [..., K] or None). Without filtering
+  (top_k=0, top_p=1) probs cover the vocabulary in id order and token_ids is None (no sort:
+  the inverse CDF works in any order). Otherwise the K = top_k or V most likely tokens come in
+  descending order, renormalised. Nucleus (Holtzman et al. 2020): keep the smallest prefix
+  whose mass reaches top_p (always at least the most likely token).
   """
   if temperature <= 0:
     raise ValueError(f'temperature must be > 0 (use greedy=True for argmax), got {temperature}')
@@ -28,7 +30,10 @@ def filtered_probs(logits, temperature: float = 1.0, top_k: int = 0, top_p: floa
   V = logits.shape[-1]
   if top_k < 0 or top_k > V:
     raise ValueError(f'top_k must be in [0, {V}] (0 = off), got {top_k}')
-  vals, ids = jax.lax.top_k(logits.astype(jnp.float32) / temperature, top_k or V)  # [..., K]
+  scaled = logits.astype(jnp.float32) / temperature
+  if top_k == 0 and top_p == 1:
+    return jax.nn.softmax(scaled, axis=-1), None
+  vals, ids = jax.lax.top_k(scaled, top_k or V)  # [..., K] sorted, descending
   probs = jax.nn.softmax(vals, axis=-1)
   if top_p < 1:
     mass_before = jnp.cumsum(probs, axis=-1) - probs  # mass of strictly more likely tokens
@@ -48,4 +53,6 @@ def sample_categorical(rng, logits, temperature: float = 1.0, top_k: int = 0, to
   # first index with cdf > u * total; clip guards against cdf[-1] < 1 from rounding
   k = jnp.sum(cdf <= u * cdf[..., -1:], axis=-1, keepdims=True)
   k = jnp.minimum(k, probs.shape[-1] - 1)
+  if ids is None:
+    return k[..., 0].astype(jnp.int32)
   return jnp.take_along_axis(ids, k, axis=-1)[..., 0].astype(jnp.int32)

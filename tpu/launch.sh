@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Launch a training run on every worker of a TPU VM slice (one process per host).
 #
-#   tpu/launch.sh NAME ZONE configs/ar_code.py:1b gs://bucket/runs/ar_1b [--config.x=y ...]
+#   tpu/launch.sh NAME ZONE configs/ar_code.py:1b /mnt/shared/runs/ar_1b [--config.x=y ...]
+#
+# WORKDIR must be a directory every host sees (NFS / Filestore / a gcsfuse mount): metrics and
+# config.json are written with plain file I/O, so a bare gs:// path is not supported yet.
 #
 # Each host runs `python -m train --multihost`, which calls jax.distributed.initialize() (the
 # TPU runtime supplies the coordinator), reads its own shard of the data (train/data.py) and
