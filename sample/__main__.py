@@ -87,10 +87,8 @@ def _sample_masked_diffusion(args, config, model, params, prompt, rng):
   mask_id, bd3 = config.loss.mask_id, 0 < config.loss.block_size < config.data.seq_len
   fn = LogitsFn(model, mask_id, config.loss.time_conditioning)
   strategy = args.strategy or ('block' if bd3 else 'ancestral')
-  common = dict(mask_id=mask_id, temperature=args.temperature or 1.0, top_k=args.top_k,
-                top_p=args.top_p)
-  if args.temperature == 0:
-    common['temperature'] = 0.0 if strategy in ('topk', 'threshold', 'semi_ar') else 1.0
+  common = dict(mask_id=mask_id, temperature=args.temperature, top_k=args.top_k,
+                top_p=args.top_p)  # temperature 0: greedy proposals
   if strategy == 'block':
     B = args.block_size or config.loss.block_size or 4
     pad = (-prompt.shape[1]) % B  # the prompt must fill whole blocks: pad with document breaks
