@@ -107,7 +107,7 @@ def load_model(workdir, spec: str, seed: int):
   config = config_lib.from_file(spec)
   paradigm = paradigms.get(config.paradigm)
   model = paradigm.build(config_lib.model_config(config))
-  spec_batch = paradigm.example_batch(1, config.data.seq_len)
+  spec_batch = paradigm.example_batch(1, config.data)
   batch = jax.tree.map(lambda a: jax.numpy.zeros(a.shape, a.dtype), spec_batch)
   params = jax.jit(lambda r: nn.meta.unbox(paradigm.init(model, r, batch))['params'])(
       jax.random.key(seed))

@@ -125,7 +125,7 @@ def main(argv=None):
   # (a) bare: one device, no mesh, no logical rules (the activation constraints are no-ops).
   model = paradigm.build(cfg)
   tx, _ = make_optimizer(t)
-  spec = paradigm.example_batch(d.batch_size, d.seq_len)
+  spec = paradigm.example_batch(d.batch_size, d)
   batch0 = jax.tree.map(lambda a: jax.numpy.zeros(a.shape, a.dtype), spec)
   params = jax.jit(lambda r: nn.meta.unbox(paradigm.init(model, r, batch0))['params'])(
       jax.random.key(t.seed))

@@ -1,16 +1,19 @@
 """jax-paradigms: generative paradigms as pure JAX/Flax modules.
 
-Each paradigm module exports the same surface: `build(model_cfg) -> nn.Module`,
-`example_batch(batch_size, seq_len)`, `init(model, rng, batch)`,
+Each paradigm module exports the same surface: `Config` (the frozen dataclass its network is
+built from, filled from `config.model`), `build(model_cfg) -> nn.Module`,
+`example_batch(batch_size, data_cfg)` (shapes of one batch), `init(model, rng, batch)`,
 `loss(params, batch, rng, *, model, **loss_cfg) -> (scalar, metrics)` and
-`evaluate(params, batch, rng, *, model) -> {'nats', 'tokens'}`. The registry below is the only
-place that maps a paradigm's name to its module.
+`evaluate(params, batch, rng, *, model, **loss_cfg)` -> sums, either {'nats', 'tokens'} (bits
+per token) or {'<name>_sum', ..., 'count'} (means). The registry below is the only place that
+maps a paradigm's name to its module.
 """
 import importlib
 
 PARADIGMS = {
     'autoregressive': 'paradigms.autoregressive',
     'masked_diffusion': 'paradigms.masked_diffusion',
+    'image_diffusion': 'paradigms.image_diffusion',
 }
 
 

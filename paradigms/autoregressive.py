@@ -17,6 +17,8 @@ import jax.numpy as jnp
 
 from paradigms.nn.transformer import Transformer, TransformerConfig
 
+Config = TransformerConfig
+
 
 def build(cfg: TransformerConfig) -> Transformer:
   """The network: the shared backbone with a causal mask."""
@@ -25,9 +27,9 @@ def build(cfg: TransformerConfig) -> Transformer:
   return Transformer(cfg)
 
 
-def example_batch(batch_size: int, seq_len: int) -> dict:
-  """Shapes and dtypes of one batch, for `jax.eval_shape` initialisation."""
-  return {'tokens': jax.ShapeDtypeStruct((batch_size, seq_len + 1), jnp.int32)}
+def example_batch(batch_size: int, data) -> dict:
+  """Shapes and dtypes of one batch (`data` is config.data), for `jax.eval_shape` init."""
+  return {'tokens': jax.ShapeDtypeStruct((batch_size, data.seq_len + 1), jnp.int32)}
 
 
 def init(model: Transformer, rng, batch) -> dict:

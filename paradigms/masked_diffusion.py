@@ -35,6 +35,8 @@ import numpy as np
 
 from paradigms.nn.transformer import Transformer, TransformerConfig
 
+Config = TransformerConfig
+
 MASK_LOGIT = -1e6  # SUBS: large and finite (not -inf) so softmax never yields NaN
 
 
@@ -98,8 +100,9 @@ def build(cfg: TransformerConfig) -> Transformer:
   return Transformer(cfg)
 
 
-def example_batch(batch_size: int, seq_len: int) -> dict:
-  return {'tokens': jax.ShapeDtypeStruct((batch_size, seq_len + 1), jnp.int32)}
+def example_batch(batch_size: int, data) -> dict:
+  """Shapes and dtypes of one batch (`data` is config.data), for `jax.eval_shape` init."""
+  return {'tokens': jax.ShapeDtypeStruct((batch_size, data.seq_len + 1), jnp.int32)}
 
 
 def init(model: Transformer, rng, batch) -> dict:

@@ -1,9 +1,11 @@
 """CLI: python -m sample --workdir runs/ar_code --prompt 'def ' --num 4 --max-new-tokens 256
 
 Masked / block diffusion runs take --strategy, --steps, --block-size, --threshold, --eta and
---infill (a template with {mask:N} holes).
+--infill (a template with {mask:N} holes). Image diffusion runs take --sampler, --steps, --cfg,
+--label, --out (a PNG grid) and --judge (score the samples with the run's external judge).
 
-Loads the saved config and the newest checkpoint of --workdir and prints the samples.
+Loads the saved config and the newest checkpoint of --workdir, then prints the samples (text)
+or writes the grid (images).
 """
 from __future__ import annotations
 
@@ -39,6 +41,17 @@ def _parse(argv):
   d.add_argument('--infill', default='',
                  help="template with {mask:N} holes, e.g. 'def add(a, b):\n{mask:24}\n'; "
                       'its text stays fixed (replaces --prompt)')
+  i = p.add_argument_group('image diffusion')
+  i.add_argument('--sampler', default='', help='ddpm | ddim | euler | heun | dpmpp_2m (default: '
+                 "the run's judge.sampler; shortcut runs: euler)")
+  i.add_argument('--cfg', type=float, default=1.0, help='classifier-free guidance weight (1 = off)')
+  i.add_argument('--cfg-interval', default='', help="guidance only for sigma in 'lo,hi'")
+  i.add_argument('--label', action='append', default=[],
+                 help='text (glyph runs) or class id to draw; repeat or give one for all; '
+                      'default: random labels')
+  i.add_argument('--out', default='samples.png', help='PNG grid to write')
+  i.add_argument('--judge', action='store_true',
+                 help="also print the run's judge metrics (FD, recognition accuracy) of the samples")
   return p.parse_args(argv)
 
 
@@ -120,23 +133,41 @@ def _sample_masked_diffusion(args, config, model, params, prompt, rng):
                                  **common)
 
 
+def _text(sampler):
+  """A token paradigm's entry point: build the prompt, sample, print the decoded texts."""
+  def run(args, config, model, params, rng):
+    from train.data import ByteTokenizer
+    tok = ByteTokenizer()
+    prompt = _prompt_ids(args, config, tok)
+    t0 = time.perf_counter()
+    out = sampler(args, config, model, params, prompt, rng)
+    _print_texts(args, out, prompt, tok, t0)
+  return run
+
+
+def _images(args, config, model, params, rng):
+  from sample import images
+  images.cli(args, config, model, params, rng)
+
+
 # paradigm name -> sampling entry point: the one place the CLI branches on the paradigm
-SAMPLERS = {'autoregressive': _sample_autoregressive,
-            'masked_diffusion': _sample_masked_diffusion}
+SAMPLERS = {'autoregressive': _text(_sample_autoregressive),
+            'masked_diffusion': _text(_sample_masked_diffusion),
+            'image_diffusion': _images}
 
 
 def main(argv=None):
   args = _parse(sys.argv[1:] if argv is None else argv)
   import jax
   from train.checkpoint import load_run
-  from train.data import ByteTokenizer
   config, model, params = load_run(args.workdir, args.step, ema=False if args.no_ema else None)
   if config.paradigm not in SAMPLERS:
     sys.exit(f'no sampler for paradigm {config.paradigm!r}; known: {sorted(SAMPLERS)}')
-  tok = ByteTokenizer()
-  prompt = _prompt_ids(args, config, tok)
-  t0 = time.perf_counter()
-  out = SAMPLERS[config.paradigm](args, config, model, params, prompt, jax.random.key(args.seed))
+  SAMPLERS[config.paradigm](args, config, model, params, jax.random.key(args.seed))
+
+
+def _print_texts(args, out, prompt, tok, t0):
+  import jax
   tokens = jax.device_get(out.tokens)
   lengths = jax.device_get(getattr(out, 'lengths', [tokens.shape[1]] * args.num))
   dt = time.perf_counter() - t0

@@ -76,13 +76,13 @@ def load_run(workdir: str, step: int | None = None, ema: bool | None = None):
   config = config_lib.load(os.path.join(workdir, 'config.json'))
   paradigm = paradigms.get(config.paradigm)
   model = paradigm.build(config_lib.model_config(config))
-  spec = paradigm.example_batch(1, config.data.seq_len)
+  spec = paradigm.example_batch(1, config.data)
   batch = jax.tree.map(lambda a: jax.numpy.zeros(a.shape, a.dtype), spec)
   shapes = jax.eval_shape(lambda r: nn.meta.unbox(paradigm.init(model, r, batch))['params'],
                           jax.random.key(0))
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), shapes)
-  ema = config.train.ema_decay > 0 if ema is None else ema
+  ema = config_lib.ema_decay(config) > 0 if ema is None else ema
   ckpt = Checkpointer(workdir, async_save=False)
   try:
     params, _ = ckpt.restore_params(abstract, step, ema=ema)

@@ -17,6 +17,7 @@ import os
 
 import ml_collections
 
+import paradigms
 from paradigms.nn.transformer import TransformerConfig
 
 MESH_AXES = ('data', 'fsdp', 'tensor')
@@ -62,6 +63,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.batch_size = 32  # global batch (sequences per optimiser step)
   c.data.seed = 0
   c.data.cache_dir = ''  # '' -> $JAX_PARADIGMS_CACHE or ~/.cache/jax_paradigms
+  # Image sources ('glyphs' | 'images' (folder, data.files) | 'npz' (data.path)):
+  c.data.image_size = 32
+  c.data.channels = 3
+  c.data.alphabet = '0123456789ABCDEFGHKMNPRSTUVWXYZ'  # glyph symbols
+  c.data.max_chars = 3  # glyph string length bound = label slots of every image source
 
   c.train = ml_collections.ConfigDict()
   c.train.steps = 1000
@@ -75,6 +81,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.clip_norm = 1.0
   c.train.grad_accum = 1  # micro-batches per step; data.batch_size must divide by it
   c.train.ema_decay = 0.0  # > 0 keeps EMA params (used by the sampler when present)
+  c.train.ema_halflife_nimg = 0.0  # > 0: EDM's EMA, decay = 0.5 ** (batch_size / halflife)
   c.train.seed = 0
   c.train.log_every = 20
   c.train.eval_every = 200
@@ -84,6 +91,17 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.async_checkpoint = True
   c.train.progress = True  # tqdm progress bar
   c.train.stop_at = 0  # > 0: checkpoint and stop at this step without ending the schedule
+
+  # Sample-based evaluation by an external judge (image paradigms): generate `num` samples with
+  # `sampler`/`steps`/`cfg` every `every` steps and score them (sample/images.py JUDGES).
+  c.judge = ml_collections.ConfigDict()
+  c.judge.name = ''  # '' = off | 'glyphs' (classifier FD + recognition accuracy)
+  c.judge.every = 0  # 0 = only at the end of training (when name is set)
+  c.judge.num = 256
+  c.judge.sampler = 'heun'
+  c.judge.steps = 18
+  c.judge.cfg = 1.0  # classifier-free guidance weight (1 = none)
+  c.judge.train_steps = 0  # the judge classifier's training steps; 0 = its default
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.shape = (-1, 1, 1)  # sizes of (data, fsdp, tensor); one -1 takes the remaining devices
@@ -106,21 +124,37 @@ def validate(c: ml_collections.ConfigDict) -> None:
     raise ValueError(f'data.batch_size={d.batch_size} must be a multiple of train.grad_accum={t.grad_accum}')
   if not 0 <= t.ema_decay < 1:
     raise ValueError(f'train.ema_decay must be in [0, 1), got {t.ema_decay}')
+  if t.ema_halflife_nimg < 0 or (t.ema_halflife_nimg and t.ema_decay):
+    raise ValueError('set at most one of train.ema_decay and train.ema_halflife_nimg (>= 0), got '
+                     f'{t.ema_decay} and {t.ema_halflife_nimg}')
   if len(c.mesh.shape) != len(MESH_AXES):
     raise ValueError(f'mesh.shape must give sizes for {MESH_AXES}, got {tuple(c.mesh.shape)}')
+  if c.judge.every < 0 or c.judge.num < 1 or c.judge.steps < 1:
+    raise ValueError('judge.every must be >= 0 and judge.num, judge.steps >= 1, got '
+                     f'{c.judge.every}, {c.judge.num}, {c.judge.steps}')
   for key in ('log_every', 'eval_every', 'ckpt_every', 'keep'):
     if t[key] < 1:
       raise ValueError(f'train.{key} must be >= 1, got {t[key]}')
-  model_config(c)  # TransformerConfig validates its own fields
+  model_config(c)  # the paradigm's model dataclass validates its own fields
 
 
-def model_config(c: ml_collections.ConfigDict) -> TransformerConfig:
-  """The frozen dataclass the network is built from (modules never see the whole config)."""
-  fields = {f.name for f in dataclasses.fields(TransformerConfig)}
+def ema_decay(c: ml_collections.ConfigDict) -> float:
+  """The per-step EMA decay beta: train.ema_decay, or EDM's beta = 0.5 ** (batch / halflife_nimg)
+  (Karras et al. 2022, App. C.2); 0 = no EMA. EMA update: e <- beta e + (1 - beta) theta."""
+  if c.train.ema_halflife_nimg:
+    return 0.5 ** (c.data.batch_size / c.train.ema_halflife_nimg)
+  return c.train.ema_decay
+
+
+def model_config(c: ml_collections.ConfigDict):
+  """The frozen dataclass the network is built from (`paradigms.get(c.paradigm).Config`);
+  modules never see the whole config."""
+  cls = getattr(paradigms.get(c.paradigm), 'Config', TransformerConfig)
+  fields = {f.name for f in dataclasses.fields(cls)}
   extra = set(c.model.keys()) - fields
   if extra:
-    raise ValueError(f'unknown model keys {sorted(extra)}; TransformerConfig has {sorted(fields)}')
-  return TransformerConfig(**{k: c.model[k] for k in c.model.keys()})
+    raise ValueError(f'unknown model keys {sorted(extra)}; {cls.__name__} has {sorted(fields)}')
+  return cls(**{k: c.model[k] for k in c.model.keys()})
 
 
 def from_file(spec: str) -> ml_collections.ConfigDict:
@@ -146,6 +180,7 @@ def load(path) -> ml_collections.ConfigDict:
     saved = json.load(f)
   c = base_config()
   c.loss = ml_collections.ConfigDict(saved.pop('loss', {}))  # paradigm-specific: taken as saved
+  c.model = ml_collections.ConfigDict(saved.pop('model', {}))  # the paradigm's Config fields
   _merge(c, saved, prefix='')
   return finalize(c)
 

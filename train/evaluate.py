@@ -14,7 +14,7 @@ import jax
 
 import paradigms
 from train.checkpoint import load_run
-from train.data import eval_batches, load_corpus
+from train.sources import open_data
 from train.trainer import summarize
 
 
@@ -22,17 +22,17 @@ def evaluate_run(workdir: str, batches: int = 0, step: int | None = None, ema: b
                  seed: int = 0) -> dict:
   config, model, params = load_run(workdir, step, ema)
   paradigm = paradigms.get(config.paradigm)
-  corpus = load_corpus(config.data)
-  evals = eval_batches(corpus.eval, seq_len=config.data.seq_len, batch_size=config.data.batch_size,
-                       num_batches=batches)
+  data = open_data(config.data)
+  evals = data.eval_batches(batch_size=config.data.batch_size, num_batches=batches)
   fn = jax.jit(lambda p, b, r: paradigm.evaluate(p, b, r, model=model, **dict(config.loss)))
   sums = {}
   t0 = time.perf_counter()
   for i, b in enumerate(evals):
     r = jax.device_get(fn(params, b, jax.random.fold_in(jax.random.key(seed), i)))
     sums = {k: sums.get(k, 0.0) + float(v) for k, v in r.items()}
-  out = {'workdir': workdir, 'paradigm': config.paradigm, 'tokens': int(sums['tokens']),
-         **summarize(sums, corpus.bytes_per_token), 'seconds': time.perf_counter() - t0}
+  count = sums['tokens'] if 'tokens' in sums else sums['count']
+  out = {'workdir': workdir, 'paradigm': config.paradigm, data.unit: int(count),
+         **summarize(sums, data.bytes_per_token), 'seconds': time.perf_counter() - t0}
   return out
 
 

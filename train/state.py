@@ -19,7 +19,7 @@ import optax
 from flax import struct
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
-from train.config import MESH_AXES, model_config
+from train.config import MESH_AXES, ema_decay, model_config
 
 
 @struct.dataclass
@@ -95,11 +95,12 @@ def setup(config, paradigm, mesh) -> Setup:
   model = paradigm.build(model_config(config))
   t, d = config.train, config.data
   tx, schedule = make_optimizer(t)
-  ema_on = t.ema_decay > 0
-  batch_spec = paradigm.example_batch(d.batch_size, d.seq_len)
+  beta = ema_decay(config)
+  ema_on = beta > 0
+  batch_spec = paradigm.example_batch(d.batch_size, d)
 
   def init_boxed(rng):
-    one = paradigm.example_batch(1, d.seq_len)  # shapes of params do not depend on the batch
+    one = paradigm.example_batch(1, d)  # shapes of params do not depend on the batch
     batch = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), one)
     params = paradigm.init(model, rng, batch)['params']  # boxed with logical names
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
@@ -159,7 +160,7 @@ def setup(config, paradigm, mesh) -> Setup:
     params = optax.apply_updates(state.params, updates)
     ema = state.ema
     if ema_on:
-      ema = jax.tree.map(lambda e, p: t.ema_decay * e + (1 - t.ema_decay) * p, ema, params)
+      ema = jax.tree.map(lambda e, p: beta * e + (1 - beta) * p, ema, params)
     metrics = dict(metrics, grad_norm=optax.tree_utils.tree_norm(grads), lr=schedule(state.step))
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state, ema=ema), metrics
 

@@ -22,7 +22,7 @@ import numpy as np
 import paradigms
 from train import config as config_lib
 from train.checkpoint import Checkpointer
-from train.data import describe, eval_batches, load_corpus, train_dataset
+from train.sources import open_data
 from train.metrics import MetricsWriter, progress_bar
 from train.state import Setup, device_batch, make_mesh, setup
 
@@ -41,13 +41,12 @@ def train(config, workdir: str, *, devices=None) -> dict:
 
   mesh = make_mesh(config.mesh.shape, devices)
   s = setup(config, paradigm, mesh)
-  corpus = load_corpus(d)
+  data = open_data(d)
   pid, nproc = jax.process_index(), jax.process_count()
-  iterator = iter(train_dataset(corpus.train, seq_len=d.seq_len, batch_size=d.batch_size,
-                                seed=d.seed, process_index=pid, process_count=nproc))
+  iterator = iter(data.train_dataset(batch_size=d.batch_size, seed=d.seed, process_index=pid,
+                                     process_count=nproc))
   evals = [{k: v[pid::nproc] for k, v in b.items()}
-           for b in eval_batches(corpus.eval, seq_len=d.seq_len, batch_size=d.batch_size,
-                                 num_batches=t.eval_batches)]
+           for b in data.eval_batches(batch_size=d.batch_size, num_batches=t.eval_batches)]
   ckpt = Checkpointer(workdir, keep=t.keep, async_save=t.async_checkpoint)
   init_rng, rng = jax.random.split(jax.random.key(t.seed))
   if ckpt.latest_step() is not None:
@@ -58,12 +57,12 @@ def train(config, workdir: str, *, devices=None) -> dict:
   if pid == 0:
     config_lib.save(config, os.path.join(workdir, 'config.json'))
   n_params = sum(x.size for x in jax.tree.leaves(state.params))
-  _log(f'{config.paradigm}: {n_params:,} params | mesh {dict(mesh.shape)} | {describe(corpus)}')
+  _log(f'{config.paradigm}: {n_params:,} params | mesh {dict(mesh.shape)} | {data.description}')
 
   writer = MetricsWriter(workdir, resume_step=step)
   bar = progress_bar(t.steps, step, t.progress)
   stop = _StopSignal()
-  tokens_per_step = d.batch_size * d.seq_len
+  items_per_step = d.batch_size * data.items_per_example  # tokens (or images) per step
   pending, last = [], {}
   tic, tic_step = None, step
   try:
@@ -81,19 +80,26 @@ def train(config, workdir: str, *, devices=None) -> dict:
       if step % t.log_every == 0 or step % t.ckpt_every == 0 or at_end:
         rows = jax.device_get([m for _, m in pending])  # waits for the interval's steps
         toc = time.perf_counter()
-        rate = tokens_per_step * (step - tic_step) / max(toc - tic, 1e-9)
-        last = _flush(pending, rows, writer, ckpt, rate if step > tic_step else None)
+        rate = items_per_step * (step - tic_step) / max(toc - tic, 1e-9)
+        last = _flush(pending, rows, writer, ckpt, rate if step > tic_step else None, data.unit)
         pending, tic, tic_step = [], toc, step
-        bar.set_postfix(loss=f"{last['loss']:.4f}", tok_s=f'{rate:,.0f}', refresh=False)
+        bar.set_postfix({'loss': f"{last['loss']:.4f}", f'{data.unit[:3]}_s': f'{rate:,.0f}'},
+                        refresh=False)
       if step % t.eval_every == 0 or at_end:
-        last.update(_evaluate(s, state, evals, corpus.bytes_per_token, rng))
+        last.update(_evaluate(s, state, evals, data.bytes_per_token, rng))
         writer.write(step, {k: v for k, v in last.items() if k.startswith('eval_')})
         bar.write(f'step {step}: ' + ', '.join(f'{k}={v:.4f}' for k, v in last.items()
                                                   if k.startswith('eval_')))
+      j = config.judge
+      if j.name and (at_end or (j.every and step % j.every == 0)):
+        judged = _judge(config, s, state, rng)
+        last.update(judged)
+        writer.write(step, judged)
+        bar.write(f'step {step}: ' + ', '.join(f'{k}={v:.4f}' for k, v in judged.items()))
       if step % t.ckpt_every == 0 or at_end:
         ckpt.save(step, state, iterator)
-      if step % t.eval_every == 0 or step % t.ckpt_every == 0:
-        tic = time.perf_counter()  # keep evaluation and checkpoint time out of tokens/s
+      if step % t.eval_every == 0 or step % t.ckpt_every == 0 or (j.every and step % j.every == 0):
+        tic = time.perf_counter()  # keep evaluation and checkpoint time out of the throughput
       bar.update(step - bar.n)
   finally:
     bar.close()
@@ -105,7 +111,7 @@ def train(config, workdir: str, *, devices=None) -> dict:
   return last
 
 
-def _flush(pending, rows, writer, ckpt, tokens_per_s) -> dict:
+def _flush(pending, rows, writer, ckpt, rate, unit: str) -> dict:
   """Check the interval's fetched metrics `rows`: stop on a non-finite loss, write one mean row."""
   for (step, _), row in zip(pending, rows):
     if not np.isfinite(row['loss']):
@@ -117,8 +123,8 @@ def _flush(pending, rows, writer, ckpt, tokens_per_s) -> dict:
           f'check the data, or raise train.warmup_steps; rerunning resumes from that checkpoint.')
   mean = {k: float(np.mean([r[k] for r in rows])) for k in rows[-1]}
   mean['lr'] = float(rows[-1]['lr'])
-  if tokens_per_s is not None:
-    mean['tokens_per_s'] = tokens_per_s
+  if rate is not None:
+    mean[f'{unit}_per_s'] = rate
   writer.write(pending[-1][0], mean)
   return mean
 
@@ -138,9 +144,21 @@ def _evaluate(s: Setup, state, evals, bytes_per_token, rng) -> dict:
   return out
 
 
+def _judge(config, s: Setup, state, rng) -> dict:
+  """config.judge's sample-based metrics of the EMA params (else the raw ones), 'judge_*'."""
+  from sample.images import judge_metrics  # the sampling layer sits above the trainer's data
+  params = state.ema if state.ema is not None else state.params
+  with jax.set_mesh(s.mesh):
+    m = judge_metrics(config, s.model, params, jax.random.fold_in(rng, 20_000))
+  return {f'judge_{k}': float(v) for k, v in m.items()}
+
+
 def summarize(sums: dict, bytes_per_token: float | None, prefix: str = '') -> dict:
   """Evaluation sums -> bits per token (and per byte); with a Monte-Carlo bound ('nats_sq',
-  'draws' from a stochastic evaluate), also its standard error."""
+  'draws' from a stochastic evaluate), also its standard error. Sums without 'nats'
+  ({'<name>_sum', ..., 'count'}) become means '<prefix><name>'."""
+  if 'nats' not in sums:
+    return {prefix + k[:-4]: v / sums['count'] for k, v in sums.items() if k.endswith('_sum')}
   bits = sums['nats'] / sums['tokens'] / np.log(2)
   out = {f'{prefix}bits_per_token': bits}
   if 'nats_sq' in sums:

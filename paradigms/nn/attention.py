@@ -88,8 +88,10 @@ class Attention(nn.Module):
     wo = self.param('wo', normal_init(self.out_std, ('heads', 'head_dim', 'embed')), (H, Dh, d),
                     self.param_dtype)
     c = lambda w: w.astype(self.dtype)
-    q = rope(jnp.einsum('bld,dhk->blhk', x, c(wq)), positions, self.rope_base)  # [B, L, H, Dh]
-    k = rope(jnp.einsum('bld,dhk->blhk', x, c(wk)), positions, self.rope_base)  # [B, L, K, Dh]
+    q = jnp.einsum('bld,dhk->blhk', x, c(wq))  # [B, L, H, Dh]
+    k = jnp.einsum('bld,dhk->blhk', x, c(wk))  # [B, L, K, Dh]
+    if self.rope_base > 0:  # 0: positions enter elsewhere (e.g. DiT's absolute embedding)
+      q, k = rope(q, positions, self.rope_base), rope(k, positions, self.rope_base)
     v = jnp.einsum('bld,dhk->blhk', x, c(wv))  # [B, L, K, Dh]
     q = nn.with_logical_constraint(q, ('batch', 'length', 'act_heads', None))
     k = nn.with_logical_constraint(k, ('batch', 'length', 'act_kv_heads', None))

@@ -40,7 +40,7 @@ class TransformerConfig:
   d_ff: int = 0  # 0 -> SwiGLU's 8/3 d rounded up to a multiple of 64
   max_len: int = 256  # default KV cache length
   mask: str = 'causal'  # 'causal' | 'block_causal' | 'bidirectional'
-  rope_base: float = 10_000.0
+  rope_base: float = 10_000.0  # 0 switches RoPE off (e.g. DiT's absolute 2-D embedding)
   norm_eps: float = 1e-6
   tie_embeddings: bool = True
   cond_dim: int = 0  # > 0 switches on the adaLN-Zero hook
@@ -58,6 +58,8 @@ class TransformerConfig:
       raise ValueError(f"model.attention_impl={self.attention_impl!r}: choose 'xla', 'cudnn' or ''")
     if self.n_heads % self.kv_heads:
       raise ValueError(f'model.n_heads={self.n_heads} must be a multiple of model.n_kv_heads={self.kv_heads}')
+    if self.rope_base < 0:
+      raise ValueError(f'model.rope_base={self.rope_base} must be >= 0 (0 = no RoPE)')
     if self.head_size % 2:
       raise ValueError(f'head_dim={self.head_size} must be even for RoPE')
     for name in ('dtype', 'param_dtype'):
@@ -131,6 +133,20 @@ class Block(nn.Module):
     return x, cache
 
 
+def block_stack(cfg: TransformerConfig, name: str = 'layers') -> nn.Module:
+  """`cfg.n_layers` Blocks scanned over depth (one compiled block; params gain a leading
+  'layers' axis), rematerialised per `cfg.remat_policy`. Call it inside a compact method:
+  `x, cache = block_stack(cfg)(x [B, L, D], cache, positions, ids, cond, attn_mask)`.
+  Shared by every backbone (the token Transformer, DiT), so depth handling has one code path."""
+  block = Block
+  if cfg.remat_policy != 'none':
+    block = nn.remat(Block, prevent_cse=False, policy=REMAT_POLICIES[cfg.remat_policy])
+  stack = nn.scan(block, variable_axes={'params': 0}, split_rngs={'params': True, 'dropout': True},
+                  in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+                  length=cfg.n_layers, metadata_params={nn.PARTITION_NAME: 'layers'})
+  return stack(cfg, name=name)
+
+
 class Transformer(nn.Module):
   """Token embedding -> n_layers scanned Blocks -> RMSNorm -> output logits.
 
@@ -166,12 +182,6 @@ class Transformer(nn.Module):
     embed = Embed(cfg.vocab_size, cfg.d_model, cfg.tie_embeddings, dt, pdt, name='embed')
     x = nn.with_logical_constraint(embed(tokens), ('batch', 'length', 'act_embed'))
 
-    block = Block
-    if cfg.remat_policy != 'none':
-      block = nn.remat(Block, prevent_cse=False, policy=REMAT_POLICIES[cfg.remat_policy])
-    stack = nn.scan(block, variable_axes={'params': 0}, split_rngs={'params': True, 'dropout': True},
-                    in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
-                    length=cfg.n_layers, metadata_params={nn.PARTITION_NAME: 'layers'})
-    x, cache = stack(cfg, name='layers')(x, cache, positions, ids, cond, attn_mask)
+    x, cache = block_stack(cfg)(x, cache, positions, ids, cond, attn_mask)
     x = RMSNorm(cfg.norm_eps, dt, pdt, name='final_norm')(x)
     return embed.attend(x), cache

@@ -1,0 +1,80 @@
+"""Class-conditional DiT on the procedural glyph set (32x32 RGB, 1-3 characters, label = text).
+
+  python -m train --config configs/dit_glyphs.py:small --workdir runs/dit_glyphs
+  python -m sample --workdir runs/dit_glyphs --num 16 --out grid.png --sampler heun --steps 18 --cfg 2.0
+  python -m sample --workdir runs/dit_glyphs --num 16 --out grid.png --label 7A --judge
+
+The argument is `preset[,objective]`: objective 'flow' (default; rectified flow, logit-normal t),
+'edm' (EDM preconditioning, log-normal sigma), 'eps' (DDPM eps-prediction, cosine schedule),
+'v' or 'x0' (the same VP process, other targets), or 'shortcut' (a flow model with step-size
+conditioning trained with the shortcut self-consistency targets: 1-, 2- and 4-step sampling).
+Presets:
+  tiny   tests; d=32, 1 layer, 8x8 patches of 16x16 images, batch 8, 20 steps: seconds.
+  small  CPU demo; d=128, 4 layers, 4x4 patches (64 tokens), batch 64. See the README for
+         measured figures (classifier FD and recognition accuracy per sampler and NFE).
+  base   one GPU; DiT-B (d=768, 12 layers, 12 heads) with 2x2 patches, batch 256, bf16.
+"""
+import dataclasses
+
+import ml_collections
+
+from paradigms.image_diffusion import Options
+from paradigms.nn.dit import DiTConfig
+from train.config import base_config, finalize
+
+OBJECTIVES = ('flow', 'edm', 'eps', 'v', 'x0', 'shortcut')
+
+
+def get_config(arg: str = 'small'):
+  preset, _, objective = arg.partition(',')
+  objective = objective or 'flow'
+  presets = {'tiny': _tiny, 'small': _small, 'base': _base}
+  if preset not in presets:
+    raise ValueError(f'unknown preset {preset!r} for configs/dit_glyphs.py; choose one of {sorted(presets)}')
+  if objective not in OBJECTIVES:
+    raise ValueError(f'unknown objective {objective!r}; choose one of {OBJECTIVES}')
+  c = base_config()
+  c.paradigm = 'image_diffusion'
+  c.data.source = 'glyphs'
+  shortcut = objective == 'shortcut'
+  opts = Options(objective='flow' if shortcut else objective,
+                 shortcut_fraction=0.25 if shortcut else 0.0)
+  c.loss = ml_collections.ConfigDict(dataclasses.asdict(opts))
+  model = DiTConfig(label_vocab=len(c.data.alphabet) + 1, label_len=c.data.max_chars,
+                    step_conditioning=shortcut, max_step_index=opts.max_step_index)
+  c.model = ml_collections.ConfigDict(dataclasses.asdict(model))
+  c.judge.name = 'glyphs'
+  c.train.ema_halflife_nimg = 50_000.0  # EDM-style EMA; sampling uses the EMA params
+  presets[preset](c)
+  if shortcut:
+    c.judge.sampler, c.judge.steps = 'euler', 4
+  c.model.label_vocab = len(c.data.alphabet) + 1
+  c.model.label_len = c.data.max_chars
+  c.model.image_size = c.data.image_size
+  c.model.channels = c.data.channels
+  return finalize(c)
+
+
+def _tiny(c):
+  c.data.update(image_size=16, batch_size=8)
+  c.model.update(d_model=32, n_layers=1, n_heads=2, patch_size=8, freq_dim=32)
+  c.train.update(steps=20, warmup_steps=2, lr=1e-3, log_every=10, eval_every=10, eval_batches=1,
+                 ckpt_every=10, progress=False, ema_halflife_nimg=500.0)
+  c.judge.update(num=16, steps=4, every=10, train_steps=20)
+
+
+def _small(c):
+  c.data.update(image_size=32, batch_size=64)
+  c.model.update(d_model=128, n_layers=4, n_heads=4, patch_size=4)
+  c.train.update(steps=3000, warmup_steps=100, lr=1e-3, weight_decay=0.0, log_every=50,
+                 eval_every=1000, eval_batches=8, ckpt_every=500, ema_halflife_nimg=20_000.0)
+  c.judge.update(num=256, steps=18, every=1000)
+
+
+def _base(c):
+  c.data.update(image_size=32, batch_size=256)
+  c.model.update(d_model=768, n_layers=12, n_heads=12, patch_size=2, dtype='bfloat16',
+                 attention_impl='cudnn')
+  c.train.update(steps=100_000, warmup_steps=2000, lr=2e-4, weight_decay=0.0, log_every=100,
+                 eval_every=5000, eval_batches=16, ckpt_every=5000, ema_halflife_nimg=500_000.0)
+  c.judge.update(num=2048, steps=18, every=5000)

@@ -1,0 +1,168 @@
+"""Image generation from a trained image-diffusion run: notebooks, the CLI and the trainer's
+sample-based evaluation all come through here.
+
+    from train.checkpoint import load_run
+    from sample import images
+    config, model, params = load_run('runs/dit_glyphs')          # EMA params when kept
+    x, nfe = images.generate(config, model, params, jax.random.key(0), num=16,
+                             sampler='heun', steps=18, cfg=2.0, labels=['7A'])   # [16, H, W, C]
+    images.image_grid(x)                                          # a PIL image (shows inline)
+
+The noise grid follows the run's objective: EDM -> Karras rho = 7; flow -> uniform t (SD3);
+eps / v / x0 -> DDIM's strided DDPM timesteps. Shortcut runs (step-conditioned flow models)
+sample with Euler over `steps` uniform steps, conditioning on d = 1/steps (steps a power of 2).
+"""
+from __future__ import annotations
+
+import math
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from paradigms.image_diffusion import Denoiser, Options
+from sample import image_diffusion as sd
+
+
+def options(config) -> Options:
+  return Options(**dict(config.loss))
+
+
+def sigmas_for(config, steps: int):
+  """The default noise grid [steps + 1] for the run's objective (see the module doc)."""
+  opts = options(config)
+  if opts.objective == 'flow':
+    return sd.flow_sigmas(steps)
+  if opts.objective == 'edm':
+    return sd.karras_sigmas(steps)
+  return sd.vp_sigmas(steps, schedule=opts.vp_schedule, T=opts.vp_steps)
+
+
+def denoiser(config, model, steps: int | None = None, sampler: str = 'euler') -> Denoiser:
+  """The run's D(x; sigma, label). For a shortcut model sampled with Euler over `steps` steps
+  the step-size index is k = log2(steps) (d = 1/steps); otherwise the finest step."""
+  opts = options(config)
+  step = None
+  if model.cfg.step_conditioning and steps is not None and sampler == 'euler':
+    k = math.log2(steps)
+    if k != int(k) or k > model.cfg.max_step_index:
+      raise ValueError(f'a shortcut model takes steps = 1, 2, 4, ..., {2 ** model.cfg.max_step_index}'
+                       f' (powers of two), got {steps}')
+    step = int(k)
+  return Denoiser(model, opts.objective, opts.sigma_data, step)
+
+
+def parse_labels(config, labels, num: int) -> np.ndarray:
+  """Texts (glyph runs) or class ids -> int32 [num, max_chars]; one label is repeated."""
+  from train.image_data import encode_text
+  d = config.data
+  rows = []
+  for text in labels:
+    if d.source == 'glyphs':
+      rows.append(encode_text(str(text), d.alphabet, d.max_chars))
+    else:
+      row = np.zeros(d.max_chars, np.int32)
+      row[0] = int(text) + 1  # class ids are stored 1-based, 0 = null
+      rows.append(row)
+  if len(rows) not in (1, num):
+    raise ValueError(f'give one label or --num={num} labels, got {len(rows)}')
+  return np.asarray(rows * (num if len(rows) == 1 else 1), np.int32)
+
+
+def reference(config, num: int) -> dict:
+  """`num` held-out examples {'image': [num, H, W, C], 'label': [num, S]} (FD reference and the
+  labels to request)."""
+  from train.image_data import eval_batches
+  d = config.data
+  batches = eval_batches(d, batch_size=num, num_batches=1)
+  return {k: np.asarray(v[:num]) for k, v in batches[0].items()}
+
+
+def generate(config, model, params, rng, *, num: int = 16, sampler: str = 'heun', steps: int = 18,
+             cfg: float = 1.0, cfg_interval=None, labels=None, **sampler_options):
+  """Draw `num` images. labels: int32 [num, S], a list of texts / class ids, or None (labels of
+  held-out examples). Returns (images float32 [num, H, W, C] in about [-1, 1], nfe int)."""
+  if labels is None:
+    labels = reference(config, num)['label']
+  elif not (isinstance(labels, np.ndarray) and labels.dtype.kind == 'i'):
+    labels = parse_labels(config, labels, num)
+  fn = denoiser(config, model, steps, sampler)
+  if cfg != 1.0:
+    fn = sd.cfg_denoiser(fn, cfg, 0, cfg_interval)
+  d = config.data
+  shape = (num, d.image_size, d.image_size, d.channels)
+  out = sd.sample(sampler, fn, params, sigmas_for(config, steps), shape, jnp.asarray(labels), rng,
+                  **sampler_options)
+  return np.asarray(jax.device_get(out.x)), int(out.nfe)
+
+
+def to_uint8(images) -> np.ndarray:
+  """[..., C] in [-1, 1] -> uint8 [..., C]."""
+  return np.clip(np.rint((np.asarray(images) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def image_grid(images, cols: int | None = None, pad: int = 2):
+  """[N, H, W, C] in [-1, 1] -> a PIL image of the N images on a grid (white padding)."""
+  from PIL import Image
+  x = to_uint8(images)
+  N, H, W, C = x.shape
+  cols = cols or math.ceil(math.sqrt(N))
+  rows = math.ceil(N / cols)
+  grid = np.full((rows * (H + pad) + pad, cols * (W + pad) + pad, C), 255, np.uint8)
+  for i in range(N):
+    r, c = divmod(i, cols)
+    grid[pad + r * (H + pad):pad + r * (H + pad) + H, pad + c * (W + pad):pad + c * (W + pad) + W] = x[i]
+  return Image.fromarray(grid[..., 0] if C == 1 else grid)
+
+
+def glyph_judge_metrics(config, model, params, rng, *, num: int, sampler: str, steps: int,
+                        cfg: float = 1.0, train_steps: int = 0, **sampler_options) -> dict:
+  """The glyph judge on `num` class-conditional samples whose labels are those of `num`
+  held-out glyphs: Frechet distance of the judge's features (samples vs those held-out images),
+  exact-string recognition accuracy and per-character accuracy, plus the NFE."""
+  from sample import glyph_judge
+  d = config.data
+  ref = reference(config, num)
+  x, nfe = generate(config, model, params, rng, num=num, sampler=sampler, steps=steps, cfg=cfg,
+                    labels=ref['label'], **sampler_options)
+  judge = glyph_judge.load_judge(image_size=d.image_size, alphabet=d.alphabet,
+                                 max_chars=d.max_chars, cache_dir=d.cache_dir,
+                                 **({'steps': train_steps} if train_steps else {}))
+  m = glyph_judge.glyph_metrics(judge, np.clip(x, -1, 1), ref['label'], ref['image'])
+  return {**{k: float(v) for k, v in m.items()}, 'nfe': nfe}
+
+
+# judge name (config.judge.name) -> metrics function
+JUDGES = {'glyphs': glyph_judge_metrics}
+
+
+def judge_metrics(config, model, params, rng, **overrides) -> dict:
+  """config.judge's metrics (the trainer's sample-based evaluation)."""
+  j = config.judge
+  if j.name not in JUDGES:
+    raise ValueError(f'judge.name={j.name!r}: choose one of {sorted(JUDGES)}')
+  kw = dict(num=j.num, sampler=j.sampler, steps=j.steps, cfg=j.cfg, train_steps=j.train_steps)
+  return JUDGES[j.name](config, model, params, rng, **{**kw, **overrides})
+
+
+def cli(args, config, model, params, rng) -> None:
+  """`python -m sample --workdir W --num 16 --out grid.png [--sampler --steps --cfg --label]`."""
+  sampler = args.sampler or ('euler' if model.cfg.step_conditioning else config.judge.sampler)
+  steps = args.steps or (4 if model.cfg.step_conditioning else config.judge.steps)
+  interval = tuple(float(v) for v in args.cfg_interval.split(',')) if args.cfg_interval else None
+  if sampler not in sd.SAMPLERS:
+    sys.exit(f'--sampler {sampler!r}: choose one of {sorted(sd.SAMPLERS)}')
+  t0 = time.perf_counter()
+  x, nfe = generate(config, model, params, rng, num=args.num, sampler=sampler, steps=steps,
+                    cfg=args.cfg, cfg_interval=interval, labels=args.label or None)
+  image_grid(x).save(args.out)
+  print(f'wrote {args.out}: {args.num} samples, {sampler} x {steps} steps, {nfe} network '
+        f'evaluations, {time.perf_counter() - t0:.2f}s including compilation', file=sys.stderr)
+  if args.judge:
+    if not config.judge.name:
+      sys.exit('this run has no judge (config.judge.name is empty)')
+    m = judge_metrics(config, model, params, rng, num=args.num, sampler=sampler, steps=steps,
+                      cfg=args.cfg)
+    print(' '.join(f'{k}={v:.4f}' if isinstance(v, float) else f'{k}={v}' for k, v in m.items()))
