@@ -48,10 +48,10 @@ def get_config(arg: str = 'small'):
   presets[preset](c)
   if shortcut:
     c.judge.sampler, c.judge.steps = 'euler', 4
-  c.model.label_vocab = len(c.data.alphabet) + 1
-  c.model.label_len = c.data.max_chars
-  c.model.image_size = c.data.image_size
-  c.model.channels = c.data.channels
+  c.model.label_vocab = len(c.data.alphabet) + 1  # for other data set it to the largest label + 1
+  c.model.label_len = c.data.get_ref('max_chars')  # the model follows data overrides
+  c.model.image_size = c.data.get_ref('image_size')
+  c.model.channels = c.data.get_ref('channels')
   return finalize(c)
 
 

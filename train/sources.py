@@ -10,6 +10,8 @@ import dataclasses
 import functools
 from typing import Callable
 
+import numpy as np
+
 TOKEN_SOURCES = ('cpython', 'text', 'tokens')
 IMAGE_SOURCES = ('glyphs', 'images', 'npz')
 SOURCES = TOKEN_SOURCES + IMAGE_SOURCES
@@ -39,10 +41,7 @@ def open_data(cfg) -> Data:
   """The source that `cfg` (config.data) names, ready for the trainer."""
   source = cfg.source
   if source in IMAGE_SOURCES:
-    from train import image_data
-    return Data(train_dataset=functools.partial(image_data.train_dataset, cfg),
-                eval_batches=functools.partial(image_data.eval_batches, cfg),
-                description=image_data.describe(cfg), unit='images')
+    return _open_images(cfg)
   if source not in TOKEN_SOURCES:
     raise ValueError(f'Unknown data.source={source!r}; use one of {SOURCES}.')
   from train import data
@@ -51,3 +50,36 @@ def open_data(cfg) -> Data:
               eval_batches=functools.partial(data.eval_batches, corpus.eval, seq_len=cfg.seq_len),
               description=data.describe(corpus), bytes_per_token=corpus.bytes_per_token,
               items_per_example=cfg.seq_len)
+
+
+def _open_images(cfg) -> Data:
+  """Image sources; labels are padded with the null id 0 to `data.max_chars` slots (the label
+  length every image model is built with), e.g. a class id [id + 1] -> [id + 1, 0, 0]."""
+  from train import image_data
+  L = image_data.label_len(cfg)
+  if L > cfg.max_chars:
+    raise ValueError(f'{image_data.describe(cfg)} has labels of {L} slots; set '
+                     f'--config.data.max_chars={L} (the model takes that many label slots).')
+  pad = _LabelPad(cfg.max_chars)
+
+  def train_dataset(**kw):
+    return image_data.train_dataset(cfg, **kw).map(pad)
+
+  def eval_batches(**kw):
+    return [pad(b) for b in image_data.eval_batches(cfg, **kw)]
+
+  return Data(train_dataset=train_dataset, eval_batches=eval_batches,
+              description=image_data.describe(cfg), unit='images')
+
+
+@dataclasses.dataclass(frozen=True)
+class _LabelPad:
+  slots: int
+
+  def __call__(self, batch: dict) -> dict:
+    label = batch['label']  # [B, L] int32
+    if label.shape[1] == self.slots:
+      return batch
+    out = np.zeros(label.shape[:1] + (self.slots,), np.int32)
+    out[:, :label.shape[1]] = label
+    return {**batch, 'label': out}

@@ -1,0 +1,110 @@
+"""Tests for sample/glyph_judge.py: Fréchet distance oracles, accuracy counting, the cache."""
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from sample import glyph_judge
+from train import image_data
+
+ALPHABET = '0AB'
+
+
+def exact_gaussian_samples(rng, mu, var, n):
+  """n samples whose sample mean is exactly mu [F] and sample covariance exactly diag(var)."""
+  z = rng.standard_normal((n, len(mu)))
+  z -= z.mean(0)
+  z = z @ np.linalg.inv(np.linalg.cholesky(np.cov(z, rowvar=False))).T  # cov(z) == I
+  return mu + z * np.sqrt(var)
+
+
+def test_frechet_distance_matches_the_diagonal_closed_form():
+  rng = np.random.default_rng(0)
+  mu1, mu2 = rng.normal(size=6), rng.normal(size=6)
+  var1, var2 = rng.uniform(0.1, 3.0, 6), rng.uniform(0.1, 3.0, 6)
+  a = exact_gaussian_samples(rng, mu1, var1, 500)
+  b = exact_gaussian_samples(rng, mu2, var2, 300)
+  closed = ((mu1 - mu2)**2).sum() + ((np.sqrt(var1) - np.sqrt(var2))**2).sum()
+  assert glyph_judge.frechet_distance(a, b) == pytest.approx(closed, rel=1e-9, abs=1e-9)
+
+
+def test_frechet_distance_general_covariance_symmetry_and_zero():
+  rng = np.random.default_rng(1)
+  a = rng.normal(size=(400, 5)) @ rng.normal(size=(5, 5)) + 1.0
+  b = rng.normal(size=(300, 5)) @ rng.normal(size=(5, 5))
+  # Another route: tr((S_a S_b)^{1/2}) = sum sqrt(eig(S_a S_b)) (real, >= 0, non-symmetric).
+  s_a, s_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+  eig = np.linalg.eigvals(s_a @ s_b)
+  expected = (((a.mean(0) - b.mean(0))**2).sum() + np.trace(s_a) + np.trace(s_b)
+              - 2 * np.sqrt(eig.real.clip(0)).sum())
+  fd = glyph_judge.frechet_distance(a, b)
+  assert fd == pytest.approx(expected, rel=1e-8)
+  assert fd == pytest.approx(glyph_judge.frechet_distance(b, a), rel=1e-9)
+  assert abs(glyph_judge.frechet_distance(a, a)) < 1e-6
+  with pytest.raises(ValueError, match='same F'):
+    glyph_judge.frechet_distance(a, b[:, :4])
+
+
+def random_judge(image_size=16, max_chars=2):
+  module = glyph_judge.GlyphNet(num_classes=len(ALPHABET) + 1, max_chars=max_chars)
+  params = module.init(jax.random.key(0), np.zeros([1, image_size, image_size, 3], np.float32))
+  return glyph_judge.Judge(module, params, image_size, ALPHABET, max_chars)
+
+
+def test_features_and_predict_shapes_and_batching():
+  judge = random_judge()
+  images = np.stack([image_data.glyph_example(i, image_size=16, alphabet=ALPHABET,
+                                              max_chars=2)['image'] for i in range(300)])
+  feats, pred = judge.features(images), judge.predict(images)
+  assert feats.shape == (300, 128) and feats.dtype == np.float64
+  assert pred.shape == (300, 2) and pred.dtype == np.int32 and pred.max() <= len(ALPHABET)
+  np.testing.assert_allclose(judge.features(images[:7]), feats[:7], rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match=r'RGB images \[N, 16, 16, 3\]'):
+    judge.features(images[..., :1])
+
+
+def test_accuracy_counts_exact_strings_and_characters(monkeypatch):
+  judge = random_judge()
+  labels = np.array([[1, 2], [3, 0], [2, 2], [1, 0], [0, 0]], np.int32)
+  pred = np.array([[1, 2], [3, 1], [2, 1], [1, 0], [3, 3]], np.int32)
+  monkeypatch.setattr(glyph_judge.Judge, 'predict', lambda self, images: pred)
+  images = np.zeros([5, 16, 16, 3], np.float32)
+  # Row 4 is unconditional (all null): skipped. Exact: rows 0, 3 of 4. Chars: 5 of 6 slots.
+  assert judge.accuracy(images, labels) == pytest.approx(2 / 4)
+  assert judge.char_accuracy(images, labels) == pytest.approx(5 / 6)
+  assert glyph_judge.match_rates(labels, labels) == (1.0, 1.0)
+
+
+def test_glyph_metrics_keys_and_identical_sets():
+  judge = random_judge()
+  cfg = ml_collections.ConfigDict(dict(source='glyphs', image_size=16, channels=3,
+                                       alphabet=ALPHABET, max_chars=2, holdout_fraction=0.05))
+  (batch,) = image_data.eval_batches(cfg, batch_size=32, num_batches=1)
+  metrics = glyph_judge.glyph_metrics(judge, batch['image'], batch['label'], batch['image'])
+  assert set(metrics) == {'fd', 'accuracy', 'char_accuracy'}
+  assert abs(metrics['fd']) < 1e-6 and 0 <= metrics['accuracy'] <= 1
+  assert np.isnan(glyph_judge.glyph_metrics(judge, batch['image'], None,
+                                            batch['image'])['accuracy'])
+
+
+def test_load_judge_trains_once_then_loads_the_cache(tmp_path, monkeypatch, capsys):
+  monkeypatch.setattr(glyph_judge, '_EVAL_SIZE', 32)
+  kwargs = dict(image_size=16, alphabet=ALPHABET, max_chars=2, cache_dir=str(tmp_path),
+                steps=2, batch_size=8)
+  first = glyph_judge.load_judge(**kwargs)
+  assert 'training the 16px glyph judge' in capsys.readouterr().err
+  (path,) = (tmp_path / 'glyph_judge').glob('*.msgpack')
+  assert first.info['steps'] == 2 and 0 <= first.info['eval_accuracy'] <= 1
+
+  def fail(**_):
+    raise AssertionError('cache miss: the judge was retrained')
+
+  monkeypatch.setattr(glyph_judge, 'train_judge', fail)
+  second = glyph_judge.load_judge(**kwargs)
+  assert 'training' not in capsys.readouterr().err
+  jax.tree.map(np.testing.assert_array_equal, first.params, second.params)
+  assert second.info == first.info
+  images = np.zeros([3, 16, 16, 3], np.float32)
+  np.testing.assert_array_equal(first.predict(images), second.predict(images))
+  with pytest.raises(AssertionError, match='cache miss'):  # another key -> another file
+    glyph_judge.load_judge(**dict(kwargs, max_chars=3))

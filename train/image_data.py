@@ -1,0 +1,549 @@
+"""Image data for the image-diffusion paradigm: procedural glyphs, image folders, .npz arrays.
+
+Nothing here downloads. Three sources (``cfg.source``), one registry (``_SOURCES``):
+
+- ``'glyphs'`` (the default): an unbounded procedural set of rendered text. Image ``index`` of
+  split ``s`` is a string of 1..``max_chars`` symbols of ``alphabet`` drawn by Pillow's
+  built-in FreeType font (``ImageFont.load_default(size=...)``) in a random colour, size and
+  position on a solid or two-colour-gradient background, from an RNG seeded by
+  ``(salt, split_id(s), index)`` only: random access, deterministic, and 'train'/'eval' are
+  disjoint streams. Text and background differ in luminance by >= ``_MIN_CONTRAST``. Labels
+  are per-slot ids: ``label[j] = 1 + alphabet.index(text[j])``, 0 = blank past the string.
+- ``'images'``: the user's image files, ``cfg.files`` is a directory (searched recursively for
+  .png/.jpg/.jpeg, any case) or a glob. Each image is converted to ``cfg.channels`` (alpha is
+  composited over white), resized so its shorter side is ``image_size`` (LANCZOS) and
+  centre-cropped. Whole files are held out by ``train.data.is_held_out`` (sha1 of the relative
+  path). Unlabelled: every label is the null label ``[0]``. Decoded once per process and kept
+  in memory as uint8 (meant for folders of up to ~100k small images).
+- ``'npz'``: ``cfg.path`` holds ``images`` (uint8 or integer in [0, 255], or float: read as
+  [-1, 1] if any value is negative, else as [0, 1]; shape [N, H, W, C] with C in {1, 3, 4} or
+  [N, H, W]) and optional ``labels``: int [N] class ids (label = [id + 1], 0 = null) or int
+  [N, L] per-slot labels taken as they are (1-based, 0 = null). Resized and centre-cropped
+  like folders when H, W differ from ``image_size``. The last
+  ``max(1, floor(N * holdout_fraction))`` rows are held out (so shuffle rows before saving if
+  they are sorted by class).
+
+Every example is ``{'image': float32 [H, W, C] in [-1, 1], 'label': int32 [L]}``.
+Training batches come from a grain pipeline (``train_dataset``) whose element ``i`` depends on
+``(seed, i)`` only, so the stream is resumable from ``iterator.get_state()`` and shardable.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import glob
+import os
+import threading
+from pathlib import Path
+from typing import Any, Callable
+
+import grain
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from train.data import is_held_out
+
+DEFAULT_ALPHABET = '0123456789ABCDEFGHKMNPRSTUVWXYZ'  # no I J L O Q: too close to 1 0 / 0
+GLYPH_VERSION = 1  # bump when the rendering of (split, index) changes (invalidates judges)
+IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg')
+SPLITS = {'train': 0, 'eval': 1}
+DEFAULT_GLYPH_EVAL_BATCHES = 8
+_GLYPH_SALT = 0x676C7970  # 'glyp': keeps glyph RNG streams apart from other seeded streams
+_SUPERSAMPLE = 2  # text is rasterized at 2x and box-downsampled
+_MIN_CONTRAST = 0.4  # min |luminance(text) - luminance(background)|, luminance in [0, 1]
+_EM_RANGE = (0.4, 1.0)  # font size (em) as a fraction of image_size, before shrink-to-fit
+_NUM_ELEMENTS = 2**40  # length of the training stream: infinite for any real run
+_GRAY_MODES = frozenset({'1', 'L', 'LA', 'La', 'I', 'I;16', 'I;16B', 'I;16L', 'I;16N', 'F'})
+_LUMA = np.array([0.2126, 0.7152, 0.0722])  # Rec. 709, on sRGB values in [0, 1]
+
+
+def _get(cfg, name: str, default: Any) -> Any:
+  value = getattr(cfg, name, default)
+  return default if value is None else value
+
+
+# ---------------------------------------------------------------------------------------------
+# Glyph labels and rendering.
+
+def check_alphabet(alphabet: str, max_chars: int) -> None:
+  """Raises ValueError unless ``alphabet`` and ``max_chars`` define a valid glyph set."""
+  if not alphabet or len(set(alphabet)) != len(alphabet) or any(c.isspace() for c in alphabet):
+    raise ValueError(f'data.alphabet={alphabet!r} must be non-empty, without repeated or '
+                     f'whitespace characters; e.g. {DEFAULT_ALPHABET!r}.')
+  if max_chars < 1:
+    raise ValueError(f'data.max_chars={max_chars} must be >= 1.')
+
+
+def encode_text(text: str, alphabet: str = DEFAULT_ALPHABET, max_chars: int = 3) -> np.ndarray:
+  """Per-slot label of ``text``: ``1 + alphabet.index(c)``, then 0 (blank). int32 [max_chars]."""
+  if len(text) > max_chars:
+    raise ValueError(f'{text!r} has {len(text)} characters, more than max_chars={max_chars}; '
+                     'shorten it or raise data.max_chars.')
+  missing = sorted(set(text) - set(alphabet))
+  if missing:
+    raise ValueError(f'{text!r} uses {"".join(missing)!r}, not in the alphabet {alphabet!r}; '
+                     'use only those characters or extend data.alphabet.')
+  label = np.zeros([max_chars], np.int32)
+  label[:len(text)] = [1 + alphabet.index(c) for c in text]
+  return label
+
+
+def decode_label(label, alphabet: str = DEFAULT_ALPHABET) -> str:
+  """Inverse of ``encode_text``: slot ids ``[L]`` -> text; blanks (0) are skipped."""
+  return ''.join(alphabet[int(i) - 1] for i in np.asarray(label).reshape(-1) if 0 < i
+                 <= len(alphabet))
+
+
+_FONTS = threading.local()  # FreeType faces are not shared across grain's worker threads
+
+
+def _font(size: int) -> ImageFont.FreeTypeFont:
+  fonts = _FONTS.__dict__.setdefault('by_size', {})
+  if size not in fonts:
+    font = ImageFont.load_default(size=size)
+    if not isinstance(font, ImageFont.FreeTypeFont):
+      raise RuntimeError('Pillow was built without FreeType, so it cannot draw glyphs at a '
+                         "chosen size; install a Pillow wheel with FreeType or use "
+                         "data.source='images' or 'npz'.")
+    fonts[size] = font
+  return fonts[size]
+
+
+def _luminance(rgb: np.ndarray) -> float:
+  return float(rgb @ _LUMA) / 255.0
+
+
+def _at_least(rgb: np.ndarray, lo: float) -> np.ndarray:
+  """Blends ``rgb`` toward white until its luminance is >= lo (luminance is linear in RGB)."""
+  lum = _luminance(rgb)
+  return rgb if lum >= lo else rgb + (255.0 - rgb) * min(1.0, (lo - lum) / (1.0 - lum))
+
+
+def _at_most(rgb: np.ndarray, hi: float) -> np.ndarray:
+  """Scales ``rgb`` toward black until its luminance is <= hi."""
+  lum = _luminance(rgb)
+  return rgb if lum <= hi else rgb * (max(hi, 0.0) / lum)
+
+
+@functools.lru_cache(maxsize=16)
+def _gradient_axes(image_size: int) -> tuple[np.ndarray, np.ndarray]:
+  c = (np.arange(image_size, dtype=np.float32) + 0.5) / image_size - 0.5  # [S]
+  return c[None, :], c[:, None]  # x [1, S], y [S, 1]
+
+
+def _text_alpha(text: str, image_size: int, em: float, u: float, v: float) -> np.ndarray:
+  """Coverage of ``text`` drawn at ``em * image_size`` px (shrunk until its box fits inside a
+  1-pixel margin) at relative position ``(u, v)`` in [0, 1]^2. Returns float32 [S, S, 1] in [0, 1].
+  """
+  canvas = image_size * _SUPERSAMPLE
+  avail = canvas - 2 * _SUPERSAMPLE
+  size = max(4, int(em * canvas))
+  left, top, right, bottom = _font(size).getbbox(text)
+  scale = min(1.0, avail / max(right - left, 1), avail / max(bottom - top, 1))
+  if scale < 1.0:
+    size = max(4, int(size * scale))
+    left, top, right, bottom = _font(size).getbbox(text)
+    while size > 4 and (right - left > avail or bottom - top > avail):
+      size -= 1
+      left, top, right, bottom = _font(size).getbbox(text)
+  x0 = _SUPERSAMPLE - left + u * max(avail - (right - left), 0)
+  y0 = _SUPERSAMPLE - top + v * max(avail - (bottom - top), 0)
+  mask = Image.new('L', (canvas, canvas), 0)
+  ImageDraw.Draw(mask).text((x0, y0), text, fill=255, font=_font(size))
+  return np.asarray(mask.reduce(_SUPERSAMPLE), np.float32)[..., None] / 255.0
+
+
+def _render_glyph(index: int, image_size: int, alphabet: str, max_chars: int,
+                  split: str) -> tuple[np.ndarray, np.ndarray]:
+  """Returns (image uint8 [S, S, 3], label int32 [max_chars]) for glyph ``index`` of ``split``."""
+  if split not in SPLITS:
+    raise ValueError(f'split={split!r}; use one of {sorted(SPLITS)}.')
+  if index < 0:
+    raise ValueError(f'Glyph index {index} must be >= 0.')
+  rng = np.random.default_rng((_GLYPH_SALT, SPLITS[split], int(index)))
+  ids = rng.integers(0, len(alphabet), size=int(rng.integers(1, max_chars, endpoint=True)))
+  text = ''.join(alphabet[i] for i in ids)
+  # Colours: text on the dark or light side, every background colour >= _MIN_CONTRAST away.
+  dark_text = rng.random() < 0.5
+  colours = rng.uniform(0, 255, size=(3, 3))  # [text, bg0, bg1] x RGB
+  if dark_text:
+    ink = _at_most(colours[0], 1.0 - _MIN_CONTRAST - 0.1 * rng.random())
+    bgs = [_at_least(c, _luminance(ink) + _MIN_CONTRAST + 0.01) for c in colours[1:]]
+  else:
+    ink = _at_least(colours[0], _MIN_CONTRAST + 0.1 * rng.random())
+    bgs = [_at_most(c, _luminance(ink) - _MIN_CONTRAST - 0.01) for c in colours[1:]]
+  if rng.random() < 0.5:  # solid background
+    background = np.broadcast_to(bgs[0].astype(np.float32), (image_size, image_size, 3))
+  else:  # linear gradient bg0 -> bg1 along a random direction
+    theta = rng.uniform(0, 2 * np.pi)
+    x, y = _gradient_axes(image_size)
+    t = x * np.float32(np.cos(theta)) + y * np.float32(np.sin(theta))  # [S, S]
+    t = ((t - t.min()) / max(float(t.max() - t.min()), 1e-6))[..., None]  # [S, S, 1] in [0, 1]
+    background = (1 - t) * bgs[0].astype(np.float32) + t * bgs[1].astype(np.float32)
+  alpha = _text_alpha(text, image_size, rng.uniform(*_EM_RANGE), *rng.random(2))  # [S, S, 1]
+  image = background * (1 - alpha) + ink.astype(np.float32) * alpha  # [S, S, 3]
+  label = np.zeros([max_chars], np.int32)
+  label[:len(ids)] = ids + 1
+  return np.clip(np.rint(image), 0, 255).astype(np.uint8), label
+
+
+def glyph_example(index: int, *, image_size: int = 32, alphabet: str = DEFAULT_ALPHABET,
+                  max_chars: int = 3, split: str = 'train') -> dict[str, np.ndarray]:
+  """Glyph ``index`` (any int >= 0) of ``split`` ('train' | 'eval'); a function of both only.
+
+  Returns ``{'image': float32 [S, S, 3] in [-1, 1], 'label': int32 [max_chars]}``.
+  """
+  check_alphabet(alphabet, max_chars)
+  image, label = _render_glyph(index, image_size, alphabet, max_chars, split)
+  return {'image': _to_float(image), 'label': label}
+
+
+def _to_float(image: np.ndarray) -> np.ndarray:
+  return image.astype(np.float32) / 127.5 - 1.0  # uint8 [..., C] -> float32 in [-1, 1]
+
+
+def _gray(image: np.ndarray) -> np.ndarray:
+  """uint8 [..., 3] -> uint8 [..., 1] by ITU-R 601-2 luma (what PIL's convert('L') uses)."""
+  luma = image.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+  return np.clip(np.rint(luma), 0, 255).astype(np.uint8)[..., None]
+
+
+# ---------------------------------------------------------------------------------------------
+# Sources: what train_dataset / eval_batches / describe need from each kind of data.
+
+@dataclasses.dataclass(frozen=True)
+class _Glyphs:
+  image_size: int
+  channels: int
+  alphabet: str
+  max_chars: int
+  label_len: int  # max_chars
+  label_vocab: int  # len(alphabet) + 1
+
+  def example(self, index: int, split: str) -> dict[str, np.ndarray]:
+    image, label = _render_glyph(index, self.image_size, self.alphabet, self.max_chars, split)
+    return {'image': _to_float(image if self.channels == 3 else _gray(image)), 'label': label}
+
+  def train_example(self, index: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    return self.example(int(rng.integers(0, 2**62)), 'train')
+
+  def eval_rows(self, batch_size: int, num_batches: int) -> list[dict[str, np.ndarray]]:
+    num_batches = num_batches or DEFAULT_GLYPH_EVAL_BATCHES
+    examples = [self.example(i, 'eval') for i in range(num_batches * batch_size)]
+    return _batches(examples, batch_size)
+
+  def describe(self) -> str:
+    mode = 'RGB' if self.channels == 3 else 'gray'
+    return (f'glyphs: {self.image_size}x{self.image_size} {mode}, 1-{self.max_chars} chars from '
+            f'{len(self.alphabet)} symbols, unbounded')
+
+
+@dataclasses.dataclass(frozen=True)
+class _Arrays:
+  """Decoded images held in memory, split into train and held-out rows."""
+  train_images: np.ndarray  # [N_train, S, S, C] uint8
+  train_labels: np.ndarray  # [N_train, L] int32, 0 = null
+  eval_images: np.ndarray  # [N_eval, S, S, C] uint8
+  eval_labels: np.ndarray  # [N_eval, L] int32
+  label_len: int  # L
+  label_vocab: int  # every label id is < this
+  what: str  # e.g. "folder 'data/cats' (120 train / 7 eval files)"
+
+  def train_example(self, index: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    row = int(rng.integers(0, len(self.train_images)))
+    return {'image': _to_float(self.train_images[row]), 'label': self.train_labels[row]}
+
+  def eval_rows(self, batch_size: int, num_batches: int) -> list[dict[str, np.ndarray]]:
+    n = len(self.eval_images)
+    fit = max(1, n // batch_size)
+    num_batches = fit if num_batches == 0 else min(num_batches, fit)
+    total = num_batches * batch_size
+    rows = (np.arange(total) * n) // total if total <= n else np.arange(total) % n
+    return _batches([{'image': _to_float(self.eval_images[r]), 'label': self.eval_labels[r]}
+                     for r in rows], batch_size)
+
+  def describe(self) -> str:
+    _, s, _, c = self.train_images.shape
+    labels = ('unlabelled' if self.label_vocab == 1 else
+              f'labels [{self.label_len}] < {self.label_vocab}')
+    return (f'{self.what}: {s}x{s} {"RGB" if c == 3 else "gray"}, {len(self.train_images)} '
+            f'train / {len(self.eval_images)} eval images, {labels}')
+
+
+def _batches(examples: list[dict], batch_size: int) -> list[dict[str, np.ndarray]]:
+  return [{k: np.stack([e[k] for e in examples[s:s + batch_size]]) for k in examples[0]}
+          for s in range(0, len(examples), batch_size)]
+
+
+def _open(cfg) -> _Glyphs | _Arrays:
+  """Validates ``cfg`` (the ``data`` ConfigDict) and returns its source, decoded if needed."""
+  source = _get(cfg, 'source', 'glyphs')
+  if source not in _SOURCES:
+    raise ValueError(f'Unknown data.source={source!r} for images; use one of {sorted(_SOURCES)}.')
+  image_size, channels = int(_get(cfg, 'image_size', 32)), int(_get(cfg, 'channels', 3))
+  if image_size < 8:
+    raise ValueError(f'data.image_size={image_size} is too small; use >= 8 (e.g. 32).')
+  if channels not in (1, 3):
+    raise ValueError(f'data.channels={channels} must be 1 (grayscale) or 3 (RGB).')
+  holdout_fraction = float(_get(cfg, 'holdout_fraction', 0.05))
+  if not 0.0 < holdout_fraction < 1.0:
+    raise ValueError(f'data.holdout_fraction={holdout_fraction} must be in (0, 1), e.g. 0.05.')
+  return _SOURCES[source](cfg, image_size, channels, holdout_fraction)
+
+
+def _open_glyphs(cfg, image_size: int, channels: int, holdout_fraction: float) -> _Glyphs:
+  alphabet, max_chars = str(_get(cfg, 'alphabet', DEFAULT_ALPHABET)), int(_get(cfg, 'max_chars', 3))
+  check_alphabet(alphabet, max_chars)
+  return _Glyphs(image_size, channels, alphabet, max_chars, max_chars, len(alphabet) + 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding folders and .npz files.
+
+def _fit(image: Image.Image, image_size: int, channels: int) -> np.ndarray:
+  """Any PIL image -> uint8 [S, S, channels]: alpha over white, shorter side to S, centre crop."""
+  if image.mode in ('RGBA', 'LA', 'La', 'RGBa', 'PA') or (image.mode == 'P' and
+                                                         'transparency' in image.info):
+    rgba = image.convert('RGBA')
+    image = Image.alpha_composite(Image.new('RGBA', rgba.size, (255, 255, 255, 255)), rgba)
+  if image.mode.startswith('I'):  # 16-bit grayscale (convert('L') would clip it at 255)
+    image = Image.fromarray(np.rint(np.asarray(image, np.float64).clip(0, 65535) / 257)
+                            .astype(np.uint8), 'L')
+  image = image.convert('RGB' if channels == 3 else 'L')
+  w, h = image.size
+  if (w, h) != (image_size, image_size):
+    scale = image_size / min(w, h)
+    new_w, new_h = max(image_size, round(w * scale)), max(image_size, round(h * scale))
+    image = image.resize((new_w, new_h), Image.LANCZOS)
+    left, top = (new_w - image_size) // 2, (new_h - image_size) // 2
+    image = image.crop((left, top, left + image_size, top + image_size))
+  return np.asarray(image, np.uint8).reshape(image_size, image_size, channels)
+
+
+def _find_images(pattern: str) -> tuple[str, list[str]]:
+  """Returns (root, sorted relative POSIX paths) of the image files ``data.files`` names."""
+  expanded = os.path.expanduser(pattern)
+  if os.path.isdir(expanded):
+    root = os.path.abspath(expanded)
+    paths = [os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs]
+  else:
+    paths = [os.path.abspath(p) for p in glob.glob(expanded, recursive=True)]
+  paths = [p for p in paths if os.path.isfile(p) and p.lower().endswith(IMAGE_EXTENSIONS)]
+  if not paths:
+    raise ValueError(f'No images found for data.files={pattern!r} (searched recursively for '
+                     f'{"/".join(IMAGE_EXTENSIONS)}, any case); point it at a folder of images '
+                     'or a glob such as "photos/**/*.png".')
+  if not os.path.isdir(expanded):
+    root = os.path.commonpath([os.path.dirname(p) for p in paths])
+  return root, sorted(Path(p).relative_to(root).as_posix() for p in paths)
+
+
+def _open_folder(cfg, image_size: int, channels: int, holdout_fraction: float) -> _Arrays:
+  pattern = _get(cfg, 'files', '')
+  if not pattern:
+    raise ValueError("data.source='images' needs data.files, a folder or a glob of images.")
+  root, relpaths = _find_images(pattern)
+  stats = tuple((p, os.stat(os.path.join(root, p)).st_mtime_ns) for p in relpaths)
+  return _decode_folder(pattern, root, stats, image_size, channels, holdout_fraction)
+
+
+@functools.lru_cache(maxsize=4)
+def _decode_folder(pattern: str, root: str, stats: tuple, image_size: int, channels: int,
+                   holdout_fraction: float) -> _Arrays:
+  images, gray_file, colour_file = [], None, None
+  for relpath, _ in stats:
+    path = os.path.join(root, relpath)
+    try:
+      with Image.open(path) as image:
+        image.load()
+        if image.mode in _GRAY_MODES:
+          gray_file = gray_file or path
+        else:
+          colour_file = colour_file or path
+        if gray_file and colour_file:
+          raise ValueError(
+              f'data.files={pattern!r} mixes 1-channel and colour images, e.g. {gray_file!r} '
+              f'(grayscale) and {colour_file!r} (colour); convert them all to one mode '
+              '(e.g. RGB) or remove the odd ones, so every image means the same thing.')
+        images.append(_fit(image, image_size, channels))
+    except (OSError, SyntaxError, Image.DecompressionBombError) as err:
+      raise ValueError(f'Cannot decode image file {path!r} ({type(err).__name__}: {err}); '
+                       'fix it or remove it from the folder.') from err
+  held = np.array([is_held_out(p, holdout_fraction) for p, _ in stats])
+  rule = (f'holdout_fraction={holdout_fraction} holds out a file iff sha1(relpath) % 10000 < '
+          f'{holdout_fraction * 10_000:g}')
+  if not held.any() or held.all():
+    which = 'held-out' if not held.any() else 'train'
+    fix = 'raise' if not held.any() else 'lower'
+    raise ValueError(f'The {which} split is empty: {held.sum()} of the {len(stats)} images of '
+                     f'data.files={pattern!r} are held out ({rule}); {fix} '
+                     'data.holdout_fraction or add more images.')
+  images = np.stack(images)  # [N, S, S, C]
+  labels = np.zeros([len(images), 1], np.int32)  # unlabelled: the null label
+  what = f'folder {root!r} ({int((~held).sum())} train / {int(held.sum())} eval files)'
+  return _Arrays(images[~held], labels[~held], images[held], labels[held], 1, 1, what)
+
+
+def _open_npz(cfg, image_size: int, channels: int, holdout_fraction: float) -> _Arrays:
+  path = _get(cfg, 'path', '')
+  if not path or not os.path.isfile(os.path.expanduser(path)):
+    raise ValueError(f"data.path={path!r} is not a file; data.source='npz' needs an .npz "
+                     "saved with np.savez(path, images=..., labels=...).")
+  path = os.path.abspath(os.path.expanduser(path))
+  return _decode_npz(path, os.stat(path).st_mtime_ns, image_size, channels, holdout_fraction)
+
+
+def _npz_images_uint8(images: np.ndarray, path: str) -> np.ndarray:
+  """Detects the value range of ``images`` and returns uint8 [N, H, W, C]."""
+  if images.ndim == 3:
+    images = images[..., None]
+  if images.ndim != 4 or images.shape[-1] not in (1, 3, 4):
+    raise ValueError(f"'images' in {path!r} has shape {images.shape}; use [N, H, W, C] with C "
+                     'in {1, 3, 4} or [N, H, W] (grayscale).')
+  if images.shape[0] == 0:
+    raise ValueError(f"'images' in {path!r} holds no images.")
+  if images.dtype == np.uint8:
+    return images
+  lo, hi = float(images.min()), float(images.max())
+  if np.issubdtype(images.dtype, np.integer):
+    if lo < 0 or hi > 255:
+      raise ValueError(f"Integer 'images' in {path!r} range over [{lo:g}, {hi:g}], not [0, 255]; "
+                       'store uint8 pixels or floats in [0, 1] or [-1, 1].')
+    return images.astype(np.uint8)
+  if not np.issubdtype(images.dtype, np.floating) or lo < -1 or hi > 1 or not np.isfinite(lo):
+    raise ValueError(f"'images' in {path!r} ({images.dtype}, range [{lo:g}, {hi:g}]) must be "
+                     'uint8 in [0, 255] or float in [0, 1] or [-1, 1]; rescale them.')
+  unit = (images + 1) / 2 if lo < 0 else images  # any negative value -> the [-1, 1] convention
+  return np.clip(np.rint(unit * 255), 0, 255).astype(np.uint8)
+
+
+def _npz_labels(labels: np.ndarray | None, n: int, path: str) -> np.ndarray:
+  """-> int32 [N, L] per-slot labels, 0 = null."""
+  if labels is None:
+    return np.zeros([n, 1], np.int32)
+  if not np.issubdtype(labels.dtype, np.integer) or labels.ndim not in (1, 2):
+    raise ValueError(f"'labels' in {path!r} is {labels.dtype} {labels.shape}; use int [N] class "
+                     'ids or int [N, L] per-slot labels (1-based, 0 = null).')
+  if labels.shape[0] != n:
+    raise ValueError(f"'labels' in {path!r} has {labels.shape[0]} rows but 'images' has {n}; "
+                     'give one label per image.')
+  if labels.size and labels.min() < 0:
+    row = int(np.argwhere(labels < 0)[0][0])
+    raise ValueError(f"'labels' in {path!r} has a negative id ({int(labels.min())}, row {row}); "
+                     'class ids start at 0 and per-slot labels use 0 for null.')
+  return (labels[:, None] + 1 if labels.ndim == 1 else labels).astype(np.int32)
+
+
+@functools.lru_cache(maxsize=4)
+def _decode_npz(path: str, mtime_ns: int, image_size: int, channels: int,
+                holdout_fraction: float) -> _Arrays:
+  try:
+    npz = np.load(path, allow_pickle=False)
+  except (OSError, ValueError, EOFError) as err:
+    raise ValueError(f'Cannot read {path!r} as .npz ({err}); point data.path at a file saved '
+                     'with np.savez(path, images=..., labels=...).') from err
+  if not hasattr(npz, 'files'):
+    raise ValueError(f'{path!r} holds a single array, not an .npz archive; save it with '
+                     'np.savez(path, images=..., labels=...).')
+  with npz:
+    if 'images' not in npz.files:
+      raise ValueError(f"{path!r} has no 'images' array (keys: {sorted(npz.files)}); save "
+                       'with np.savez(path, images=..., labels=...).')
+    images = _npz_images_uint8(npz['images'], path)
+    labels = _npz_labels(npz['labels'] if 'labels' in npz.files else None, len(images), path)
+  n, h, w, c = images.shape
+  if (h, w) != (image_size, image_size) or c != channels:
+    modes = {1: 'L', 3: 'RGB', 4: 'RGBA'}
+    images = np.stack([_fit(Image.fromarray(x if c > 1 else x[..., 0], modes[c]), image_size,
+                            channels) for x in images])
+  if n < 2:
+    raise ValueError(f'{path!r} holds {n} image; an .npz needs >= 2 (train and held-out rows).')
+  num_eval = max(1, int(n * holdout_fraction))
+  if num_eval >= n:
+    raise ValueError(f'Holding out {num_eval} of {n} rows leaves no training images; lower '
+                     'data.holdout_fraction or add images.')
+  vocab = int(labels.max()) + 1
+  what = f'npz {path!r}'
+  return _Arrays(images[:-num_eval], labels[:-num_eval], images[-num_eval:], labels[-num_eval:],
+                 labels.shape[1], vocab, what)
+
+
+_SOURCES: dict[str, Callable[[Any, int, int, float], _Glyphs | _Arrays]] = {
+    'glyphs': _open_glyphs, 'images': _open_folder, 'npz': _open_npz}
+
+
+# ---------------------------------------------------------------------------------------------
+# Public pipeline API.
+
+def label_len(cfg) -> int:
+  """L, the length of every example's label (glyphs: max_chars; unlabelled data: 1)."""
+  return _open(cfg).label_len
+
+
+def label_vocab(cfg) -> int:
+  """Number of distinct label ids a conditioning embedding needs (id 0 = null/blank)."""
+  return _open(cfg).label_vocab
+
+
+def describe(cfg) -> str:
+  """One log line, e.g. 'glyphs: 32x32 RGB, 1-3 chars from 31 symbols, unbounded'."""
+  return _open(cfg).describe()
+
+
+def train_dataset(cfg, *, batch_size: int, seed: int, process_index: int = 0,
+                  process_count: int = 1) -> grain.IterDataset:
+  """An (effectively) infinite, seeded, resumable stream of training image batches.
+
+  Element ``i`` is drawn by an RNG seeded by ``(seed, i)`` only: for glyphs, train glyph
+  ``index ~ U[0, 2**62)``; for folders/.npz, a uniformly random training row (with
+  replacement). Global step ``k`` is elements ``[k * batch_size, (k + 1) * batch_size)``;
+  process ``p`` of ``P`` keeps those ``i`` with ``i % P == p`` (local row ``j`` is global row
+  ``j * P + p``), so the processes' rows are disjoint and their union is, as a set, exactly the
+  single-process global batch.
+  Resume: ``it = iter(ds); state = it.get_state(); ...; it2 = iter(ds); it2.set_state(state)``
+  continues with exactly the batches ``it`` would have produced.
+
+  Args:
+    cfg: the ``data`` ConfigDict (see the module docstring for its fields).
+    batch_size: the global batch size, divisible by process_count.
+    seed: pipeline seed in [0, 2**32).
+    process_index, process_count: this process's shard (``jax.process_index()/count()``).
+
+  Returns:
+    grain.IterDataset of ``{'image': float32 [b, S, S, C] in [-1, 1], 'label': int32 [b, L]}``,
+    ``b = batch_size // process_count``.
+  """
+  if batch_size < 1:
+    raise ValueError(f'batch_size={batch_size} must be >= 1.')
+  if batch_size % process_count:
+    raise ValueError(f'batch_size={batch_size} is not divisible by process_count='
+                     f'{process_count}; make the global batch size a multiple of it.')
+  if not 0 <= process_index < process_count:
+    raise ValueError(f'process_index={process_index} not in [0, process_count={process_count}).')
+  if not 0 <= seed < 2**32:
+    raise ValueError(f'seed={seed} must be in [0, 2**32).')
+  source = _open(cfg)
+  ds = grain.MapDataset.range(_NUM_ELEMENTS).seed(seed)
+  ds = ds.random_map(source.train_example)
+  ds = ds[process_index::process_count]
+  ds = ds.batch(batch_size // process_count, drop_remainder=True)
+  return ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=4))
+
+
+def eval_batches(cfg, *, batch_size: int, num_batches: int) -> list[dict[str, np.ndarray]]:
+  """Deterministic held-out batches.
+
+  Glyphs: eval-split glyphs ``0 .. num_batches * batch_size - 1`` in order; ``num_batches=0``
+  means ``DEFAULT_GLYPH_EVAL_BATCHES`` (the set is unbounded). Folders/.npz: of the ``n``
+  held-out images, ``num_batches * batch_size`` evenly spaced ones (``r_k = k * n // total``);
+  ``num_batches=0`` uses every whole batch (one full pass up to the last partial batch). If
+  fewer images are held out than asked, fewer batches are returned (``n // batch_size``), but at
+  least one: when even one batch does not fit, rows wrap around (``k % n``), so some repeat.
+
+  Returns:
+    list of ``{'image': float32 [batch_size, S, S, C] in [-1, 1], 'label': int32 [batch_size, L]}``.
+  """
+  if batch_size < 1 or num_batches < 0:
+    raise ValueError(f'batch_size={batch_size} must be >= 1 and num_batches={num_batches} >= 0 '
+                     '(0 = the default: all whole batches, or 8 for glyphs).')
+  return _open(cfg).eval_rows(batch_size, num_batches)
