@@ -370,6 +370,17 @@ def train_dataset(tokens: np.ndarray, *, seq_len: int, batch_size: int, seed: in
   if len(tokens) < seq_len + 1:
     raise ValueError(f'A window of seq_len + 1 = {seq_len + 1} tokens is longer than the '
                      f'{len(tokens)} training tokens; lower data.seq_len or add data.')
+  return random_stream(_RandomWindow(tokens, seq_len), batch_size=batch_size, seed=seed,
+                       process_index=process_index, process_count=process_count)
+
+
+def random_stream(element: Callable[[int, np.random.Generator], dict], *, batch_size: int,
+                  seed: int, process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
+  """The training stream of every source: element ``i`` is ``element(i, rng)`` with ``rng``
+  seeded by ``(seed, i)`` only; process ``p`` of ``P`` keeps the ``i`` with ``i % P == p``;
+  batches of ``batch_size // process_count`` (see ``train_dataset``). Resumable and sharded."""
+  if batch_size < 1:
+    raise ValueError(f'batch_size={batch_size} must be >= 1.')
   if batch_size % process_count:
     raise ValueError(f'batch_size={batch_size} is not divisible by process_count='
                      f'{process_count}; make the global batch size a multiple of it.')
@@ -378,7 +389,7 @@ def train_dataset(tokens: np.ndarray, *, seq_len: int, batch_size: int, seed: in
   if not 0 <= seed < 2**32:
     raise ValueError(f'seed={seed} must be in [0, 2**32).')
   ds = grain.MapDataset.range(_NUM_ELEMENTS).seed(seed)
-  ds = ds.random_map(_RandomWindow(tokens, seq_len))
+  ds = ds.random_map(element)
   ds = ds[process_index::process_count]
   ds = ds.batch(batch_size // process_count, drop_remainder=True)
   return ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=4))

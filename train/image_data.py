@@ -41,7 +41,7 @@ import grain
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from train.data import is_held_out
+from train.data import is_held_out, random_stream
 
 DEFAULT_ALPHABET = '0123456789ABCDEFGHKMNPRSTUVWXYZ'  # no I J L O Q: too close to 1 0 / 0
 GLYPH_VERSION = 1  # bump when the rendering of (split, index) changes (invalidates judges)
@@ -52,7 +52,6 @@ _GLYPH_SALT = 0x676C7970  # 'glyp': keeps glyph RNG streams apart from other see
 _SUPERSAMPLE = 2  # text is rasterized at 2x and box-downsampled
 _MIN_CONTRAST = 0.4  # min |luminance(text) - luminance(background)|, luminance in [0, 1]
 _EM_RANGE = (0.4, 1.0)  # font size (em) as a fraction of image_size, before shrink-to-fit
-_NUM_ELEMENTS = 2**40  # length of the training stream: infinite for any real run
 _GRAY_MODES = frozenset({'1', 'L', 'LA', 'La', 'I', 'I;16', 'I;16B', 'I;16L', 'I;16N', 'F'})
 _LUMA = np.array([0.2126, 0.7152, 0.0722])  # Rec. 709, on sRGB values in [0, 1]
 
@@ -513,21 +512,8 @@ def train_dataset(cfg, *, batch_size: int, seed: int, process_index: int = 0,
     grain.IterDataset of ``{'image': float32 [b, S, S, C] in [-1, 1], 'label': int32 [b, L]}``,
     ``b = batch_size // process_count``.
   """
-  if batch_size < 1:
-    raise ValueError(f'batch_size={batch_size} must be >= 1.')
-  if batch_size % process_count:
-    raise ValueError(f'batch_size={batch_size} is not divisible by process_count='
-                     f'{process_count}; make the global batch size a multiple of it.')
-  if not 0 <= process_index < process_count:
-    raise ValueError(f'process_index={process_index} not in [0, process_count={process_count}).')
-  if not 0 <= seed < 2**32:
-    raise ValueError(f'seed={seed} must be in [0, 2**32).')
-  source = _open(cfg)
-  ds = grain.MapDataset.range(_NUM_ELEMENTS).seed(seed)
-  ds = ds.random_map(source.train_example)
-  ds = ds[process_index::process_count]
-  ds = ds.batch(batch_size // process_count, drop_remainder=True)
-  return ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=4))
+  return random_stream(_open(cfg).train_example, batch_size=batch_size, seed=seed,
+                       process_index=process_index, process_count=process_count)
 
 
 def eval_batches(cfg, *, batch_size: int, num_batches: int) -> list[dict[str, np.ndarray]]:
