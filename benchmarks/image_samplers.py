@@ -36,6 +36,7 @@ def _parse(argv):
   p.add_argument('--repeats', type=int, default=2)
   p.add_argument('--seed', type=int, default=0)
   p.add_argument('--quality-only', action='store_true', help='no timing rounds')
+  p.add_argument('--no-ema', action='store_true', help='raw params even if the run kept an EMA')
   return p.parse_args(argv)
 
 
@@ -46,7 +47,7 @@ def main(argv=None):
   from sample import glyph_judge, images
   from train.checkpoint import load_run
 
-  config, model, params = load_run(args.workdir)
+  config, model, params = load_run(args.workdir, ema=False if args.no_ema else None)
   d = config.data
   ref = images.reference(config, args.num)
   judge = glyph_judge.load_judge(image_size=d.image_size, alphabet=d.alphabet,
@@ -79,6 +80,7 @@ def main(argv=None):
       med = statistics.median(times[(row['sampler'], row['steps'])])
       row.update(median_seconds=med, images_per_s=args.num / med)
   print(json.dumps({'device': str(jax.devices()[0]), 'workdir': args.workdir, 'num': args.num,
+                    'ema': not args.no_ema,
                     'cfg': args.cfg, 'rows': rows}, indent=1))
 
 

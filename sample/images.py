@@ -38,7 +38,7 @@ def sigmas_for(config, steps: int):
     # sigma_0 = 80 (t = 80/81), EDM's sigma_max, not 999: Heun's correction multiplies the
     # change of D between sigma_0 and sigma_1 by (sigma_0 - sigma_1) / (2 sigma_1), and on the
     # glyph model sigma_0 = 999 made Heun at 18 steps 4x worse in FD than Euler (80: equal).
-    return sd.flow_sigmas(steps, t_max=80 / 81)
+    return sd.flow_sigmas(steps, t_max=max(80 / 81, 1 - 0.5 / steps))  # > 80 steps: room
   if opts.objective == 'edm':
     return sd.karras_sigmas(steps)
   return sd.vp_sigmas(steps, schedule=opts.vp_schedule, T=opts.vp_steps)

@@ -128,13 +128,19 @@ def optax_norm(tree):
 
 
 def test_ema_update_matches_formula():
-  """EDM half-life EMA: e_1 = beta e_0 + (1 - beta) theta_1 with beta = 0.5 ** (B / halflife)."""
-  from train.config import ema_decay, from_file
+  """EDM half-life EMA: e_1 = beta e_0 + (1 - beta) theta_1 with beta = 0.5 ** (B / halflife),
+  and with EDM's ramp-up the half-life is min(halflife, step * B * ratio)."""
+  from train.config import ema_beta, from_file
   from train.state import make_mesh, setup
   import paradigms
   c = from_file(os.path.join(ROOT, 'configs', 'dit_glyphs.py:tiny'))
-  beta = ema_decay(c)
-  assert beta == pytest.approx(0.5 ** (c.data.batch_size / c.train.ema_halflife_nimg))
+  B, H = c.data.batch_size, c.train.ema_halflife_nimg
+  assert float(ema_beta(c, 0)) == 0.0  # ramp-up: the first average is the first params
+  assert float(ema_beta(c, 100)) == pytest.approx(0.5 ** (B / min(H, 100 * B * 0.05)), rel=1e-6)
+  assert float(ema_beta(c, 10 ** 6)) == pytest.approx(0.5 ** (B / H), rel=1e-6)
+  c.train.ema_rampup_ratio = 0.0
+  beta = 0.5 ** (B / H)
+  assert float(ema_beta(c, 0)) == pytest.approx(beta, rel=1e-6)
   s = setup(c, paradigms.get(c.paradigm), make_mesh((1, 1, 1), jax.devices()[:1]))
   state0 = s.init(jax.random.key(0))
   ema0 = jax.device_get(state0.ema)

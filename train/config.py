@@ -15,6 +15,7 @@ import dataclasses
 import json
 import os
 
+import jax.numpy as jnp
 import ml_collections
 
 import paradigms
@@ -82,6 +83,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.grad_accum = 1  # micro-batches per step; data.batch_size must divide by it
   c.train.ema_decay = 0.0  # > 0 keeps EMA params (used by the sampler when present)
   c.train.ema_halflife_nimg = 0.0  # > 0: EDM's EMA, decay = 0.5 ** (batch_size / halflife)
+  c.train.ema_rampup_ratio = 0.05  # EDM: halflife <= images seen x ratio (0 = off)
   c.train.seed = 0
   c.train.log_every = 20
   c.train.eval_every = 200
@@ -144,6 +146,19 @@ def ema_decay(c: ml_collections.ConfigDict) -> float:
   if c.train.ema_halflife_nimg:
     return 0.5 ** (c.data.batch_size / c.train.ema_halflife_nimg)
   return c.train.ema_decay
+
+
+def ema_beta(c: ml_collections.ConfigDict, step):
+  """beta at 0-based optimiser step `step` (traced or int). With a half-life it is EDM's
+  beta = 0.5 ** (B / max(h, 1e-8)), h = min(halflife_nimg, step * B * ema_rampup_ratio) (EDM's
+  training loop: the ramp-up keeps early averages from holding on to the initialisation)."""
+  t, B = c.train, c.data.batch_size
+  if not t.ema_halflife_nimg:
+    return t.ema_decay
+  h = t.ema_halflife_nimg
+  if t.ema_rampup_ratio:
+    h = jnp.minimum(h, step * B * t.ema_rampup_ratio)
+  return 0.5 ** (B / jnp.maximum(h, 1e-8))
 
 
 def model_config(c: ml_collections.ConfigDict):

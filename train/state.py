@@ -19,7 +19,7 @@ import optax
 from flax import struct
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
-from train.config import MESH_AXES, ema_decay, model_config
+from train.config import MESH_AXES, ema_beta, ema_decay, model_config
 
 
 @struct.dataclass
@@ -95,8 +95,7 @@ def setup(config, paradigm, mesh) -> Setup:
   model = paradigm.build(model_config(config))
   t, d = config.train, config.data
   tx, schedule = make_optimizer(t)
-  beta = ema_decay(config)
-  ema_on = beta > 0
+  ema_on = ema_decay(config) > 0
   batch_spec = paradigm.example_batch(d.batch_size, d)
 
   def init_boxed(rng):
@@ -160,6 +159,7 @@ def setup(config, paradigm, mesh) -> Setup:
     params = optax.apply_updates(state.params, updates)
     ema = state.ema
     if ema_on:
+      beta = ema_beta(config, state.step)
       ema = jax.tree.map(lambda e, p: beta * e + (1 - beta) * p, ema, params)
     metrics = dict(metrics, grad_norm=optax.tree_utils.tree_norm(grads), lr=schedule(state.step))
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state, ema=ema), metrics

@@ -63,7 +63,7 @@ def train(config, workdir: str, *, devices=None) -> dict:
   bar = progress_bar(t.steps, step, t.progress)
   stop = _StopSignal()
   items_per_step = d.batch_size * data.items_per_example  # tokens (or images) per step
-  pending, last = [], {}
+  pending, last, saved = [], {}, step
   tic, tic_step = None, step
   try:
     while step < t.steps and not stop.requested:
@@ -98,9 +98,12 @@ def train(config, workdir: str, *, devices=None) -> dict:
         bar.write(f'step {step}: ' + ', '.join(f'{k}={v:.4f}' for k, v in judged.items()))
       if step % t.ckpt_every == 0 or at_end:
         ckpt.save(step, state, iterator)
+        saved = step
       if step % t.eval_every == 0 or step % t.ckpt_every == 0 or (j.every and step % j.every == 0):
         tic = time.perf_counter()  # keep evaluation and checkpoint time out of the throughput
       bar.update(step - bar.n)
+    if stop.requested and saved != step:  # the signal came after this step's checkpoint check
+      ckpt.save(step, state, iterator)
   finally:
     bar.close()
     ckpt.close()
