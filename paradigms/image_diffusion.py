@@ -209,14 +209,6 @@ def _check(model: DiT, opts: Options) -> None:
                      f'log2(loss.shortcut_steps)={opts.max_step_index}')
 
 
-def apply_net(model: DiT, params, objective: str, x, sigma, label, step=None,
-              sigma_data: float = 0.5):
-  """D(x; sigma, label[, step]) of a DiT trained with `objective`: x [B, H, W, C], sigma [B]."""
-  x_in, c_noise = net_input(objective, x, sigma, sigma_data)
-  F = model.apply({'params': params}, x_in, c_noise, label, step)
-  return denoise(objective, F, x, sigma, sigma_data), F
-
-
 def per_example_loss(params, batch, rng, *, model: DiT, opts: Options, train: bool = True):
   """||F - F*||^2 averaged over pixels, per example: [B]; plus the sigmas drawn [B]."""
   x0, label = batch['image'], batch['label']
@@ -308,4 +300,6 @@ class Denoiser:
     if self.model.cfg.step_conditioning:
       k = self.model.cfg.max_step_index if self.step is None else self.step
       step = jnp.full((x.shape[0],), k, jnp.int32)
-    return apply_net(self.model, params, self.objective, x, sigma, label, step, self.sigma_data)[0]
+    x_in, c_noise = net_input(self.objective, x, sigma, self.sigma_data)
+    F = self.model.apply({'params': params}, x_in, c_noise, label, step)
+    return denoise(self.objective, F, x, sigma, self.sigma_data)

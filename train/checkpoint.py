@@ -82,7 +82,7 @@ def load_run(workdir: str, step: int | None = None, ema: bool | None = None):
                           jax.random.key(0))
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), shapes)
-  ema = config_lib.ema_decay(config) > 0 if ema is None else ema
+  ema = config_lib.keeps_ema(config) if ema is None else ema
   ckpt = Checkpointer(workdir, async_save=False)
   try:
     params, _ = ckpt.restore_params(abstract, step, ema=ema)

@@ -140,16 +140,14 @@ def validate(c: ml_collections.ConfigDict) -> None:
   model_config(c)  # the paradigm's model dataclass validates its own fields
 
 
-def ema_decay(c: ml_collections.ConfigDict) -> float:
-  """The per-step EMA decay beta: train.ema_decay, or EDM's beta = 0.5 ** (batch / halflife_nimg)
-  (Karras et al. 2022, App. C.2); 0 = no EMA. EMA update: e <- beta e + (1 - beta) theta."""
-  if c.train.ema_halflife_nimg:
-    return 0.5 ** (c.data.batch_size / c.train.ema_halflife_nimg)
-  return c.train.ema_decay
+def keeps_ema(c: ml_collections.ConfigDict) -> bool:
+  """Whether the run keeps EMA params (train.ema_decay > 0 or an EDM half-life)."""
+  return c.train.ema_decay > 0 or c.train.ema_halflife_nimg > 0
 
 
 def ema_beta(c: ml_collections.ConfigDict, step):
-  """beta at 0-based optimiser step `step` (traced or int). With a half-life it is EDM's
+  """EMA decay beta at 0-based optimiser step `step` (traced or int), for the update
+  e <- beta e + (1 - beta) theta: train.ema_decay, or with a half-life EDM's (App. C.2)
   beta = 0.5 ** (B / max(h, 1e-8)), h = min(halflife_nimg, step * B * ema_rampup_ratio) (EDM's
   training loop: the ramp-up keeps early averages from holding on to the initialisation)."""
   t, B = c.train, c.data.batch_size

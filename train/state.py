@@ -19,7 +19,7 @@ import optax
 from flax import struct
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
-from train.config import MESH_AXES, ema_beta, ema_decay, model_config
+from train.config import MESH_AXES, ema_beta, keeps_ema, model_config
 
 
 @struct.dataclass
@@ -95,7 +95,7 @@ def setup(config, paradigm, mesh) -> Setup:
   model = paradigm.build(model_config(config))
   t, d = config.train, config.data
   tx, schedule = make_optimizer(t)
-  ema_on = ema_decay(config) > 0
+  ema_on = keeps_ema(config)
   batch_spec = paradigm.example_batch(d.batch_size, d)
 
   def init_boxed(rng):
