@@ -5,7 +5,11 @@ built from, filled from `config.model`), `build(model_cfg) -> nn.Module`,
 `example_batch(batch_size, data_cfg)` (shapes of one batch), `init(model, rng, batch)`,
 `loss(params, batch, rng, *, model, **loss_cfg) -> (scalar, metrics)` and
 `evaluate(params, batch, rng, *, model, **loss_cfg)` -> sums, either {'nats', 'tokens'} (bits
-per token) or {'<name>_sum', ..., 'count'} (means). The registry below is the only place that
+per token) or {'<name>_sum', ..., 'count'} (means). Two optional hooks give a paradigm
+untrained state: `init_extra(model, params) -> pytree` (kept in the train state, checkpointed)
+and `after_update(params, extra, aux, rng, *, model, **loss_cfg) -> (params, extra, metrics)`,
+run after each optimiser update with `aux` = the loss metrics whose names start with '_' (not
+logged). The registry below is the only place that
 maps a paradigm's name to its module.
 """
 import importlib
@@ -14,6 +18,9 @@ PARADIGMS = {
     'autoregressive': 'paradigms.autoregressive',
     'masked_diffusion': 'paradigms.masked_diffusion',
     'image_diffusion': 'paradigms.image_diffusion',
+    'next_scale': 'paradigms.next_scale',
+    'vqvae': 'paradigms.vqvae',
+    'hybrid': 'paradigms.hybrid',
 }
 
 

@@ -3,6 +3,8 @@
 Masked / block diffusion runs take --strategy, --steps, --block-size, --threshold, --eta and
 --infill (a template with {mask:N} holes). Image diffusion runs take --sampler, --steps, --cfg,
 --label, --out (a PNG grid) and --judge (score the samples with the run's external judge).
+Next-scale (VAR) runs take --cfg (VAR's ramped guidance), --top-k, --top-p, --temperature,
+--label, --out and --judge; they decode with the tokenizer run named by data.tokenizer.
 
 Loads the saved config and the newest checkpoint of --workdir, then prints the samples (text)
 or writes the grid (images).
@@ -150,10 +152,22 @@ def _images(args, config, model, params, rng):
   images.cli(args, config, model, params, rng)
 
 
+def _next_scale(args, config, model, params, rng):
+  from sample import next_scale
+  next_scale.cli(args, config, model, params, rng)
+
+
+def _hybrid(args, config, model, params, rng):
+  from sample import hybrid
+  hybrid.cli(args, config, model, params, rng)
+
+
 # paradigm name -> sampling entry point: the one place the CLI branches on the paradigm
 SAMPLERS = {'autoregressive': _text(_sample_autoregressive),
             'masked_diffusion': _text(_sample_masked_diffusion),
-            'image_diffusion': _images}
+            'image_diffusion': _images,
+            'next_scale': _next_scale,
+            'hybrid': _hybrid}
 
 
 def main(argv=None):

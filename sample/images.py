@@ -12,6 +12,8 @@ The noise grid follows the run's objective: EDM -> Karras rho = 7; flow -> unifo
 from t = 80/81 (sigma 80);
 eps / v / x0 -> DDIM's strided DDPM timesteps. Shortcut runs (step-conditioned flow models)
 sample with Euler over `steps` uniform steps, conditioning on d = 1/steps (steps a power of 2).
+The glyph judge scores any image paradigm registered in GENERATORS (image diffusion here,
+VAR next-scale prediction in sample/next_scale.py) through its `generate`.
 """
 from __future__ import annotations
 
@@ -69,6 +71,9 @@ def parse_labels(config, labels, num: int) -> np.ndarray:
     else:
       row = np.zeros(d.max_chars, np.int32)
       row[0] = int(text) + 1  # class ids are stored 1-based, 0 = null
+      vocab = config.model.get('label_vocab', 0)
+      if not 0 < row[0] < vocab:
+        raise ValueError(f'class id {text} is outside the model\'s 0..{vocab - 2}')
       rows.append(row)
   if len(rows) not in (1, num):
     raise ValueError(f'give one label or --num={num} labels, got {len(rows)}')
@@ -121,16 +126,37 @@ def image_grid(images, cols: int | None = None, pad: int = 2):
   return Image.fromarray(grid[..., 0] if C == 1 else grid)
 
 
-def glyph_judge_metrics(config, model, params, rng, *, num: int, sampler: str, steps: int,
-                        cfg: float = 1.0, train_steps: int = 0, **sampler_options) -> dict:
+def judge_options(judge) -> dict:
+  """The sampler options the trainer's judge passes to `generate` (from config.judge)."""
+  return dict(sampler=judge.sampler, steps=judge.steps)
+
+
+# paradigm -> module with `generate(config, model, params, rng, *, num, labels, cfg, **options)
+# -> (images [num, H, W, C], nfe)` and `judge_options(config.judge) -> options`
+GENERATORS = {'image_diffusion': 'sample.images', 'next_scale': 'sample.next_scale',
+              'hybrid': 'sample.hybrid'}
+
+
+def generator(config):
+  """The module that generates images for `config.paradigm` (see GENERATORS)."""
+  import importlib
+  if config.paradigm not in GENERATORS:
+    raise ValueError(f'no image generator for paradigm {config.paradigm!r}; known: '
+                     f'{sorted(GENERATORS)}')
+  return importlib.import_module(GENERATORS[config.paradigm])
+
+
+def glyph_judge_metrics(config, model, params, rng, *, num: int, cfg: float = 1.0,
+                        train_steps: int = 0, **sampler_options) -> dict:
   """The glyph judge on `num` class-conditional samples whose labels are those of `num`
   held-out glyphs: Frechet distance of the judge's features (samples vs those held-out images),
-  exact-string recognition accuracy and per-character accuracy, plus the NFE."""
+  exact-string recognition accuracy and per-character accuracy, plus the NFE. The samples come
+  from the paradigm's `generate` (GENERATORS) with `sampler_options`."""
   from sample import glyph_judge
   d = config.data
   ref = reference(config, num)
-  x, nfe = generate(config, model, params, rng, num=num, sampler=sampler, steps=steps, cfg=cfg,
-                    labels=ref['label'], **sampler_options)
+  x, nfe = generator(config).generate(config, model, params, rng, num=num, cfg=cfg,
+                                      labels=ref['label'], **sampler_options)
   judge = glyph_judge.load_judge(image_size=d.image_size, alphabet=d.alphabet,
                                  max_chars=d.max_chars, cache_dir=d.cache_dir,
                                  **({'steps': train_steps} if train_steps else {}))
@@ -143,11 +169,13 @@ JUDGES = {'glyphs': glyph_judge_metrics}
 
 
 def judge_metrics(config, model, params, rng, **overrides) -> dict:
-  """config.judge's metrics (the trainer's sample-based evaluation)."""
+  """config.judge's metrics (the trainer's sample-based evaluation), for any paradigm in
+  GENERATORS; `overrides` replace the judge's num / cfg / sampler options."""
   j = config.judge
   if j.name not in JUDGES:
     raise ValueError(f'judge.name={j.name!r}: choose one of {sorted(JUDGES)}')
-  kw = dict(num=j.num, sampler=j.sampler, steps=j.steps, cfg=j.cfg, train_steps=j.train_steps)
+  kw = dict(num=j.num, cfg=j.cfg, train_steps=j.train_steps,
+            **generator(config).judge_options(j))
   return JUDGES[j.name](config, model, params, rng, **{**kw, **overrides})
 
 

@@ -25,3 +25,22 @@ def run_python(args, devices: int = 1, timeout: int = 300, check: bool = True):
   if check and proc.returncode != 0:
     raise AssertionError(f'python {args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}')
   return proc
+
+
+def train_tiny_on_tokens(tmp_path, config: str):
+  """Train configs/vqvae_glyphs.py:tiny (4 steps) into tmp_path/t1, then `config` (e.g.
+  'var_glyphs.py:tiny', 8 steps, judge on 8 samples) on its tokens into tmp_path/t2.
+  Returns (the token model's config, its workdir)."""
+  from train.config import from_file
+  from train.trainer import train
+  t1, t2 = str(tmp_path / 't1'), str(tmp_path / 't2')
+  vq = from_file(os.path.join(ROOT, 'configs', 'vqvae_glyphs.py:tiny'))
+  vq.data.cache_dir = str(tmp_path)
+  vq.train.update(steps=4, eval_every=4, ckpt_every=4, log_every=2)
+  train(vq, t1)
+  c = from_file(os.path.join(ROOT, 'configs', config))
+  c.data.update(tokenizer=t1, cache_dir=str(tmp_path))
+  c.train.update(steps=8, eval_every=8, ckpt_every=8, log_every=4)
+  c.judge.num = 8
+  train(c, t2)
+  return c, t2

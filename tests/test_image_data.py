@@ -76,6 +76,26 @@ def test_text_fits_inside_the_image():
         assert border.max() == 0, f'{text!r} at {(u, v)} touches the edge of a {size}px image'
 
 
+def test_jitter_shrinks_the_spread_of_text_size_and_position():
+  """jitter=1 is the full set bit for bit; jitter=0 centres every string: the ink's bounding
+  box is centred in the image whatever the index (gradient backgrounds excluded by a
+  threshold on the deviation from the median luminance)."""
+  for i in range(5):
+    np.testing.assert_array_equal(image_data.glyph_example(i, jitter=1.0)['image'],
+                                  image_data.glyph_example(i)['image'])
+
+  def ink_box_centre(i, jitter):
+    luma = image_data.glyph_example(i, jitter=jitter)['image'] @ image_data._LUMA.astype(np.float32)
+    dev = np.abs(luma - np.median(luma))  # [S, S]; text is the minority of pixels
+    ys, xs = np.nonzero(dev > 0.5 * dev.max())
+    return (ys.min() + ys.max()) / 2, (xs.min() + xs.max()) / 2
+
+  centred = np.array([ink_box_centre(i, 0.0) for i in range(12)])
+  full = np.array([ink_box_centre(i, 1.0) for i in range(12)])
+  assert np.abs(centred - 15.5).max() <= 3.0, centred
+  assert np.abs(full - 15.5).max() > 5.0, full  # the full set really moves text around
+
+
 def test_labels_round_trip():
   for i in range(20):
     label = image_data.glyph_example(i)['label']

@@ -168,3 +168,23 @@ def test_tiny_config_trains_and_samples_through_the_cli(tmp_path):
   img = Image.open(out)
   assert img.size == (2 * 16 + 3 * 2, 2 * 16 + 3 * 2)  # 2 x 2 grid of 16 px with 2 px padding
   assert '3 network evaluations' in proc.stderr
+
+
+def test_label_ids_past_the_embedding_table_are_refused(tmp_path):
+  """npz class ids 0..6 need label_vocab 8 (1-based, 0 = null); a smaller table would clamp the
+  ids silently inside jit, so the trainer refuses and says what to set."""
+  rng = np.random.default_rng(0)
+  path = tmp_path / 'd.npz'
+  np.savez(path, images=rng.integers(0, 255, (20, 16, 16, 3), np.uint8),
+           labels=np.arange(20) % 7)
+  proc = run_python(['-m', 'train', '--config', 'configs/dit_glyphs.py:tiny', '--workdir',
+                     str(tmp_path / 'run'), '--config.data.source=npz', f'--config.data.path={path}',
+                     '--config.model.label_vocab=4'], check=False)
+  assert proc.returncode != 0 and '--config.model.label_vocab=8' in proc.stderr
+  from sample.images import parse_labels
+  import ml_collections
+  cfg = ml_collections.ConfigDict({'data': {'source': 'npz', 'max_chars': 3},
+                                   'model': {'label_vocab': 8}})
+  assert parse_labels(cfg, ['6'], 2).tolist() == [[7, 0, 0]] * 2
+  with pytest.raises(ValueError, match='outside'):
+    parse_labels(cfg, ['7'], 2)

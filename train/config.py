@@ -69,6 +69,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.channels = 3
   c.data.alphabet = '0123456789ABCDEFGHKMNPRSTUVWXYZ'  # glyph symbols
   c.data.max_chars = 3  # glyph string length bound = label slots of every image source
+  c.data.jitter = 1.0  # glyph size/position spread in [0, 1]: 1 = full, 0 = large and centred
+  c.data.tokenizer = ''  # a trained VQ-VAE workdir: image batches gain its 'tokens' and 'inputs'
+  c.data.tokenizer_residual = False  # also 'residual' f - f_hat [B, h*w, Cz] (HART)
 
   c.train = ml_collections.ConfigDict()
   c.train.steps = 1000

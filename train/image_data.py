@@ -153,8 +153,11 @@ def _text_alpha(text: str, image_size: int, em: float, u: float, v: float) -> np
 
 
 def _render_glyph(index: int, image_size: int, alphabet: str, max_chars: int,
-                  split: str) -> tuple[np.ndarray, np.ndarray]:
-  """Returns (image uint8 [S, S, 3], label int32 [max_chars]) for glyph ``index`` of ``split``."""
+                  split: str, jitter: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+  """Returns (image uint8 [S, S, 3], label int32 [max_chars]) for glyph ``index`` of ``split``.
+
+  ``jitter`` in [0, 1] scales the spread of text size and position toward large and centred
+  (1 = the full set; the same random draws, so 1 reproduces it exactly)."""
   if split not in SPLITS:
     raise ValueError(f'split={split!r}; use one of {sorted(SPLITS)}.')
   if index < 0:
@@ -179,7 +182,11 @@ def _render_glyph(index: int, image_size: int, alphabet: str, max_chars: int,
     t = x * np.float32(np.cos(theta)) + y * np.float32(np.sin(theta))  # [S, S]
     t = ((t - t.min()) / max(float(t.max() - t.min()), 1e-6))[..., None]  # [S, S, 1] in [0, 1]
     background = (1 - t) * bgs[0].astype(np.float32) + t * bgs[1].astype(np.float32)
-  alpha = _text_alpha(text, image_size, rng.uniform(*_EM_RANGE), *rng.random(2))  # [S, S, 1]
+  em, (u, v) = rng.uniform(*_EM_RANGE), rng.random(2)
+  if jitter != 1.0:  # shrink toward the largest size and the centre
+    em = _EM_RANGE[1] - jitter * (_EM_RANGE[1] - em)
+    u, v = 0.5 + jitter * (u - 0.5), 0.5 + jitter * (v - 0.5)
+  alpha = _text_alpha(text, image_size, em, u, v)  # [S, S, 1]
   image = background * (1 - alpha) + ink.astype(np.float32) * alpha  # [S, S, 3]
   label = np.zeros([max_chars], np.int32)
   label[:len(ids)] = ids + 1
@@ -187,13 +194,14 @@ def _render_glyph(index: int, image_size: int, alphabet: str, max_chars: int,
 
 
 def glyph_example(index: int, *, image_size: int = 32, alphabet: str = DEFAULT_ALPHABET,
-                  max_chars: int = 3, split: str = 'train') -> dict[str, np.ndarray]:
+                  max_chars: int = 3, split: str = 'train',
+                  jitter: float = 1.0) -> dict[str, np.ndarray]:
   """Glyph ``index`` (any int >= 0) of ``split`` ('train' | 'eval'); a function of both only.
 
   Returns ``{'image': float32 [S, S, 3] in [-1, 1], 'label': int32 [max_chars]}``.
   """
   check_alphabet(alphabet, max_chars)
-  image, label = _render_glyph(index, image_size, alphabet, max_chars, split)
+  image, label = _render_glyph(index, image_size, alphabet, max_chars, split, jitter)
   return {'image': _to_float(image), 'label': label}
 
 
@@ -218,9 +226,11 @@ class _Glyphs:
   max_chars: int
   label_len: int  # max_chars
   label_vocab: int  # len(alphabet) + 1
+  jitter: float = 1.0  # spread of text size and position (1 = full, 0 = large and centred)
 
   def example(self, index: int, split: str) -> dict[str, np.ndarray]:
-    image, label = _render_glyph(index, self.image_size, self.alphabet, self.max_chars, split)
+    image, label = _render_glyph(index, self.image_size, self.alphabet, self.max_chars, split,
+                                 self.jitter)
     return {'image': _to_float(image if self.channels == 3 else _gray(image)), 'label': label}
 
   def train_example(self, index: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -233,8 +243,9 @@ class _Glyphs:
 
   def describe(self) -> str:
     mode = 'RGB' if self.channels == 3 else 'gray'
+    spread = '' if self.jitter == 1.0 else f', jitter {self.jitter:g}'
     return (f'glyphs: {self.image_size}x{self.image_size} {mode}, 1-{self.max_chars} chars from '
-            f'{len(self.alphabet)} symbols, unbounded')
+            f'{len(self.alphabet)} symbols{spread}, unbounded')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -293,7 +304,10 @@ def _open(cfg) -> _Glyphs | _Arrays:
 def _open_glyphs(cfg, image_size: int, channels: int, holdout_fraction: float) -> _Glyphs:
   alphabet, max_chars = str(_get(cfg, 'alphabet', DEFAULT_ALPHABET)), int(_get(cfg, 'max_chars', 3))
   check_alphabet(alphabet, max_chars)
-  return _Glyphs(image_size, channels, alphabet, max_chars, max_chars, len(alphabet) + 1)
+  jitter = float(_get(cfg, 'jitter', 1.0))
+  if not 0.0 <= jitter <= 1.0:
+    raise ValueError(f'data.jitter={jitter} must be in [0, 1] (1 = full size/position spread).')
+  return _Glyphs(image_size, channels, alphabet, max_chars, max_chars, len(alphabet) + 1, jitter)
 
 
 # ---------------------------------------------------------------------------------------------

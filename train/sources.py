@@ -3,11 +3,19 @@
 Token sources ('cpython' | 'text' | 'tokens') live in train/data.py, image sources ('glyphs' |
 'images' | 'npz') in train/image_data.py. The trainer, `python -m train.evaluate` and the
 benchmarks only see `Data`, so a new source is one loader plus one line in `SOURCES`.
+
+With `data.tokenizer` (a trained VQ-VAE workdir, `paradigms/vqvae.py`) every image batch, train
+and eval alike, is mapped through the tokenizer (a jitted encode + quantise per batch on the
+default device, a grain `.map`, so the iterator stays resumable) to the token paradigms' batch
+{'tokens': int32 [B, L], 'inputs': float32 [B, L - s_1^2, Cz] (VAR's teacher-forcing inputs),
+'label': int32 [B, S]}, plus 'residual' float32 [B, h*w, Cz] = f - f_hat (raster) with
+`data.tokenizer_residual` (HART's continuous target). The images themselves are dropped.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from typing import Callable
 
 import numpy as np
@@ -27,7 +35,8 @@ class Data:
       default full pass);
   description: one log line; bytes_per_token: 1.0 for byte-level text (bits per token are
       bits per byte), else None; unit, items_per_example: what throughput counts ('tokens',
-      seq_len per example; 'images', 1).
+      seq_len per example; 'images', 1); label_vocab: for labelled images, the number of label
+      ids a conditioning embedding needs (every id is below it), else None.
   """
   train_dataset: Callable
   eval_batches: Callable
@@ -35,6 +44,7 @@ class Data:
   bytes_per_token: float | None = None
   unit: str = 'tokens'
   items_per_example: int = 1
+  label_vocab: int | None = None
 
 
 def open_data(cfg) -> Data:
@@ -61,15 +71,68 @@ def _open_images(cfg) -> Data:
     raise ValueError(f'{image_data.describe(cfg)} has labels of {L} slots; set '
                      f'--config.data.max_chars={L} (the model takes that many label slots).')
   pad = _LabelPad(cfg.max_chars)
+  tokenize, what = _tokenizer(cfg)
+  prepare = pad if tokenize is None else (lambda b: tokenize(pad(b)))
 
   def train_dataset(**kw):
-    return image_data.train_dataset(cfg, **kw).map(pad)
+    ds = image_data.train_dataset(cfg, **kw).map(pad)
+    return ds if tokenize is None else ds.map(tokenize)
 
   def eval_batches(**kw):
-    return [pad(b) for b in image_data.eval_batches(cfg, **kw)]
+    return [prepare(b) for b in image_data.eval_batches(cfg, **kw)]
 
   return Data(train_dataset=train_dataset, eval_batches=eval_batches,
-              description=image_data.describe(cfg), unit='images')
+              description=image_data.describe(cfg) + what, unit='images',
+              label_vocab=image_data.label_vocab(cfg))
+
+
+def _tokenizer(cfg):
+  """(the batch mapping of `data.tokenizer`, a description) or (None, '') when it is unset."""
+  path = getattr(cfg, 'tokenizer', '') or ''
+  if not path:
+    return None, ''
+  import jax
+  from paradigms import vqvae
+  from train.checkpoint import load_run
+  if not os.path.isfile(os.path.join(os.path.expanduser(path), 'config.json')):
+    raise FileNotFoundError(
+        f'data.tokenizer={path!r} holds no trained run (no config.json); train the tokenizer with '
+        f'`python -m train --config configs/vqvae_glyphs.py:small --workdir {path}` or point '
+        'data.tokenizer at its workdir')
+  config, model, params = load_run(path)
+  if config.paradigm != 'vqvae':
+    raise ValueError(f"data.tokenizer={path!r} is a {config.paradigm!r} run; it must be a 'vqvae' "
+                     'run (configs/vqvae_glyphs.py)')
+  c = model.cfg
+  if (c.image_size, c.channels) != (cfg.image_size, cfg.channels):
+    raise ValueError(f'data.tokenizer={path!r} was trained on {c.image_size}px images with '
+                     f'{c.channels} channels; set data.image_size={c.image_size} and '
+                     f'data.channels={c.channels} (now {cfg.image_size}, {cfg.channels})')
+  residual = bool(getattr(cfg, 'tokenizer_residual', False))
+
+  @jax.jit
+  def encode(params, image):  # [B, H, W, C] -> the token paradigms' arrays
+    f = model.apply({'params': params}, image, method='encode')  # [B, h, h, Cz]
+    indices, f_hat, _ = vqvae.quantize(model, params, f)
+    out = {'tokens': vqvae.flatten_indices(indices),  # [B, L]
+           'inputs': vqvae.next_scale_inputs(model, params, indices)}  # [B, L - s_1^2, Cz]
+    if residual:
+      out['residual'] = (f - f_hat).reshape(f.shape[0], -1, c.latent_dim)  # [B, h*w, Cz]
+    return out
+
+  what = f', tokenized by {path} ({len(c.scales)} scales, {c.num_tokens} tokens)'
+  return _Tokenize(functools.partial(encode, params)), what
+
+
+@dataclasses.dataclass(frozen=True)
+class _Tokenize:
+  """Image batch -> {'tokens', 'inputs', 'label'} (+ 'residual'), numpy."""
+  encode: Callable
+
+  def __call__(self, batch: dict) -> dict:
+    import jax
+    out = jax.device_get(self.encode(np.asarray(batch['image'])))
+    return {'label': batch['label'], **{k: np.asarray(v) for k, v in out.items()}}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -28,6 +28,7 @@ class TrainState:
   params: Any  # float32 param tree
   opt_state: Any
   ema: Any = None  # EMA of params, or None when train.ema_decay == 0
+  extra: Any = None  # the paradigm's untrained state (`init_extra`), e.g. VQ code usage
 
 
 def make_mesh(shape, devices=None) -> jax.sharding.Mesh:
@@ -57,7 +58,7 @@ def logical_sharding(mesh, rules, names: tuple) -> NamedSharding:
 def make_optimizer(t) -> tuple[optax.GradientTransformation, Callable]:
   """AdamW (Loshchilov & Hutter 2019) with linear warmup + cosine decay and global-norm clipping.
 
-  Weight decay skips norm scales and biases (leaves named 'scale' or 'b').
+  Weight decay skips norm scales and biases (leaves named 'scale', 'b' or 'bias').
   """
   schedule = optax.warmup_cosine_decay_schedule(
       init_value=0.0, peak_value=t.lr, warmup_steps=min(t.warmup_steps, t.steps - 1),
@@ -65,7 +66,7 @@ def make_optimizer(t) -> tuple[optax.GradientTransformation, Callable]:
 
   def decay_mask(params):
     return jax.tree_util.tree_map_with_path(
-        lambda path, _: getattr(path[-1], 'key', None) not in ('scale', 'b'), params)
+        lambda path, _: getattr(path[-1], 'key', None) not in ('scale', 'b', 'bias'), params)
 
   tx = optax.chain(
       optax.clip_by_global_norm(t.clip_norm),
@@ -102,8 +103,9 @@ def setup(config, paradigm, mesh) -> Setup:
     one = paradigm.example_batch(1, d)  # shapes of params do not depend on the batch
     batch = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), one)
     params = paradigm.init(model, rng, batch)['params']  # boxed with logical names
+    extra = paradigm.init_extra(model, params) if hasattr(paradigm, 'init_extra') else None
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                      ema=params if ema_on else None)
+                      ema=params if ema_on else None, extra=extra)
 
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     boxed = jax.eval_shape(init_boxed, jax.random.key(0))
@@ -157,12 +159,19 @@ def setup(config, paradigm, mesh) -> Setup:
     grads, metrics = grads_and_metrics(state.params, batch, rng)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    extra = state.extra
+    aux = {k: metrics.pop(k) for k in [k for k in metrics if k.startswith('_')]}
+    if hasattr(paradigm, 'after_update'):  # e.g. dead VQ codes re-initialised from the batch
+      params, extra, more = paradigm.after_update(
+          params, extra, aux, jax.random.fold_in(rng, 2 ** 31 - 1), model=model, **loss_kwargs)
+      metrics.update(more)
     ema = state.ema
     if ema_on:
       beta = ema_beta(config, state.step)
       ema = jax.tree.map(lambda e, p: beta * e + (1 - beta) * p, ema, params)
     metrics = dict(metrics, grad_norm=optax.tree_utils.tree_norm(grads), lr=schedule(state.step))
-    return TrainState(step=state.step + 1, params=params, opt_state=opt_state, ema=ema), metrics
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state, ema=ema,
+                      extra=extra), metrics
 
   train_step_jit = jax.jit(run(train_step), in_shardings=(state_sharding, batch_sharding, replicated),
                            out_shardings=(state_sharding, replicated), donate_argnums=(0,))

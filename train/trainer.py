@@ -42,6 +42,7 @@ def train(config, workdir: str, *, devices=None) -> dict:
   mesh = make_mesh(config.mesh.shape, devices)
   s = setup(config, paradigm, mesh)
   data = open_data(d)
+  _check_labels(config, data)
   pid, nproc = jax.process_index(), jax.process_count()
   iterator = iter(data.train_dataset(batch_size=d.batch_size, seed=d.seed, process_index=pid,
                                      process_count=nproc))
@@ -158,10 +159,12 @@ def _judge(config, s: Setup, state, rng) -> dict:
 
 def summarize(sums: dict, bytes_per_token: float | None, prefix: str = '') -> dict:
   """Evaluation sums -> bits per token (and per byte); with a Monte-Carlo bound ('nats_sq',
-  'draws' from a stochastic evaluate), also its standard error. Sums without 'nats'
-  ({'<name>_sum', ..., 'count'}) become means '<prefix><name>'."""
+  'draws' from a stochastic evaluate), also its standard error. Sums '<name>_sum' over 'count'
+  items become means '<prefix><name>' (with or without 'nats')."""
+  means = {prefix + k[:-4]: v / sums['count'] for k, v in sums.items()
+           if k.endswith('_sum') and 'count' in sums}
   if 'nats' not in sums:
-    return {prefix + k[:-4]: v / sums['count'] for k, v in sums.items() if k.endswith('_sum')}
+    return means
   bits = sums['nats'] / sums['tokens'] / np.log(2)
   out = {f'{prefix}bits_per_token': bits}
   if 'nats_sq' in sums:
@@ -171,7 +174,15 @@ def summarize(sums: dict, bytes_per_token: float | None, prefix: str = '') -> di
   if bytes_per_token:
     for k in list(out):
       out[k.replace('bits_per_token', 'bpb')] = out[k] / bytes_per_token
-  return out
+  return {**out, **means}
+
+
+def _check_labels(config, data) -> None:
+  """A label id past the model's embedding table would be clamped silently inside jit."""
+  need, have = data.label_vocab, config.model.get('label_vocab')
+  if need is not None and have is not None and config.model.get('label_len', 1) and need > have:
+    raise ValueError(f'{data.description} has label ids up to {need - 1} but model.label_vocab='
+                     f'{have}; set --config.model.label_vocab={need}.')
 
 
 def _check_saved_config(config, workdir: str) -> None:

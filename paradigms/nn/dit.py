@@ -9,6 +9,10 @@ The blocks are exactly the token paradigms' (`paradigms.nn.transformer.block_sta
 input embedding and the output layer are image-specific. Labels are `label_len` slots of ids in
 [0, label_vocab) where 0 is the null symbol: a glyph string "A7" is [id(A), id(7), 0], and the
 all-zero label is the unconditional (classifier-free guidance) label. With
+`label_tokens` the label slots are also S tokens that every patch attends to (SD3's joint
+attention over text tokens beside its pooled adaLN vector; Esser et al. 2024, sec. 4, with one
+set of weights for both streams): a glyph string is a sequence, and attention lets each patch
+look up the symbol it is drawing, which a single pooled vector makes the MLPs decode. With
 `step_conditioning` the network also takes a step-size index k (d = 2^-k) for shortcut models
 (Frans et al. 2024).
 """
@@ -34,6 +38,7 @@ class DiTConfig:
   patch_size: int = 2
   label_len: int = 3  # label slots; 0 = unconditional model
   label_vocab: int = 32  # ids per slot, 0 = null / blank
+  label_tokens: bool = True  # label slots also enter as in-context tokens (joint attention)
   step_conditioning: bool = False  # shortcut models: condition on the step-size index k
   max_step_index: int = 7  # k in [0, max_step_index], d = 2^-k (log2 of shortcut M)
   freq_dim: int = 256  # sinusoidal features of the noise level
@@ -68,6 +73,11 @@ class DiTConfig:
     return self.grid ** 2
 
   @property
+  def num_tokens(self) -> int:
+    """Sequence length through the blocks: the label tokens (if any) then the patches."""
+    return self.num_patches + (self.label_len if self.label_tokens else 0)
+
+  @property
   def patch_dim(self) -> int:
     return self.patch_size ** 2 * self.channels
 
@@ -75,7 +85,7 @@ class DiTConfig:
     """The shared blocks' config: bidirectional, adaLN-Zero on a d_model condition, no RoPE."""
     return TransformerConfig(
         vocab_size=1, d_model=self.d_model, n_layers=self.n_layers, n_heads=self.n_heads,
-        d_ff=self.d_ff, max_len=self.num_patches, mask='bidirectional', rope_base=0.0,
+        d_ff=self.d_ff, max_len=self.num_tokens, mask='bidirectional', rope_base=0.0,
         norm_eps=self.norm_eps, cond_dim=self.d_model, dtype=self.dtype,
         param_dtype=self.param_dtype, remat_policy=self.remat_policy,
         attention_impl=self.attention_impl)
@@ -161,7 +171,8 @@ class DiT(nn.Module):
       table = self.param('label_embed', normal_init(0.02, (None, 'vocab', 'embed')),
                          (cfg.label_len, cfg.label_vocab, d), pdt)
       slots = jnp.arange(cfg.label_len)[None, :]  # [1, S]
-      c = c + table[slots, label].astype(dt).sum(axis=1)  # [B, D]
+      label_emb = table[slots, label].astype(dt)  # [B, S, D]
+      c = c + label_emb.sum(axis=1)  # [B, D]
     if cfg.step_conditioning:
       if step is None:
         raise ValueError('model.step_conditioning is on: pass `step` (the step-size index)')
@@ -172,9 +183,13 @@ class DiT(nn.Module):
     # Patch tokens [B, N, D] through the shared blocks.
     h = dense(patchify(x, cfg.patch_size), cfg.patch_dim, d, 'patch')
     h = h + jnp.asarray(sincos_2d(cfg.grid, d), dt)[None]
+    prefix = cfg.num_tokens - cfg.num_patches
+    if prefix:
+      h = jnp.concatenate([label_emb, h], axis=1)  # [B, S + N, D]
     h = nn.with_logical_constraint(h, ('batch', 'length', 'act_embed'))
-    positions = jnp.broadcast_to(jnp.arange(cfg.num_patches, dtype=jnp.int32), (B, cfg.num_patches))
+    positions = jnp.broadcast_to(jnp.arange(cfg.num_tokens, dtype=jnp.int32), (B, cfg.num_tokens))
     h, _ = block_stack(bb)(h, None, positions, positions, c, None)
+    h = h[:, prefix:]  # the patch tokens [B, N, D]
 
     # Final layer: adaLN-modulated norm, zero-initialised linear, unpatchify.
     shift, scale = AdaLN(d, 2, dt, pdt, name='final_adaln')(c)

@@ -1,0 +1,34 @@
+"""HART (VAR + a residual diffusion head) on the procedural glyph set, over a trained VQ-VAE.
+
+  python -m train --config configs/vqvae_glyphs.py:small --workdir runs/vqvae_glyphs   # tokenizer
+  python -m train --config configs/hart_glyphs.py:small --workdir runs/hart_glyphs
+  python -m sample --workdir runs/hart_glyphs --num 16 --out grid.png --cfg 2.5 --top-k 100
+
+Everything VAR has (configs/var_glyphs.py: the same presets, tokenizer pairing, sampling flags)
+plus the MLP head on the tokenizer residual f - f_hat (data.tokenizer_residual=True) and its
+loss options (loss.head_weight, loss.diffusion_mul). Sampling adds --steps (head solver steps,
+default 8) on top of VAR's K passes.
+Presets: the VAR presets, with a head of width 256 x 3 blocks (tiny: 32 x 1; base: 1024 x 6).
+"""
+import dataclasses
+
+import ml_collections
+
+from configs import var_glyphs
+from paradigms.hybrid import HARTConfig, Options
+from train.config import finalize
+
+
+def get_config(arg: str = 'small'):
+  c = var_glyphs.get_config(arg)
+  c.unlock()
+  c.paradigm = 'hybrid'
+  c.data.tokenizer_residual = True
+  head = {'tiny': (32, 1, 32), 'small': (256, 3, 128), 'base': (1024, 6, 256)}[arg]
+  fields = dict(zip(('head_width', 'head_depth', 'head_freq_dim'), head))
+  assert set(fields) <= {f.name for f in dataclasses.fields(HARTConfig)}
+  for k, v in fields.items():
+    c.model[k] = v
+  c.loss = ml_collections.ConfigDict(dataclasses.asdict(Options()))
+  c.judge.steps = 8
+  return finalize(c)

@@ -1,0 +1,88 @@
+"""VAR next-scale prediction on the procedural glyph set, over a trained multi-scale VQ-VAE.
+
+  python -m train --config configs/vqvae_glyphs.py:small --workdir runs/vqvae_glyphs   # tokenizer
+  python -m train --config configs/var_glyphs.py:small --workdir runs/var_glyphs
+  python -m sample --workdir runs/var_glyphs --num 16 --out grid.png --cfg 2.5 --top-k 100
+  python -m sample --workdir runs/var_glyphs --num 16 --out grid.png --label 7A --judge
+
+`data.tokenizer` names the tokenizer's workdir (default runs/vqvae_glyphs); the data pipeline
+encodes every image batch with it (train/sources.py). The tokenizer's shape fields
+(model.scales, codebook_size, latent_dim; data.image_size, channels) are copied from the same
+preset of configs/vqvae_glyphs.py, so `var_glyphs.py:P` pairs with `vqvae_glyphs.py:P`; a
+tokenizer trained otherwise needs the matching --config.model.* flags (the error names them).
+Sampling: one network pass per scale (NFE = K), VAR's ramped CFG (--cfg is the weight at the
+last scale, 1 = off), top-k / top-p per scale.
+Presets:
+  tiny   tests; d=32, 1 layer, batch 8, 20 steps, over the tiny tokenizer: seconds.
+  small  CPU demo; d=128, 6 layers, 4 heads, batch 64, 4000 steps over the small tokenizer.
+         Not measured yet (needs a trained runs/vqvae_glyphs).
+  base   one GPU; VAR-d16 (d=1024, 16 layers, 16 heads), batch 256, bf16, lr 1e-4 (VAR's
+         1e-4 x batch/256), weight decay 0.05.
+"""
+import os
+
+import ml_collections
+
+from train.config import base_config, finalize, from_file
+
+TOKENIZER_FIELDS = ('scales', 'codebook_size', 'latent_dim')
+
+
+def get_config(arg: str = 'small'):
+  presets = {'tiny': _tiny, 'small': _small, 'base': _base}
+  if arg not in presets:
+    raise ValueError(f'unknown preset {arg!r} for configs/var_glyphs.py; choose one of '
+                     f'{sorted(presets)}')
+  vq = _tokenizer_config(arg)
+  c = base_config()
+  c.paradigm = 'next_scale'
+  c.data.source = 'glyphs'
+  c.data.tokenizer = 'runs/vqvae_glyphs'
+  c.data.image_size, c.data.channels = vq.data.image_size, vq.data.channels
+  c.loss = ml_collections.ConfigDict({'label_dropout': 0.1})
+  c.model = ml_collections.ConfigDict({
+      **{k: vq.model[k] for k in TOKENIZER_FIELDS},
+      'label_len': c.data.max_chars, 'label_vocab': len(c.data.alphabet) + 1,
+      'd_model': 128, 'n_layers': 4, 'n_heads': 4, 'd_ff': 0, 'norm_eps': 1e-6,
+      'dtype': 'float32', 'param_dtype': 'float32', 'remat_policy': 'none',
+      'attention_impl': 'xla'})
+  c.judge.name = 'glyphs'
+  c.train.update(b2=0.95, weight_decay=0.05)
+  presets[arg](c)
+  c.model.label_vocab = len(c.data.alphabet) + 1  # for other data set it to the largest label + 1
+  c.model.label_len = c.data.get_ref('max_chars')  # the model follows data overrides
+  return finalize(c)
+
+
+def _tokenizer_config(preset: str):
+  """The same preset of configs/vqvae_glyphs.py (its model's shape fields and image size)."""
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'vqvae_glyphs.py')
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'{path} is missing: configs/var_glyphs.py copies the tokenizer '
+                            'shape fields from it')
+  return from_file(f'{path}:{preset}')
+
+
+def _tiny(c):
+  c.data.update(batch_size=8)
+  c.model.update(d_model=32, n_layers=1, n_heads=2)
+  c.train.update(steps=20, warmup_steps=2, lr=1e-3, log_every=10, eval_every=10, eval_batches=1,
+                 ckpt_every=10, progress=False, ema_halflife_nimg=500.0)
+  c.judge.update(num=16, every=0, train_steps=20)
+
+
+def _small(c):
+  c.data.update(batch_size=64)
+  c.model.update(d_model=128, n_layers=6, n_heads=4)
+  c.train.update(steps=4000, warmup_steps=200, lr=1e-3, log_every=50, eval_every=1000,
+                 eval_batches=8, ckpt_every=500, ema_halflife_nimg=20_000.0)
+  c.judge.update(num=256, every=1000)
+
+
+def _base(c):
+  c.data.update(batch_size=256)
+  # the level mask is an explicit boolean mask over L = 130 positions: XLA's attention
+  c.model.update(d_model=1024, n_layers=16, n_heads=16, dtype='bfloat16', attention_impl='xla')
+  c.train.update(steps=100_000, warmup_steps=2000, lr=1e-4, clip_norm=2.0, log_every=100,
+                 eval_every=5000, eval_batches=16, ckpt_every=5000, ema_halflife_nimg=500_000.0)
+  c.judge.update(num=2048, every=5000)

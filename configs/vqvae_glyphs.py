@@ -1,0 +1,69 @@
+"""VAR's multi-scale residual VQ-VAE (the next-scale tokenizer) on the procedural glyph set.
+
+  python -m train --config configs/vqvae_glyphs.py:small --workdir runs/vqvae_glyphs
+
+Metrics: train 'mse' (per pixel, images in [-1, 1]), 'usage' (fraction of the V codes a batch
+uses, all scales), 'perplexity', 'dead_codes' (restarted per step); held out 'eval_mse',
+'eval_psnr', 'eval_latent_err' (||f - f_hat||^2 / ||f||^2), 'eval_usage'.
+Presets:
+  tiny   tests; 16x16 images, scales (1, 2, 4), widths 8/16/16, V = 32, batch 8, 20 steps
+         (~25 s a run on CPU, mostly compilation).
+  small  CPU demo; 32x32, scales (1, 2, 3, 4, 6, 8) (L = 130 tokens), widths 32/64/64, Cz = 16,
+         V = 256, 631k params, batch 32, 2000 steps. Measured (2-core CPU shared with other
+         jobs, 40-70 images/s): 21 min wall; held-out MSE 0.0144 per pixel (PSNR 25.2 dB),
+         ||f - f_hat||^2 / ||f||^2 = 0.035, 96% of the codes used by each 32-image batch
+         (perplexity 80); ~120 dead codes restarted around step 200, none after step 550.
+         Large glyphs come back legible, the smallest ones blurred.
+  base   one GPU; widths 128/256/256 with 2 ResBlocks per level, Cz = 32, V = 4096, batch 256,
+         bf16 convs, 50k steps.
+"""
+import dataclasses
+
+import ml_collections
+
+from paradigms.vqvae import Options, VQConfig
+from train.config import base_config, finalize
+
+
+def get_config(arg: str = 'small'):
+  presets = {'tiny': _tiny, 'small': _small, 'base': _base}
+  if arg not in presets:
+    raise ValueError(f'unknown preset {arg!r} for configs/vqvae_glyphs.py; choose one of '
+                     f'{sorted(presets)}')
+  c = base_config()
+  c.paradigm = 'vqvae'
+  c.data.source = 'glyphs'
+  c.loss = ml_collections.ConfigDict(dataclasses.asdict(Options()))
+  c.model = ml_collections.ConfigDict(dataclasses.asdict(VQConfig()))
+  c.judge.name = ''  # no sample-based judge for a tokenizer
+  c.train.update(weight_decay=0.0, ema_decay=0.0, ema_halflife_nimg=0.0)  # no EMA params
+  presets[arg](c)
+  c.model.image_size = c.data.get_ref('image_size')  # the model follows data overrides
+  c.model.channels = c.data.get_ref('channels')
+  return finalize(c)
+
+
+def _tiny(c):
+  c.data.update(image_size=16, batch_size=8)
+  c.model.update(base_channels=8, channel_mult=(1, 2, 2), n_res_blocks=0, norm_groups=8,
+                 latent_dim=8, codebook_size=32, scales=(1, 2, 4), n_phi=3)
+  c.loss.update(num_features=32)
+  c.train.update(steps=20, warmup_steps=2, lr=1e-3, log_every=10, eval_every=10, eval_batches=1,
+                 ckpt_every=10, progress=False)
+
+
+def _small(c):
+  c.data.update(image_size=32, batch_size=32)
+  c.model.update(base_channels=32, channel_mult=(1, 2, 2), n_res_blocks=1, latent_dim=16,
+                 codebook_size=256, scales=(1, 2, 3, 4, 6, 8))
+  c.loss.update(usage_decay=0.98)
+  c.train.update(steps=2000, warmup_steps=100, lr=1e-3, log_every=50, eval_every=500,
+                 eval_batches=8, ckpt_every=500)
+
+
+def _base(c):
+  c.data.update(image_size=32, batch_size=256)
+  c.model.update(base_channels=128, channel_mult=(1, 2, 2), n_res_blocks=2, latent_dim=32,
+                 codebook_size=4096, scales=(1, 2, 3, 4, 6, 8), dtype='bfloat16')
+  c.train.update(steps=50_000, warmup_steps=1000, lr=2e-4, log_every=100, eval_every=5000,
+                 eval_batches=16, ckpt_every=5000)

@@ -1,0 +1,319 @@
+"""VAR: next-scale prediction over a multi-scale residual VQ-VAE's token maps (Tian et al. 2024).
+
+An image is the token maps r_1, ..., r_K of scales s_1 < ... < s_K (r_k: s_k x s_k ids of one
+shared codebook, `paradigms/vqvae.py`), and VAR factorises over scales, not raster tokens:
+    p(r_1, ..., r_K) = prod_k p(r_k | r_1, ..., r_{k-1})                     (VAR eq. 6)
+with every token of r_k predicted in parallel. Teacher forcing (VAR sec. 3.2, Algorithm 2's
+inputs): the input of scale k >= 2 is the cumulative reconstruction f_hat_{<k} = sum_{j<k}
+phi_j(up(e[r_j])) area-downsampled to s_k x s_k (`vqvae.next_scale_inputs`); scale 1's input is
+the start token, the class embedding ("class_emb" in VAR's code; here the sum of per-slot label
+embeddings of a glyph string). Network (all positions of one image at once, L = sum_k s_k^2):
+    x = [start (s_1^2 rows); W_word inputs + b] + E_level[level] + E_pos[position]    # [B, L, D]
+    h = the shared scanned Blocks, mask 'block_causal' with ids = level:              # [B, L, D]
+        token i sees token j iff level(j) <= level(i) (VAR's attn_bias_for_masking)
+    logits = W_head modulate(RMSNorm(h), adaLN(c)) + b_head                           # [B, L, V]
+where c = sum_j E_j[label_j] is also the adaLN-Zero condition of every block (VAR's adaLN on
+the class embedding). Positions: one learned embedding per position of the pyramid (VAR's
+`pos_1LC`; RoPE is off, rope_base=0) plus one learned embedding per level (`lvl_embed`); VAR's
+separate `pos_start` is folded into the first scale's rows of E_pos (a sum of two learned
+vectors is one learned vector). Loss: the mean cross-entropy over all L positions (VAR trains
+with equal weight 1/L per token), labels replaced by the null label (all slots 0) with
+probability `label_dropout` so the same network gives the unconditional logits for CFG.
+
+The network also runs one scale at a time against a KV cache (`scale=k`, `cache`): the sampler
+feeds scale k's s_k^2 rows and gets their logits, the decoding of VAR Algorithm 2 / sec. 3.
+`features=True` returns the blocks' output h [B, n, D] before the head (HART's diffusion head
+conditions on it), and `embed_latents` is W_word (HART's token embedding of a latent).
+
+Batch: {'tokens': int32 [B, L] (scale-major, raster within a scale), 'inputs': float32
+[B, L - s_1^2, Cz] (teacher-forcing inputs), 'label': int32 [B, S] (0 = null)}, made from image
+batches by `train/sources.py` when `data.tokenizer` names a trained VQ-VAE run.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from paradigms.nn.attention import KVCache
+from paradigms.nn.layers import AdaLN, RMSNorm, modulate, normal_init, zeros_init
+from paradigms.nn.transformer import TransformerConfig, block_stack
+
+TOKENIZER_HELP = ('train one with `python -m train --config configs/vqvae_glyphs.py:small '
+                  '--workdir runs/vqvae_glyphs` and pass --config.data.tokenizer=runs/vqvae_glyphs')
+
+
+@dataclasses.dataclass(frozen=True)
+class VARConfig:
+  """VAR's fields (`config.model`). scales / codebook_size / latent_dim must be the tokenizer's."""
+  scales: tuple = (1, 2, 3, 4, 6, 8)  # s_1 < ... < s_K (the tokenizer's model.scales)
+  codebook_size: int = 512  # V (the tokenizer's model.codebook_size)
+  latent_dim: int = 16  # Cz (the tokenizer's model.latent_dim)
+  label_len: int = 3  # label slots S (data.max_chars)
+  label_vocab: int = 32  # ids per slot, 0 = null
+  d_model: int = 128
+  n_layers: int = 4
+  n_heads: int = 4
+  d_ff: int = 0  # 0 -> SwiGLU's 8/3 d rounded up to a multiple of 64
+  norm_eps: float = 1e-6
+  dtype: str = 'float32'
+  param_dtype: str = 'float32'
+  remat_policy: str = 'none'
+  attention_impl: str = 'xla'
+
+  def __post_init__(self):
+    scales = tuple(int(s) for s in self.scales)  # a loaded config.json gives a list
+    object.__setattr__(self, 'scales', scales)
+    if not scales or scales[0] < 1 or any(b <= a for a, b in zip(scales, scales[1:])):
+      raise ValueError(f'model.scales={scales} must be increasing positive sizes, e.g. (1, 2, 4)')
+    if self.codebook_size < 2 or self.latent_dim < 1:
+      raise ValueError(f'model.codebook_size={self.codebook_size} must be >= 2 and '
+                       f'model.latent_dim={self.latent_dim} >= 1 (copy the tokenizer\'s)')
+    if self.label_len < 1 or self.label_vocab < 2:
+      raise ValueError(f'model.label_len={self.label_len} must be >= 1 and model.label_vocab='
+                       f'{self.label_vocab} >= 2: the label gives the start token (all-zero = '
+                       'unconditional)')
+    self.backbone()  # validates the shared fields
+
+  @property
+  def num_scales(self) -> int:
+    return len(self.scales)
+
+  @property
+  def num_tokens(self) -> int:
+    """L = sum_k s_k^2."""
+    return sum(s * s for s in self.scales)
+
+  @property
+  def first_len(self) -> int:
+    """s_1^2: the rows the start token fills."""
+    return self.scales[0] ** 2
+
+  @property
+  def offsets(self) -> tuple:
+    """Start of each scale in the flat sequence, plus L: (0, s_1^2, s_1^2 + s_2^2, ..., L)."""
+    return tuple(int(x) for x in np.cumsum((0,) + tuple(s * s for s in self.scales)))
+
+  def level_ids(self) -> np.ndarray:
+    """The level (scale index k, 0-based) of each position: int32 [L]."""
+    return np.concatenate([np.full(s * s, k, np.int32) for k, s in enumerate(self.scales)])
+
+  def backbone(self) -> TransformerConfig:
+    """The shared blocks: block-causal over levels, adaLN-Zero on the label, no RoPE."""
+    return TransformerConfig(
+        vocab_size=self.codebook_size, d_model=self.d_model, n_layers=self.n_layers,
+        n_heads=self.n_heads, d_ff=self.d_ff, max_len=self.num_tokens, mask='block_causal',
+        rope_base=0.0, norm_eps=self.norm_eps, cond_dim=self.d_model, dtype=self.dtype,
+        param_dtype=self.param_dtype, remat_policy=self.remat_policy,
+        attention_impl=self.attention_impl)
+
+  def num_params(self) -> int:
+    """Exact parameter count (tested against the initialised tree)."""
+    d, bb, V = self.d_model, self.backbone(), self.codebook_size
+    blocks = bb.num_params(embeddings=False) - d  # minus the token model's final norm
+    embed = self.latent_dim * d + d + self.label_len * self.label_vocab * d
+    embed += (self.num_scales + self.num_tokens) * d
+    head = d + 2 * d * (d + 1) + d * V + V
+    return blocks + embed + head
+
+
+Config = VARConfig
+
+
+class VAR(nn.Module):
+  """The next-scale predictor. Full forward: label [B, S], inputs [B, L - s_1^2, Cz] -> (logits
+  [B, L, V] float32, None). One scale k against a cache: inputs [B, s_k^2, Cz] (ignored at k=0)
+  -> (logits [B, s_k^2, V], cache). `features=True` returns h [B, n, D] instead of logits,
+  `features='both'` returns ((logits, h), cache)."""
+  cfg: VARConfig
+
+  def setup(self):
+    cfg = self.cfg
+    d, pdt = cfg.d_model, jnp.dtype(cfg.param_dtype)
+    self.word_w = self.param('word_embed_w', normal_init(cfg.latent_dim ** -0.5, (None, 'embed')),
+                             (cfg.latent_dim, d), pdt)
+    self.word_b = self.param('word_embed_b', zeros_init(('embed',)), (d,), pdt)
+    self.label_table = self.param('label_embed', normal_init(0.02, (None, 'vocab', 'embed')),
+                                  (cfg.label_len, cfg.label_vocab, d), pdt)
+    self.level_table = self.param('level_embed', normal_init(0.02, (None, 'embed')),
+                                  (cfg.num_scales, d), pdt)
+    self.pos_table = self.param('pos_embed', normal_init(0.02, (None, 'embed')),
+                                (cfg.num_tokens, d), pdt)
+    bb = cfg.backbone()
+    self.layers = block_stack(bb)
+    self.head_adaln = AdaLN(d, 2, bb.compute_dtype, pdt)
+    self.head_norm = RMSNorm(cfg.norm_eps, bb.compute_dtype, pdt)
+    self.head_w = self.param('head_w', normal_init(0.02, ('embed', 'vocab')),
+                             (d, cfg.codebook_size), pdt)
+    self.head_b = self.param('head_b', zeros_init(('vocab',)), (cfg.codebook_size,), pdt)
+
+  def init_cache(self, batch: int) -> KVCache:
+    """An empty cache for `batch` images (L slots, a leading [n_layers] axis)."""
+    bb = self.cfg.backbone()
+    one = KVCache.zeros(batch, self.cfg.num_tokens, bb.kv_heads, bb.head_size, bb.compute_dtype)
+    return jax.tree.map(lambda a: jnp.broadcast_to(a, (bb.n_layers,) + a.shape), one)
+
+  def label_embedding(self, label):
+    """c = sum_j E_j[label_j]: label int32 [B, S] -> [B, D] (start token and adaLN condition)."""
+    S = self.cfg.label_len
+    if label.shape[-1] != S:
+      raise ValueError(f'label has {label.shape[-1]} slots but model.label_len={S}; set '
+                       'model.label_len to data.max_chars')
+    dt = jnp.dtype(self.cfg.dtype)
+    return self.label_table[jnp.arange(S)[None, :], label].astype(dt).sum(axis=1)
+
+  def embed_latents(self, z):
+    """W_word z + b (VAR's `word_embed`): latents [B, n, Cz] -> [B, n, D]."""
+    dt = jnp.dtype(self.cfg.dtype)
+    return jnp.einsum('bnc,cd->bnd', z.astype(dt), self.word_w.astype(dt)) + self.word_b.astype(dt)
+
+  def logits(self, h, c):
+    """The output head: h [B, n, D], c [B, D] -> logits [B, n, V] float32."""
+    dt = jnp.dtype(self.cfg.dtype)
+    shift, scale = self.head_adaln(c)
+    h = modulate(self.head_norm(h), shift, scale)
+    out = jnp.einsum('bnd,dv->bnv', h, self.head_w.astype(dt)) + self.head_b.astype(dt)
+    return nn.with_logical_constraint(out.astype(jnp.float32), ('batch', 'length', 'act_vocab'))
+
+  def __call__(self, label, inputs=None, *, scale: int | None = None,
+               cache: KVCache | None = None, features: bool | str = False):
+    cfg = self.cfg
+    B = label.shape[0]
+    c = self.label_embedding(label)  # [B, D]
+    start = jnp.broadcast_to(c[:, None, :], (B, cfg.first_len, cfg.d_model))  # [B, s_1^2, D]
+    off = cfg.offsets
+    if scale is None:  # the whole pyramid, teacher-forced
+      want = (B, cfg.num_tokens - cfg.first_len, cfg.latent_dim)
+      if inputs is None or inputs.shape != want:
+        raise ValueError(f'VAR expects inputs {want} (model.scales={cfg.scales}, model.latent_dim='
+                         f'{cfg.latent_dim}), got {None if inputs is None else inputs.shape}; '
+                         "model.scales/latent_dim must match the tokenizer run's config.json")
+      x, lo, hi = jnp.concatenate([start, self.embed_latents(inputs)], axis=1), 0, cfg.num_tokens
+    elif not 0 <= scale < cfg.num_scales:
+      raise ValueError(f'scale={scale} must be in [0, {cfg.num_scales})')
+    elif scale == 0:
+      x, lo, hi = start, 0, cfg.first_len
+    else:
+      lo, hi = off[scale], off[scale + 1]
+      if inputs is None or inputs.shape[1:] != (hi - lo, cfg.latent_dim):
+        raise ValueError(f'scale {scale} takes inputs [B, {hi - lo}, {cfg.latent_dim}], got '
+                         f'{None if inputs is None else inputs.shape}')
+      x = self.embed_latents(inputs)
+    levels = jnp.asarray(cfg.level_ids()[lo:hi])  # [n]
+    x = x + (self.level_table[levels] + self.pos_table[lo:hi]).astype(x.dtype)[None]
+    x = nn.with_logical_constraint(x, ('batch', 'length', 'act_embed'))
+    positions = jnp.broadcast_to(jnp.arange(lo, hi, dtype=jnp.int32), (B, hi - lo))
+    ids = jnp.broadcast_to(levels, (B, hi - lo))
+    h, cache = self.layers(x, cache, positions, ids, c, None)
+    if features == 'both':
+      return (self.logits(h, c), h), cache
+    return (h if features else self.logits(h, c)), cache
+
+
+# --- The paradigm contract ---------------------------------------------------------------------
+
+def build(cfg: VARConfig) -> VAR:
+  return VAR(cfg)
+
+
+def tokenizer_spec(path: str) -> dict:
+  """{'scales', 'latent_dim', 'codebook_size', 'image_size', 'channels'} of the VQ-VAE run in
+  `path` (its saved config.json; plain JSON so this library never imports the trainer)."""
+  if not path:
+    raise ValueError('data.tokenizer is empty: next-scale prediction trains on the tokens of a '
+                     f'multi-scale VQ-VAE; {TOKENIZER_HELP}')
+  cfg_path = os.path.join(os.path.expanduser(path), 'config.json')
+  if not os.path.isfile(cfg_path):
+    raise FileNotFoundError(f'data.tokenizer={path!r} holds no trained VQ-VAE run ({cfg_path} '
+                            f'is missing); {TOKENIZER_HELP}')
+  with open(cfg_path) as f:
+    saved = json.load(f)
+  model = saved.get('model', {})
+  if 'scales' not in model or 'latent_dim' not in model:
+    raise ValueError(f'data.tokenizer={path!r} is a {saved.get("paradigm")!r} run, not a '
+                     f'multi-scale VQ-VAE (no model.scales / model.latent_dim); {TOKENIZER_HELP}')
+  return {'scales': tuple(int(s) for s in model['scales']), 'latent_dim': int(model['latent_dim']),
+          'codebook_size': int(model['codebook_size']),
+          'image_size': int(model.get('image_size', 0)), 'channels': int(model.get('channels', 0))}
+
+
+def check_tokenizer(cfg: VARConfig, spec: dict, path: str = 'data.tokenizer') -> None:
+  """Fail loudly when the VAR's model fields differ from the tokenizer's, naming the flags."""
+  mine = {'scales': cfg.scales, 'codebook_size': cfg.codebook_size, 'latent_dim': cfg.latent_dim}
+  bad = [f"--config.model.{k}='{spec[k]}'".replace(' ', '') for k in mine if mine[k] != spec[k]]
+  if bad:
+    raise ValueError(f'the tokenizer {path} was trained with other scales / codebook / latent '
+                     f'size than this VAR ({mine}); set {" ".join(bad)}')
+
+
+def example_batch(batch_size: int, data) -> dict:
+  """Shapes of one batch: L and Cz come from the tokenizer run `data.tokenizer` (plus the
+  'residual' [B, h*w, Cz] the pipeline adds with data.tokenizer_residual; VAR ignores it)."""
+  spec = tokenizer_spec(data.tokenizer)
+  scales, Cz = spec['scales'], spec['latent_dim']
+  L = sum(s * s for s in scales)
+  batch = {'tokens': jax.ShapeDtypeStruct((batch_size, L), jnp.int32),
+           'inputs': jax.ShapeDtypeStruct((batch_size, L - scales[0] ** 2, Cz), jnp.float32),
+           'label': jax.ShapeDtypeStruct((batch_size, data.max_chars), jnp.int32)}
+  if getattr(data, 'tokenizer_residual', False):  # the last scale is the latent grid
+    batch['residual'] = jax.ShapeDtypeStruct((batch_size, scales[-1] ** 2, Cz), jnp.float32)
+  return batch
+
+
+def init(model: VAR, rng, batch) -> dict:
+  """Initial variables; the teacher-forcing inputs are built from model.cfg (batch shapes are
+  checked by `loss`)."""
+  cfg = model.cfg
+  B = batch['label'].shape[0]
+  inputs = jnp.zeros((B, cfg.num_tokens - cfg.first_len, cfg.latent_dim), jnp.float32)
+  return model.init(rng, jnp.zeros((B, cfg.label_len), jnp.int32), inputs)
+
+
+def _check_batch(model: VAR, batch) -> None:
+  cfg = model.cfg
+  L, Cz = batch['tokens'].shape[1], batch['inputs'].shape[-1]
+  if L != cfg.num_tokens or Cz != cfg.latent_dim:
+    raise ValueError(f'the batch has L={L} tokens of latent size Cz={Cz} (from data.tokenizer) but '
+                     f'model.scales={cfg.scales} gives L={cfg.num_tokens} and model.latent_dim='
+                     f'{cfg.latent_dim}; copy model.scales/latent_dim/codebook_size from the '
+                     "tokenizer run's config.json")
+
+
+def token_nll(model: VAR, params, batch, label):
+  """-log p(r_i | r_{<level(i)}) per position [B, L] and the logits [B, L, V]."""
+  _check_batch(model, batch)
+  logits, _ = model.apply({'params': params}, label, batch['inputs'])
+  target = jnp.take_along_axis(logits, batch['tokens'][..., None], axis=-1)[..., 0]  # [B, L]
+  return jax.nn.logsumexp(logits, axis=-1) - target, logits
+
+
+def loss(params, batch, rng, *, model: VAR, label_dropout: float = 0.1):
+  """Mean cross-entropy over all L positions (VAR's 1/L weights), labels dropped to the null
+  label with probability `label_dropout` (CFG). Metrics: nll, bits_per_token, accuracy and the
+  accuracy of each scale ('acc_<s>x<s>')."""
+  if not 0 <= label_dropout < 1:
+    raise ValueError(f'loss.label_dropout={label_dropout} must be in [0, 1)')
+  label = batch['label']
+  if label_dropout:
+    keep = jax.random.uniform(rng, (label.shape[0], 1)) >= label_dropout
+    label = jnp.where(keep, label, 0)
+  nll, logits = token_nll(model, params, batch, label)
+  ce = nll.mean()
+  hit = (jnp.argmax(logits, axis=-1) == batch['tokens']).astype(jnp.float32)  # [B, L]
+  cfg = model.cfg
+  metrics = {'nll': ce, 'bits_per_token': ce / jnp.log(2.0), 'accuracy': hit.mean()}
+  for k, s in enumerate(cfg.scales):
+    metrics[f'acc_{s}x{s}'] = hit[:, cfg.offsets[k]:cfg.offsets[k + 1]].mean()
+  return ce, metrics
+
+
+def evaluate(params, batch, rng, *, model: VAR, label_dropout: float = 0.1) -> dict:
+  """Held-out sums {'nats': sum NLL, 'tokens': count} with the true labels (bits per token)."""
+  del rng, label_dropout
+  nll, _ = token_nll(model, params, batch, batch['label'])
+  return {'nats': nll.sum(), 'tokens': jnp.asarray(nll.size, jnp.float32)}

@@ -1,0 +1,212 @@
+"""VAR sampling: one network pass per scale against a KV cache (Tian et al. 2024, Algorithm 2).
+
+    f_hat = 0;  x = start token (the label's embedding)
+    for k = 1..K:                                              # one pass of s_k^2 rows each
+        l_c, l_u = VAR(x | label), VAR(x | null label)           # with the cached scales < k
+        l = (1 + t_k) l_c - t_k l_u,  t_k = (w - 1) (k - 1)/(K - 1)       # VAR's ramped CFG
+        r_k ~ Cat(softmax(l / T)) restricted to top-k / top-p    # sample/categorical.py
+        f_hat, x = vqvae.add_scale(f_hat, r_k, k)   # f_hat += phi_k(up(e[r_k])); x = down(f_hat)
+    image = Decoder(f_hat)
+
+CFG follows VAR's code (`autoregressive_infer_cfg` in FoundationVision/VAR models/var.py:
+`t = cfg * si / (K - 1); logits = (1 + t) * logits[:B] - t * logits[B:]`): no guidance at the
+first scale, rising linearly to the full weight at the last. Our `cfg` is this repo's guidance
+weight w (l = l_u + w (l_c - l_u); w = 1 is off, as for the diffusion samplers and the CLI), so
+t_k = (w - 1) k/(K - 1) with 0-based k: VAR's `cfg=c` is our `cfg=1 + c` (their FID setting
+c = 1.5 is w = 2.5). With K = 1 the single scale takes the full weight. CFG doubles the batch
+(conditional rows, then null-label rows), not the passes: NFE = K network passes either way.
+
+The whole loop is one `jax.jit` (a Python loop over the K scales, static shapes per scale), with
+a KV cache of L = sum_k s_k^2 slots preallocated for the (doubled) batch; deterministic given
+`rng` (scale k draws with fold_in(rng, k), so w = 1 and w != 1 share their random numbers).
+
+The tokenizer enters through a small seam, `Tokenizer` (start / add_scale / decode), whose
+default implementation calls `paradigms/vqvae.py`; tests substitute a closed-form one.
+
+    from train.checkpoint import load_run
+    from sample import next_scale
+    config, model, params = load_run('runs/var_glyphs')     # the tokenizer: data.tokenizer
+    x, nfe = next_scale.generate(config, model, params, jax.random.key(0), num=16,
+                                 labels=['7A'], cfg=2.5, top_k=100)      # [16, H, W, C], K
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import sys
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from sample.categorical import sample_categorical
+
+
+@dataclasses.dataclass(frozen=True)
+class Tokenizer:
+  """The sampler's tokenizer seam over a multi-scale residual VQ-VAE module (hashable by value).
+
+  start(params, batch) -> f_hat [B, h, w, Cz] zeros; add_scale(params, f_hat, idx [B, s_k^2], k)
+  -> (f_hat, next input [B, s_{k+1}^2, Cz] or None after the last scale); decode(params, f_hat)
+  -> images [B, H, W, C]."""
+  model: Any
+
+  def start(self, params, batch: int):
+    c = self.model.cfg
+    return jnp.zeros((batch, c.latent_side, c.latent_side, c.latent_dim), jnp.float32)
+
+  def add_scale(self, params, f_hat, idx, k: int):
+    from paradigms import vqvae
+    return vqvae.add_scale(self.model, params, f_hat, idx, k)
+
+  def decode(self, params, f_hat):
+    return self.model.apply({'params': params}, f_hat, method='decode')
+
+
+@struct.dataclass
+class VAROutput:
+  tokens: jax.Array  # [B, L] int32, scale-major, raster within a scale
+  inputs: jax.Array  # [B, L - s_1^2, Cz] the teacher-forcing inputs built on the way
+  f_hat: jax.Array  # [B, h, w, Cz] the summed residual reconstruction
+  images: jax.Array  # [B, H, W, C] decoded, about [-1, 1]
+  nfe: jax.Array  # [] int32 network passes (K)
+  rows: jax.Array  # [] int32 rows per pass (B, or 2B with CFG)
+  hidden: jax.Array | None = None  # [B, s_K^2, D] last-scale hidden states (return_hidden)
+
+
+def cfg_ratio(k: int, K: int) -> float:
+  """The ramp k/(K - 1) of VAR's guidance (0-based scale k of K); 1 when K = 1."""
+  return k / (K - 1) if K > 1 else 1.0
+
+
+def guided_logits(l_c, l_u, k: int, K: int, cfg: float):
+  """VAR's ramped CFG: (1 + t) l_c - t l_u with t = (cfg - 1) k/(K - 1). [..., V] -> [..., V]."""
+  t = (cfg - 1.0) * cfg_ratio(k, K)
+  return (1.0 + t) * l_c - t * l_u
+
+
+@functools.partial(jax.jit, static_argnames=('var_model', 'tokenizer', 'cfg', 'top_k', 'top_p',
+                                             'temperature', 'return_hidden'))
+def sample_with(var_model, var_params, tokenizer: Tokenizer, tok_params, label, rng, *,
+                cfg: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                temperature: float = 1.0, return_hidden: bool = False) -> VAROutput:
+  """`sample` over any `Tokenizer` seam (see the module doc). label: int32 [B, S];
+  temperature 0 takes the argmax at every scale. `return_hidden` also returns the last scale's
+  hidden states of the conditional rows (HART's diffusion head conditions on them)."""
+  c = var_model.cfg
+  B, K = label.shape[0], c.num_scales
+  guided = cfg != 1.0
+  rows_label = jnp.concatenate([label, jnp.zeros_like(label)]) if guided else label  # [R, S]
+  cache = var_model.init_cache(rows_label.shape[0])  # L slots
+  f_hat = tokenizer.start(tok_params, B)  # [B, h, w, Cz]
+  x, tokens, inputs, hidden = None, [], [], None
+  for k in range(K):
+    both = return_hidden and k == K - 1
+    logits, cache = var_model.apply({'params': var_params}, rows_label, x, scale=k, cache=cache,
+                                    features='both' if both else False)  # [R, s_k^2, V]
+    if both:
+      logits, hidden = logits[0], logits[1][:B]  # hidden [B, s_K^2, D]
+    if guided:
+      logits = guided_logits(logits[:B], logits[B:], k, K, cfg)
+    idx = sample_categorical(jax.random.fold_in(rng, k), logits, temperature or 1.0, top_k, top_p,
+                             greedy=temperature == 0)
+    tokens.append(idx)  # [B, s_k^2]
+    f_hat, nxt = tokenizer.add_scale(tok_params, f_hat, idx, k)
+    if k + 1 < K:
+      inputs.append(nxt)  # [B, s_{k+1}^2, Cz]
+      x = jnp.concatenate([nxt, nxt]) if guided else nxt
+  Cz = c.latent_dim
+  return VAROutput(
+      tokens=jnp.concatenate(tokens, axis=1),
+      inputs=jnp.concatenate(inputs, axis=1) if inputs else jnp.zeros((B, 0, Cz), jnp.float32),
+      f_hat=f_hat, images=tokenizer.decode(tok_params, f_hat).astype(jnp.float32),
+      nfe=jnp.asarray(K, jnp.int32), rows=jnp.asarray(rows_label.shape[0], jnp.int32),
+      hidden=hidden)
+
+
+def sample(var_model, var_params, vq_model, vq_params, label, rng, *, cfg: float = 1.0,
+           top_k: int = 0, top_p: float = 1.0, temperature: float = 1.0) -> VAROutput:
+  """Draw one image per label row (label int32 [B, S], all-zero = unconditional).
+
+  vq_model: the VQ-VAE module of the tokenizer run (or any `Tokenizer`). Returns a VAROutput:
+  tokens [B, L], f_hat, images [B, H, W, C], nfe = K (and rows = 2B with CFG)."""
+  tok = vq_model if isinstance(vq_model, Tokenizer) else Tokenizer(vq_model)
+  return sample_with(var_model, var_params, tok, vq_params, jnp.asarray(label, jnp.int32), rng,
+                     cfg=float(cfg), top_k=int(top_k), top_p=float(top_p),
+                     temperature=float(temperature))
+
+
+# --- Runs: the CLI and the trainer's judge ------------------------------------------------------
+
+@functools.lru_cache(maxsize=2)
+def _load_tokenizer(path: str, stamp: tuple):
+  from train.checkpoint import load_run
+  del stamp  # part of the cache key only: a retrained tokenizer is reloaded
+  return load_run(path)
+
+
+def load_tokenizer(config, like=None):
+  """(vq_config, vq_model, vq_params) of `config.data.tokenizer`, checked against the VAR's
+  model fields; params placed like the array `like` (replicated on its devices) when given."""
+  from paradigms.next_scale import check_tokenizer, tokenizer_spec
+  from train.config import model_config
+  path = config.data.tokenizer
+  spec = tokenizer_spec(path)
+  check_tokenizer(model_config(config), spec, f'data.tokenizer={path!r}')
+  ckpt = os.path.join(path, 'checkpoints')
+  stamp = tuple(sorted(os.listdir(ckpt))) if os.path.isdir(ckpt) else ()
+  vq_config, vq_model, vq_params = _load_tokenizer(os.path.abspath(path), stamp)
+  sharding = getattr(like, 'sharding', None)
+  if isinstance(sharding, jax.sharding.NamedSharding):
+    rep = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
+    vq_params = jax.device_put(vq_params, rep)
+  return vq_config, vq_model, vq_params
+
+
+def generate(config, model, params, rng, *, num: int = 16, labels=None, cfg: float = 1.0,
+             top_k: int = 0, top_p: float = 1.0, temperature: float = 1.0, draw=None, **extra):
+  """`num` images of a trained VAR run (the tokenizer from config.data.tokenizer). labels:
+  int32 [num, S], texts / class ids, or None (labels of held-out examples). `draw` is the
+  sampling function (default `sample`; HART passes its own, with its options in `extra`).
+  Returns (images float32 [num, H, W, C], nfe int: transformer passes)."""
+  from sample import images
+  if labels is None:
+    labels = images.reference(config, num)['label']
+  elif not (isinstance(labels, np.ndarray) and labels.dtype.kind == 'i'):
+    labels = images.parse_labels(config, labels, num)
+  _, vq_model, vq_params = load_tokenizer(config, jax.tree.leaves(params)[0])
+  out = (draw or sample)(model, params, vq_model, vq_params, labels, rng, cfg=cfg, top_k=top_k,
+                         top_p=top_p, temperature=temperature, **extra)
+  return np.asarray(jax.device_get(out.images)), int(out.nfe)
+
+
+def judge_options(judge) -> dict:
+  """The sampler options the trainer's judge passes (config.judge): none beyond cfg (VAR samples
+  the full distribution unless top-k / top-p are given on the CLI)."""
+  del judge
+  return {}
+
+
+def cli(args, config, model, params, rng, *, generate_fn=None, extra=None) -> None:
+  """`python -m sample --workdir W --num 16 --out grid.png [--cfg --top-k --top-p --label
+  --judge]` for a next-scale run (HART passes its `generate` and head options)."""
+  from sample import images
+  t0 = time.perf_counter()
+  opts = dict(cfg=args.cfg, top_k=args.top_k, top_p=args.top_p, temperature=args.temperature,
+              **(extra or {}))
+  x, nfe = (generate_fn or generate)(config, model, params, rng, num=args.num,
+                                     labels=args.label or None, **opts)
+  images.image_grid(x).save(args.out)
+  rows = args.num * (2 if args.cfg != 1.0 else 1)
+  print(f'wrote {args.out}: {args.num} samples, {len(model.cfg.scales)} scales, {nfe} network '
+        f'evaluations of {rows} rows, {time.perf_counter() - t0:.2f}s including compilation',
+        file=sys.stderr)
+  if args.judge:
+    if not config.judge.name:
+      sys.exit('this run has no judge (config.judge.name is empty)')
+    m = images.judge_metrics(config, model, params, rng, num=args.num, **opts)
+    print(' '.join(f'{k}={v:.4f}' if isinstance(v, float) else f'{k}={v}' for k, v in m.items()))
