@@ -15,7 +15,8 @@ last scale, 1 = off), top-k / top-p per scale.
 Presets:
   tiny   tests; d=32, 1 layer, batch 8, 20 steps, over the tiny tokenizer: seconds.
   small  CPU demo; d=128, 6 layers, 4 heads, batch 64, 4000 steps over the small tokenizer.
-         Not measured yet (needs a trained runs/vqvae_glyphs).
+         Measured so far: stopped at step 616 of a 1200-step run (~46 images/s, 2 cores):
+         4.71 held-out bits/token, judge FD 700, 3.4% of characters read (NFE 6).
   base   one GPU; VAR-d16 (d=1024, 16 layers, 16 heads), batch 256, bf16, lr 1e-4 (VAR's
          1e-4 x batch/256), weight decay 0.05.
 """
