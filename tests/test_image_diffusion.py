@@ -178,7 +178,8 @@ def test_label_ids_past_the_embedding_table_are_refused(tmp_path):
   np.savez(path, images=rng.integers(0, 255, (20, 16, 16, 3), np.uint8),
            labels=np.arange(20) % 7)
   proc = run_python(['-m', 'train', '--config', 'configs/dit_glyphs.py:tiny', '--workdir',
-                     str(tmp_path / 'run'), '--config.data.source=npz', f'--config.data.path={path}',
+                     str(tmp_path / 'run'), '--config.data.source=npz',
+                     f'--config.data.path={path}',
                      '--config.model.label_vocab=4'], check=False)
   assert proc.returncode != 0 and '--config.model.label_vocab=8' in proc.stderr
   from sample.images import parse_labels

@@ -93,7 +93,8 @@ def test_trained_head_reaches_the_bayes_risk_and_samples_the_conditional():
   risk, and its 8-step samples' conditional mean within 0.1 and std within 25% of the truth."""
   cfg = HeadConfig(token_dim=2, cond_dim=4, width=64, depth=2, freq_dim=32)
   head = ResidualHead(cfg)
-  params = head.init(jax.random.key(0), jnp.zeros((1, 2)), jnp.zeros(1), jnp.zeros((1, 4)))['params']
+  x, z = jnp.zeros((1, 2)), jnp.zeros((1, 4))
+  params = head.init(jax.random.key(0), x, jnp.zeros(1), z)['params']
   tx = optax.adam(optax.cosine_decay_schedule(3e-3, 800))
   opt = tx.init(params)
 
