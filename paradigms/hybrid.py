@@ -127,14 +127,11 @@ def build(cfg: HARTConfig) -> HART:
 
 
 def example_batch(batch_size: int, data) -> dict:
-  spec = next_scale.tokenizer_spec(data.tokenizer)
+  """VAR's batch, whose 'residual' [B, s_K^2, Cz] the head needs (data.tokenizer_residual)."""
   if not data.get('tokenizer_residual', False):
     raise ValueError('HART trains its head on the tokenizer residual f - f_hat: set '
                      '--config.data.tokenizer_residual=True')
-  out = next_scale.example_batch(batch_size, data)
-  out['residual'] = jax.ShapeDtypeStruct((batch_size, spec['scales'][-1] ** 2,
-                                          spec['latent_dim']), jnp.float32)
-  return out
+  return next_scale.example_batch(batch_size, data)
 
 
 def init(model: HART, rng, batch) -> dict:

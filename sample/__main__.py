@@ -147,27 +147,20 @@ def _text(sampler):
   return run
 
 
-def _images(args, config, model, params, rng):
-  from sample import images
-  images.cli(args, config, model, params, rng)
-
-
-def _next_scale(args, config, model, params, rng):
-  from sample import next_scale
-  next_scale.cli(args, config, model, params, rng)
-
-
-def _hybrid(args, config, model, params, rng):
-  from sample import hybrid
-  hybrid.cli(args, config, model, params, rng)
+def _cli_of(module: str):
+  """The `cli(args, config, model, params, rng)` of a sample/ module, imported when used."""
+  def run(args, config, model, params, rng):
+    import importlib
+    importlib.import_module(module).cli(args, config, model, params, rng)
+  return run
 
 
 # paradigm name -> sampling entry point: the one place the CLI branches on the paradigm
 SAMPLERS = {'autoregressive': _text(_sample_autoregressive),
             'masked_diffusion': _text(_sample_masked_diffusion),
-            'image_diffusion': _images,
-            'next_scale': _next_scale,
-            'hybrid': _hybrid}
+            'image_diffusion': _cli_of('sample.images'),
+            'next_scale': _cli_of('sample.next_scale'),
+            'hybrid': _cli_of('sample.hybrid')}
 
 
 def main(argv=None):
