@@ -17,8 +17,10 @@ Presets (`:tiny`, `:small`, `:base`, `:1b`), figures measured as stated:
          estimate from the FLOP count (0.66 GFLOP/token): ~37 min on one H100 at 40% MFU,
          held-out bpb well below the small preset's (~1.0 is the goal, unverified).
   1b     TPU pods; 24 layers, d=2048, GQA 16/8 (1.13B params), seq 2048, batch 512, FSDP over
-         the pod, 'dots' remat. Not yet measured; estimate: 52B tokens x 7.4 GFLOP/token, ~7.3 h
-         on a v5p-64 at 50% MFU.
+         the pod, 'dots' remat. Not yet trained; estimate: 52B tokens x 7.4 GFLOP/token, ~7.3 h
+         on a v5p-64 at 50% MFU. Compiled ahead of time (tpu/aot.py, tpu/README.md): 49.9 GiB
+         per device on a v5p-64; on a v5p-8 it needs --config.train.grad_accum=8 (56.8 GiB of
+         95; without it XLA asks for 290 GiB).
 """
 from train.config import base_config, finalize
 

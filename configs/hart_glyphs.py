@@ -11,16 +11,17 @@ default 8) on top of VAR's K passes.
 Presets: the VAR presets, with a head of width 256 x 3 blocks (tiny: 32 x 1; base: 1024 x 6).
 """
 import dataclasses
+import os
 
 import ml_collections
 
-from configs import var_glyphs
 from paradigms.hybrid import HARTConfig, Options
-from train.config import finalize
+from train.config import finalize, from_file
 
 
 def get_config(arg: str = 'small'):
-  c = var_glyphs.get_config(arg)
+  # the sibling file by path (as --config loads this one), not `import configs`: works from any cwd
+  c = from_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), f'var_glyphs.py:{arg}'))
   c.unlock()
   c.paradigm = 'hybrid'
   c.data.tokenizer_residual = True

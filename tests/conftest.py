@@ -5,6 +5,9 @@ import sys
 
 import pytest
 
+# the tests are written for CPU (8 virtual devices for sharding); with libtpu installed (the tpu
+# extra, for tests/test_aot.py) JAX would otherwise probe for a TPU in every process first
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

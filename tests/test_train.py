@@ -104,28 +104,3 @@ def test_cli_diffusion_trains_and_samples(tmp_path, config, sample_args):
   samples = proc.stdout.split('===== sample ')[1:]
   assert len(samples) == 2 and all('def ' in s for s in samples)
   assert 'network evaluations' in proc.stderr
-
-
-def test_sigterm_checkpoints_and_the_rerun_resumes(tmp_path):
-  import signal
-  import subprocess
-  import sys
-  import time
-  from conftest import ROOT
-  wd = str(tmp_path / 'kill')
-  args = [sys.executable, '-m', 'train', '--config', 'configs/ar_code.py:tiny', '--workdir', wd,
-          '--config.train.steps=100000', '--config.train.log_every=1']
-  proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-  metrics, deadline = os.path.join(wd, 'metrics.jsonl'), time.time() + 180
-  while not (os.path.exists(metrics) and os.path.getsize(metrics) > 0) and time.time() < deadline:
-    time.sleep(0.2)
-  proc.send_signal(signal.SIGTERM)
-  out, err = proc.communicate(timeout=120)
-  assert proc.returncode == 0, err
-  assert 'stopped by signal' in out
-  saved = sorted(int(d) for d in os.listdir(os.path.join(wd, 'checkpoints')) if d.isdigit())
-  last_row = [json.loads(l) for l in open(metrics)][-1]['step']
-  assert saved and saved[-1] == last_row  # the step it stopped at is on disk
-  again = run_python(['-m', 'train', '--config', 'configs/ar_code.py:tiny', '--workdir', wd,
-                      f'--config.train.steps={saved[-1] + 3}'])
-  assert f'resumed from {os.path.join(wd, "checkpoints")}/{saved[-1]}' in again.stdout

@@ -8,10 +8,9 @@
 #
 # Each host runs `python -m train --multihost`, which calls jax.distributed.initialize() (the
 # TPU runtime supplies the coordinator), reads its own shard of the data (train/data.py) and
-# lets process 0 write logs. Rerunning the same command resumes from the newest checkpoint.
-# Multi-host GPU: run the same `python -m train --multihost ...` on each host with
-# JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID set (or under SLURM, which JAX
-# detects by itself).
+# lets process 0 write logs. Rerunning the same command resumes from the newest checkpoint
+# (after a preemption too: SIGTERM saves one at the next step boundary). The checkout is the
+# one tpu/create.sh copied to ~/jax-paradigms. Multi-node GPUs: see tpu/README.md.
 set -euo pipefail
 if [ $# -lt 4 ]; then
   echo "usage: $0 TPU_NAME ZONE CONFIG WORKDIR [--config.key=value ...]" >&2
@@ -24,6 +23,6 @@ gcloud compute tpus tpu-vm ssh "$name" --zone "$zone" --worker=all --command "
   set -e
   cd $repo
   python3 -m venv .venv && . .venv/bin/activate
-  pip install -q -e . 'jax[tpu]'
+  pip install -q -e '.[tpu]'
   python -m train --multihost --config $config --workdir $workdir --config.train.progress=False $*
 "

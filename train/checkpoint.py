@@ -7,6 +7,7 @@ the batches an unbroken run would. Saves are asynchronous and the newest `keep` 
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any
 
 import grain
@@ -34,12 +35,45 @@ class Checkpointer:
         data=grain.checkpoint.CheckpointSave(data_iterator)), force=True)
 
   def restore(self, abstract_state, data_iterator, step: int | None = None) -> tuple[Any, int]:
-    """Restore into the shardings of `abstract_state`; sets `data_iterator`'s position in place."""
-    step = self.latest_step() if step is None else step
-    restored = self.manager.restore(step, args=ocp.args.Composite(
+    """Restore into the shardings of `abstract_state` (which may come from another mesh than
+    the one that saved: orbax reads each device's slice); sets `data_iterator`'s position in
+    place. Without `step`, the newest checkpoint that reads back: a damaged one (a truncated
+    copy, a lost file) is moved aside to `broken-<step>` with a warning, and the one before
+    it is tried."""
+    if step is not None:
+      return self._restore(step, abstract_state, data_iterator), step
+    steps = sorted(self.manager.all_steps(), reverse=True)
+    for i, s in enumerate(steps):
+      try:
+        return self._restore(s, abstract_state, data_iterator), s
+      except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise many types here
+        if i == len(steps) - 1:
+          raise
+        aside = self._set_aside(s)
+        warnings.warn(f'checkpoint step {s} in {self.directory} cannot be read ({type(e).__name__}: '
+                      f'{str(e)[:300]}); moved it to {aside} and resuming from step '
+                      f'{steps[i + 1]} instead', stacklevel=2)
+    raise FileNotFoundError(f'no checkpoint in {self.directory}')
+
+  def _restore(self, step: int, abstract_state, data_iterator):
+    return self.manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state),
-        data=grain.checkpoint.CheckpointRestore(data_iterator)))
-    return restored.state, step
+        data=grain.checkpoint.CheckpointRestore(data_iterator))).state
+
+  def _set_aside(self, step: int) -> str:
+    """Rename a damaged step directory out of orbax's view (kept for inspection)."""
+    src = os.path.join(self.directory, str(step))
+    dst = os.path.join(self.directory, f'broken-{step}')
+    if jax.process_index() == 0 and os.path.exists(src):
+      n = 1
+      while os.path.exists(dst):
+        dst, n = os.path.join(self.directory, f'broken-{step}.{n}'), n + 1
+      os.rename(src, dst)
+    if jax.process_count() > 1:  # every process sees the rename before orbax rescans
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices(f'checkpoint-aside-{step}')
+    self.manager.reload()
+    return dst
 
   def restore_params(self, abstract_params, step: int | None = None, ema: bool = False):
     """Only the params (or EMA params) of a saved state, e.g. for sampling."""

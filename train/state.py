@@ -108,7 +108,7 @@ def setup(config, paradigm, mesh) -> Setup:
                       ema=params if ema_on else None, extra=extra)
 
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    boxed = jax.eval_shape(init_boxed, jax.random.key(0))
+    boxed = jax.eval_shape(lambda: init_boxed(jax.random.key(0)))  # no concrete array: AOT meshes
     state_sharding = nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed), mesh, rules)
   abstract_state = jax.tree.map(
       lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),

@@ -89,14 +89,14 @@ def train(config, workdir: str, *, devices=None) -> dict:
       if step % t.eval_every == 0 or at_end:
         last.update(_evaluate(s, state, evals, data.bytes_per_token, rng))
         writer.write(step, {k: v for k, v in last.items() if k.startswith('eval_')})
-        bar.write(f'step {step}: ' + ', '.join(f'{k}={v:.4f}' for k, v in last.items()
-                                                  if k.startswith('eval_')))
+        _say(bar, f'step {step}: ' + ', '.join(f'{k}={v:.4f}' for k, v in last.items()
+                                               if k.startswith('eval_')))
       j = config.judge
       if j.name and (at_end or (j.every and step % j.every == 0)):
         judged = _judge(config, s, state, rng)
         last.update(judged)
         writer.write(step, judged)
-        bar.write(f'step {step}: ' + ', '.join(f'{k}={v:.4f}' for k, v in judged.items()))
+        _say(bar, f'step {step}: ' + ', '.join(f'{k}={v:.4f}' for k, v in judged.items()))
       if step % t.ckpt_every == 0 or at_end:
         ckpt.save(step, state, iterator)
         saved = step
@@ -202,6 +202,12 @@ def _check_saved_config(config, workdir: str) -> None:
 def _log(msg: str) -> None:
   if jax.process_index() == 0:
     print(msg, flush=True)
+
+
+def _say(bar, msg: str) -> None:
+  """A line above the progress bar, from process 0 only (tqdm.write prints even when disabled)."""
+  if jax.process_index() == 0:
+    bar.write(msg)
 
 
 class _StopSignal:

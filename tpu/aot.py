@@ -1,0 +1,139 @@
+"""Compile the real sharded train step for a TPU topology ahead of time, with no TPU attached.
+
+  pip install -e '.[tpu]'          # libtpu: the TPU compiler runs on this x86 host
+  python tpu/aot.py --config configs/ar_code.py:1b --topology v5p:2x2x1
+  python tpu/aot.py --config configs/dit_glyphs.py:base --topology v5e:2x2 --config.mesh.shape='(4,1,1)'
+
+`jax.experimental.topologies.get_topology_desc` describes the named slice's devices; the
+trainer's own `train.state.setup` builds the mesh over them, and its jitted train step is
+lowered against abstract (ShapeDtypeStruct) state and batch that carry the mesh's shardings,
+then compiled by XLA's TPU backend. Nothing is allocated and no TPU is needed. Prints one
+JSON object:
+  topology, device_kind, num_devices, chips  the slice (a v5p chip is one JAX device with two
+                                              TensorCores: 'v5p:2x2x1' is a v5p-8, 4 chips)
+  mesh, params, global_batch                  the config's mesh, parameter count and batch
+  memory_per_device_gib                       XLA's buffer assignment of one device:
+                                              arguments + outputs - aliased (donated) + temps
+                                              + generated code: the step's peak HBM
+  hbm_per_device_gib, fits                    the chip's HBM (per device); fits = peak <= HBM
+  flops_per_step_per_device                   XLA's cost analysis of the compiled program. It
+                                              counts a loop body once, not times its trip
+                                              count: with layers scanned (and grad_accum) it is
+                                              a lower bound; prefer the model's own count:
+  model_flops_per_step                        6 N tokens + attention (the model's own count,
+                                              AR configs), for MFU
+A program whose buffers exceed HBM is refused by XLA; the report then has fits=false, the
+memory XLA asked for, and the error line. Raise train.grad_accum (smaller micro-batches), a
+stronger model.remat_policy, or a bigger slice.
+The topology names are those of `gcloud compute tpus` (TYPE:AxBxC): v4, v5e (= v5litepod),
+v5p, v6e. A config whose mesh does not fit the slice fails with make_mesh's message.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+import sys
+
+import os
+
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')  # the host backend; the TPU compiler is separate
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'config file and preset, e.g. '
+                                          'configs/ar_code.py:1b', lock_config=True)
+_TOPOLOGY = flags.DEFINE_string('topology', 'v5p:2x2x1', 'TPU slice, TYPE:AxB[xC]')
+flags.mark_flags_as_required(['config'])
+
+GIB = 2 ** 30
+# HBM per chip, by the device_kind the topology's devices report
+HBM_PER_CHIP_GIB = {'TPU v4': 32, 'TPU v5 lite': 16, 'TPU v5': 95, 'TPU v6 lite': 32}
+
+
+def topology_devices(name: str):
+  """The devices of a named TPU slice (needs libtpu; no TPU attached)."""
+  try:
+    from jax.experimental import topologies
+    return topologies.get_topology_desc(platform='tpu', topology_name=name).devices
+  except Exception as e:  # no libtpu, or an unknown name
+    raise RuntimeError(f'cannot describe TPU topology {name!r} ({type(e).__name__}: {e}). '
+                       "Install the TPU compiler with pip install -e '.[tpu]' and name a slice "
+                       "as TYPE:AxB[xC], e.g. v5p:2x2x1 or v5e:2x2.") from e
+
+
+def compile_train_step(config, devices):
+  """(compiled, setup) of the trainer's train step over `devices` (abstract inputs only)."""
+  import jax
+  import paradigms
+  from jax.sharding import NamedSharding, PartitionSpec as P
+  from train import config as config_lib
+  from train.state import make_mesh, setup
+
+  config_lib.validate(config)
+  paradigm = paradigms.get(config.paradigm)
+  mesh = make_mesh(config.mesh.shape, list(devices))
+  s = setup(config, paradigm, mesh)
+  spec = paradigm.example_batch(config.data.batch_size, config.data)
+  batch = jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
+                       spec, s.batch_sharding)
+  key = jax.eval_shape(lambda: jax.random.key(0))
+  rng = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=NamedSharding(mesh, P()))
+  return s.train_step.lower(s.abstract_state, batch, rng).compile(), s
+
+
+def report(config, topology: str) -> dict:
+  """Compile for `topology` and measure (see the module doc)."""
+  import jax
+  from train import config as config_lib
+  devices = topology_devices(topology)
+  kind = devices[0].device_kind
+  chips = math.prod(int(v) for v in topology.split(':')[1].split('x'))
+  hbm = HBM_PER_CHIP_GIB.get(kind)
+  hbm_dev = hbm * chips / len(devices) if hbm else None
+  d = config.data
+  out = {'topology': topology, 'device_kind': kind, 'num_devices': len(devices), 'chips': chips,
+         'paradigm': config.paradigm, 'global_batch': int(d.batch_size),
+         'grad_accum': int(config.train.grad_accum),
+         'dtype': config.model.get('dtype', 'float32'),
+         'remat_policy': config.model.get('remat_policy', 'none'), 'hbm_per_device_gib': hbm_dev}
+  mcfg = config_lib.model_config(config)
+  if hasattr(mcfg, 'flops_per_token') and 'seq_len' in d:
+    out['model_flops_per_step'] = float(mcfg.flops_per_token(d.seq_len)) * d.batch_size * d.seq_len
+  try:
+    compiled, s = compile_train_step(config, devices)
+  except Exception as e:  # XLA refuses a program whose buffers exceed HBM
+    need = re.search(r'required for [^(]*\(([\d.]+)G\)', str(e))
+    if 'RESOURCE_EXHAUSTED' not in str(e):
+      raise
+    return {**out, 'fits': False, 'memory_per_device_gib': float(need[1]) if need else None,
+            'error': str(e).strip().splitlines()[0][:500]}
+  mem = compiled.memory_analysis()
+  peak = (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
+          + mem.temp_size_in_bytes + mem.generated_code_size_in_bytes)
+  cost = compiled.cost_analysis() or {}
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  n_params = sum(math.prod(a.shape) for a in jax.tree.leaves(s.abstract_state.params))
+  return {
+      **out, 'mesh': dict(s.mesh.shape), 'params': int(n_params),
+      'memory_per_device_gib': peak / GIB,
+      'memory_breakdown_gib': {k: getattr(mem, f'{k}_size_in_bytes') / GIB
+                               for k in ('argument', 'output', 'alias', 'temp', 'generated_code')},
+      'fits': None if hbm_dev is None else bool(peak <= hbm_dev * GIB),
+      'flops_per_step_per_device': float(cost.get('flops', float('nan'))),
+  }
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  try:
+    out = report(_CONFIG.value, _TOPOLOGY.value)
+  except RuntimeError as e:
+    sys.exit(str(e))
+  print(json.dumps(out, indent=1))
+
+
+if __name__ == '__main__':
+  app.run(main)
