@@ -135,6 +135,9 @@ def test_sigterm_saves_and_the_rerun_ends_at_the_unbroken_parameters(tmp_path):
   assert 'stopped by signal' in out
   saved = sorted(int(d) for d in os.listdir(os.path.join(wd, 'checkpoints')) if d.isdigit())
   assert saved and 0 < saved[-1] < steps  # stopped mid-run, at a step boundary
+  rows = [json.loads(l) for l in open(metrics)]
+  assert rows[-1]['step'] == saved[-1] and not any(  # saved at once: no evaluation on the way out
+      'eval_' in k for r in rows if r['step'] == saved[-1] and saved[-1] % 100 for k in r)
   again = run_python(args + ['--workdir', wd])
   assert f'resumed from {os.path.join(wd, "checkpoints")}/{saved[-1]}' in again.stdout
   run_python(args + ['--workdir', str(tmp_path / 'straight')])

@@ -38,6 +38,8 @@ import sys
 import os
 
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')  # the host backend; the TPU compiler is separate
+# compiling needs no TPU, so do not wait for the lock of a process that holds a real one
+os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
 
 from absl import app, flags
 from ml_collections import config_flags

@@ -77,7 +77,8 @@ def train(config, workdir: str, *, devices=None) -> dict:
       if tic is None:  # start the clock after the first (compiling) step
         jax.block_until_ready(metrics)
         tic, tic_step = time.perf_counter(), step
-      at_end = step == t.steps or step == t.stop_at or stop.requested
+      finished = step == t.steps or step == t.stop_at  # evaluated and judged
+      at_end = finished or stop.requested  # logged and saved (a signal: no evaluation, exit fast)
       if step % t.log_every == 0 or step % t.ckpt_every == 0 or at_end:
         rows = jax.device_get([m for _, m in pending])  # waits for the interval's steps
         toc = time.perf_counter()
@@ -86,13 +87,13 @@ def train(config, workdir: str, *, devices=None) -> dict:
         pending, tic, tic_step = [], toc, step
         bar.set_postfix({'loss': f"{last['loss']:.4f}", f'{data.unit[:3]}_s': f'{rate:,.0f}'},
                         refresh=False)
-      if step % t.eval_every == 0 or at_end:
+      if step % t.eval_every == 0 or finished:
         last.update(_evaluate(s, state, evals, data.bytes_per_token, rng))
         writer.write(step, {k: v for k, v in last.items() if k.startswith('eval_')})
         _say(bar, f'step {step}: ' + ', '.join(f'{k}={v:.4f}' for k, v in last.items()
                                                if k.startswith('eval_')))
       j = config.judge
-      if j.name and (at_end or (j.every and step % j.every == 0)):
+      if j.name and (finished or (j.every and step % j.every == 0)):
         judged = _judge(config, s, state, rng)
         last.update(judged)
         writer.write(step, judged)
