@@ -9,6 +9,9 @@ plus the MLP head on the tokenizer residual f - f_hat (data.tokenizer_residual=T
 loss options (loss.head_weight, loss.diffusion_mul). Sampling adds --steps (head solver steps,
 default 8) on top of VAR's K passes.
 Presets: the VAR presets, with a head of width 256 x 3 blocks (tiny: 32 x 1; base: 1024 x 6).
+Measured, small cut to 600 steps (--config.train.steps=600; 3.26M params, ~23 images/s alone on
+2 CPU cores, slower than VAR's ~46): held-out 4.88 bits/token, head flow MSE 0.064; judge at
+w=3 (head 2 steps) FD 658, 2.0% of strings / 4.4% of characters read. Not legible yet.
 """
 import dataclasses
 import os

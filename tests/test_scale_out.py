@@ -11,6 +11,7 @@ import warnings
 
 import jax
 import numpy as np
+import pytest
 
 from conftest import ROOT, run_python
 from train.checkpoint import load_run
@@ -105,10 +106,7 @@ def test_a_damaged_checkpoint_is_skipped_for_the_last_complete_one(tiny_config, 
   c.train.stop_at = 8
   train(c, str(tmp_path / 'cut'))
   ckpts = tmp_path / 'cut' / 'checkpoints'
-  for root, _, files in os.walk(ckpts / '8' / 'state'):  # a copy that lost its array data
-    for f in files:
-      if 'ocdbt' in root or f.startswith('manifest'):
-        os.remove(os.path.join(root, f))
+  _damage(ckpts / '8')
   c.train.stop_at = 0
   with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter('always')
@@ -117,6 +115,23 @@ def test_a_damaged_checkpoint_is_skipped_for_the_last_complete_one(tiny_config, 
   assert 'step 8' in msg and 'resuming from step 4' in msg
   assert (ckpts / 'broken-8').is_dir()  # kept aside, not deleted
   jax.tree.map(np.testing.assert_array_equal, _params(tmp_path / 'straight'), _params(tmp_path / 'cut'))
+  # when no checkpoint reads back, nothing is moved: the newest one's error is raised
+  for d in ckpts.iterdir():
+    if d.name.isdigit():
+      _damage(d)
+  before = sorted(os.listdir(ckpts))
+  c.train.steps = 16
+  with pytest.raises(Exception):
+    train(c, str(tmp_path / 'cut'))
+  assert sorted(os.listdir(ckpts)) == before
+
+
+def _damage(step_dir) -> None:
+  """A copy of a checkpoint that lost its array data."""
+  for root, _, files in os.walk(step_dir / 'state'):
+    for f in files:
+      if 'ocdbt' in root or f.startswith('manifest'):
+        os.remove(os.path.join(root, f))
 
 
 def test_sigterm_saves_and_the_rerun_ends_at_the_unbroken_parameters(tmp_path):

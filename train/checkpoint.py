@@ -37,22 +37,27 @@ class Checkpointer:
   def restore(self, abstract_state, data_iterator, step: int | None = None) -> tuple[Any, int]:
     """Restore into the shardings of `abstract_state` (which may come from another mesh than
     the one that saved: orbax reads each device's slice); sets `data_iterator`'s position in
-    place. Without `step`, the newest checkpoint that reads back: a damaged one (a truncated
-    copy, a lost file) is moved aside to `broken-<step>` with a warning, and the one before
-    it is tried."""
+    place. Without `step`, the newest checkpoint that reads back; the newer ones that did not
+    (a truncated copy, a lost file) are moved aside to `broken-<step>` with a warning. When
+    none reads back (e.g. the train state's structure changed), all stay and the newest's
+    error is raised."""
     if step is not None:
       return self._restore(step, abstract_state, data_iterator), step
-    steps = sorted(self.manager.all_steps(), reverse=True)
-    for i, s in enumerate(steps):
+    failed = []  # (step, error) of newer checkpoints that did not read back
+    for s in sorted(self.manager.all_steps(), reverse=True):
       try:
-        return self._restore(s, abstract_state, data_iterator), s
+        state = self._restore(s, abstract_state, data_iterator)
       except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise many types here
-        if i == len(steps) - 1:
-          raise
-        aside = self._set_aside(s)
-        warnings.warn(f'checkpoint step {s} in {self.directory} cannot be read ({type(e).__name__}: '
-                      f'{str(e)[:300]}); moved it to {aside} and resuming from step '
-                      f'{steps[i + 1]} instead', stacklevel=2)
+        failed.append((s, e))
+        continue
+      for bad, e in failed:  # an older one reads: the newer ones are damaged, not the config
+        aside = self._set_aside(bad)
+        warnings.warn(f'checkpoint step {bad} in {self.directory} cannot be read '
+                      f'({type(e).__name__}: {str(e)[:300]}); moved it to {aside} and resuming '
+                      f'from step {s} instead', stacklevel=2)
+      return state, s
+    if failed:  # none reads (a changed config?): leave them all in place
+      raise failed[0][1]
     raise FileNotFoundError(f'no checkpoint in {self.directory}')
 
   def _restore(self, step: int, abstract_state, data_iterator):
