@@ -131,3 +131,26 @@ def test_bad_config_fails_with_a_message():
     TransformerConfig(n_heads=4, n_kv_heads=3)
   with pytest.raises(ValueError, match='remat_policy'):
     TransformerConfig(remat_policy='sometimes')
+
+
+@pytest.mark.skipif(jax.default_backend() != 'gpu',
+                    reason='cuDNN flash attention needs an NVIDIA GPU (run with JAX_PLATFORMS=cuda)')
+@pytest.mark.parametrize('mask', ['causal', 'bidirectional'])
+def test_cudnn_attention_matches_xla(mask):
+  """The same params and bf16 input through implementation='cudnn' and 'xla': outputs and input
+  gradients agree to bf16 rounding (2e-2 of their scale)."""
+  from paradigms.nn.attention import Attention
+  B, L, H, Dh = 2, 256, 4, 64
+  x = jax.random.normal(jax.random.key(0), (B, L, H * Dh), jnp.bfloat16)
+  pos = jnp.broadcast_to(jnp.arange(L, dtype=jnp.int32), (B, L))
+  mods = {impl: Attention(H, H, Dh, mask, implementation=impl, dtype=jnp.bfloat16)
+          for impl in ('xla', 'cudnn')}
+  params = mods['xla'].init(jax.random.key(1), x, pos, pos)['params']
+  out, grad = {}, {}
+  for impl, m in mods.items():
+    f = lambda x, m=m: m.apply({'params': params}, x, pos, pos)[0].astype(jnp.float32)
+    out[impl] = f(x)
+    grad[impl] = jax.grad(lambda x, f=f: jnp.sum(f(x) ** 2))(x).astype(jnp.float32)
+  for got in (out, grad):
+    scale = float(jnp.abs(got['xla']).max())
+    assert float(jnp.abs(got['cudnn'] - got['xla']).max()) <= 2e-2 * scale
