@@ -47,3 +47,10 @@ def train_tiny_on_tokens(tmp_path, config: str):
   c.judge.num = 8
   train(c, t2)
   return c, t2
+
+
+def trained_params(workdir):
+  """The raw (not EMA) params of a trained run, on the host."""
+  import jax
+  from train.checkpoint import load_run
+  return jax.device_get(load_run(str(workdir), ema=False)[2])

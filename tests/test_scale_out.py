@@ -13,15 +13,10 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import ROOT, run_python
-from train.checkpoint import load_run
+from conftest import ROOT, run_python, trained_params
 from train.trainer import train
 
 TINY = ['-m', 'train', '--config', 'configs/ar_code.py:tiny', '--config.train.eval_every=100']
-
-
-def _params(workdir):
-  return jax.device_get(load_run(str(workdir), ema=False)[2])
 
 
 def _max_diff(a, b) -> float:
@@ -53,7 +48,8 @@ def test_two_processes_reach_the_parameters_of_one_with_the_same_global_batch(tm
   shards = os.listdir(os.path.join(two, 'checkpoints', '10', 'data'))
   assert {'process_0-of-2.json', 'process_1-of-2.json'} <= set(shards)  # both data positions
   run_python(args + ['--workdir', str(tmp_path / 'one')], devices=2)
-  assert _max_diff(_params(two), _params(tmp_path / 'one')) < 1e-6  # reduction order only
+  one = trained_params(tmp_path / 'one')
+  assert _max_diff(trained_params(two), one) < 1e-6  # reduction order only
 
 
 RESTORE = r'''
@@ -87,7 +83,7 @@ def test_a_checkpoint_saved_with_one_mesh_restores_into_another_and_continues(tm
   out = json.loads(run_python(['-c', RESTORE, wd, '2,4,1'], devices=8).stdout.splitlines()[-1])
   assert out['step'] == 10 and out['mesh'] == {'data': 2, 'fsdp': 4, 'tensor': 1}
   assert out['spec'][1] == 'fsdp' and out['shard'][1] == 32 // 4  # d_model split 4 ways now
-  saved = jax.tree.leaves(_params(wd))  # read back onto one device
+  saved = jax.tree.leaves(trained_params(wd))  # read back onto one device
   restored = np.load(os.path.join(wd, 'restored.npz'))
   for i, x in enumerate(saved):
     np.testing.assert_array_equal(restored[f'arr_{i}'], x)
@@ -96,7 +92,7 @@ def test_a_checkpoint_saved_with_one_mesh_restores_into_another_and_continues(tm
   assert 'resumed from' in moved.stdout and "'data': 2, 'fsdp': 4" in moved.stdout
   run_python(base + ['--workdir', wd, '--config.mesh.shape=(1,1,1)'], devices=1)
   assert sorted(int(d) for d in os.listdir(os.path.join(wd, 'checkpoints')) if d.isdigit())[-1] == 30
-  assert _max_diff(_params(wd), _params(straight)) < 1e-5
+  assert _max_diff(trained_params(wd), trained_params(straight)) < 1e-5
 
 
 def test_a_damaged_checkpoint_is_skipped_for_the_last_complete_one(tiny_config, tmp_path):
@@ -114,7 +110,8 @@ def test_a_damaged_checkpoint_is_skipped_for_the_last_complete_one(tiny_config, 
   msg = ' '.join(str(w.message) for w in caught)
   assert 'step 8' in msg and 'resuming from step 4' in msg
   assert (ckpts / 'broken-8').is_dir()  # kept aside, not deleted
-  jax.tree.map(np.testing.assert_array_equal, _params(tmp_path / 'straight'), _params(tmp_path / 'cut'))
+  jax.tree.map(np.testing.assert_array_equal, trained_params(tmp_path / 'straight'),
+               trained_params(tmp_path / 'cut'))
   # when no checkpoint reads back, nothing is moved: the newest one's error is raised
   for d in ckpts.iterdir():
     if d.name.isdigit():
@@ -156,4 +153,5 @@ def test_sigterm_saves_and_the_rerun_ends_at_the_unbroken_parameters(tmp_path):
   again = run_python(args + ['--workdir', wd])
   assert f'resumed from {os.path.join(wd, "checkpoints")}/{saved[-1]}' in again.stdout
   run_python(args + ['--workdir', str(tmp_path / 'straight')])
-  jax.tree.map(np.testing.assert_array_equal, _params(wd), _params(tmp_path / 'straight'))
+  jax.tree.map(np.testing.assert_array_equal, trained_params(wd),
+               trained_params(tmp_path / 'straight'))

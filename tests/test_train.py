@@ -6,13 +6,8 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import run_python
-from train.checkpoint import load_run
+from conftest import run_python, trained_params
 from train.trainer import NonFiniteLoss, train
-
-
-def _params(workdir):
-  return jax.device_get(load_run(workdir, ema=False)[2])
 
 
 def test_resumed_run_is_bit_identical_to_unbroken(tiny_config, tmp_path):
@@ -24,7 +19,7 @@ def test_resumed_run_is_bit_identical_to_unbroken(tiny_config, tmp_path):
   assert not os.path.exists(tmp_path / 'resumed' / 'checkpoints' / '12')
   c.train.stop_at = 0
   train(c, str(tmp_path / 'resumed'))  # resumes at step 6: params, optimizer and data position
-  a, b = _params(tmp_path / 'straight'), _params(tmp_path / 'resumed')
+  a, b = trained_params(tmp_path / 'straight'), trained_params(tmp_path / 'resumed')
   jax.tree.map(np.testing.assert_array_equal, a, b)
   rows = [json.loads(l) for l in open(tmp_path / 'resumed' / 'metrics.jsonl')]
   assert all('step' in r for r in rows) and any('loss' in r for r in rows)
@@ -36,7 +31,7 @@ def test_grad_accumulation_matches_one_big_batch(tiny_config, tmp_path):
   train(c, str(tmp_path / 'a1'))
   c.train.grad_accum = 4
   train(c, str(tmp_path / 'a4'))
-  a, b = _params(tmp_path / 'a1'), _params(tmp_path / 'a4')
+  a, b = trained_params(tmp_path / 'a1'), trained_params(tmp_path / 'a4')
   jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=2e-4, atol=2e-5), a, b)
 
 

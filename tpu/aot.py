@@ -32,10 +32,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import sys
-
-import os
 
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')  # the host backend; the TPU compiler is separate
 # compiling needs no TPU, so do not wait for the lock of a process that holds a real one
@@ -106,9 +105,9 @@ def report(config, topology: str) -> dict:
   try:
     compiled, s = compile_train_step(config, devices)
   except Exception as e:  # XLA refuses a program whose buffers exceed HBM
-    need = re.search(r'required for [^(]*\(([\d.]+)G\)', str(e))
     if 'RESOURCE_EXHAUSTED' not in str(e):
       raise
+    need = re.search(r'required for [^(]*\(([\d.]+)G\)', str(e))
     return {**out, 'fits': False, 'memory_per_device_gib': float(need[1]) if need else None,
             'error': str(e).strip().splitlines()[0][:500]}
   mem = compiled.memory_analysis()
