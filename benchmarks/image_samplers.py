@@ -23,18 +23,23 @@ labels, reference images and seed:
                  rows of one invocation, not with published FIDs);
   accuracy       exact-string recognition rate of the requested text by the judge;
   char_accuracy  per-character recognition rate;
+  by_length      both rates split by string length (1 .. max_chars characters);
   images_per_s   num / median seconds of --repeats timed calls after one untimed compiling call
                  (the settings of all runs are interleaved, so machine noise falls on all of
                  them; a guided call runs a 2 x num batch).
 Prints one JSON object {"device", "num", "cfg", "rows"} on stdout; progress goes to stderr.
+The measurement is arena/image_samplers.py's (the arena's `images` experiment runs the same code).
 """
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
+import os
 import sys
-import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:  # run as a script: the library and arena/ live in the repo root
+  sys.path.insert(0, ROOT)
 
 
 def _parse(argv):
@@ -48,6 +53,8 @@ def _parse(argv):
   p.add_argument('--cfg', type=float, default=1.0)
   p.add_argument('--repeats', type=int, default=2)
   p.add_argument('--seed', type=int, default=0)
+  p.add_argument('--judge-steps', type=int, default=0,
+                 help="the glyph judge's training steps (0 = its default; cached per value)")
   p.add_argument('--quality-only', action='store_true', help='no timing rounds')
   p.add_argument('--no-ema', action='store_true', help='raw params even if the run kept an EMA')
   return p.parse_args(argv)
@@ -57,71 +64,23 @@ def _ints(text: str) -> list[int]:
   return [int(v) for v in text.split(',') if v]
 
 
-def _data_key(d) -> dict:
-  """The data fields that change the images (not the batch or the tokenizer)."""
-  keys = ('source', 'image_size', 'channels', 'alphabet', 'max_chars', 'jitter', 'path')
-  return {k: d[k] for k in keys if k in d}
-
-
-def settings(config, model, args) -> list[dict]:
-  """The generator options to measure for one run (see the module doc)."""
-  if config.paradigm == 'image_diffusion':
-    if model.cfg.step_conditioning:  # shortcut: Euler at the trained power-of-two step sizes
-      steps = [n for n in _ints(args.steps) if n & (n - 1) == 0 and n <= 2 ** model.cfg.max_step_index]
-      return [dict(sampler='euler', steps=n) for n in steps]
-    return [dict(sampler=s, steps=n) for s in args.samplers.split(',') for n in _ints(args.steps)]
-  if config.paradigm == 'next_scale':
-    return [dict(top_k=args.top_k)]
-  if config.paradigm == 'hybrid':
-    return [dict(top_k=args.top_k, head_steps=n) for n in _ints(args.head_steps)]
-  raise ValueError(f'{config.paradigm!r} runs are not image generators')
-
-
 def main(argv=None):
   args = _parse(sys.argv[1:] if argv is None else argv)
   import jax
-  import numpy as np
-  from sample import glyph_judge, images
+  from arena import image_samplers as bench
   from train.checkpoint import load_run
 
-  rng = jax.random.key(args.seed)
-  rows, calls, ref, judge = [], {}, None, None
+  contestants = []
   for workdir in args.workdir:
     config, model, params = load_run(workdir, ema=False if args.no_ema else None)
-    d = config.data
-    if ref is None:  # the first run fixes the labels and reference images for all of them
-      ref, data0 = images.reference(config, args.num), _data_key(d)
-      judge = glyph_judge.load_judge(image_size=d.image_size, alphabet=d.alphabet,
-                                     max_chars=d.max_chars, cache_dir=d.cache_dir)
-    elif _data_key(d) != data0:
-      print(f'warning: {workdir} trained on other data than {args.workdir[0]} '
-            f'({_data_key(d)} vs {data0}); it is scored against the first run\'s',
-            file=sys.stderr)
-    gen = images.generator(config).generate
-    for opts in settings(config, model, args):
-      run = lambda gen=gen, c=config, m=model, p=params, o=opts: gen(
-          c, m, p, rng, num=args.num, cfg=args.cfg, labels=ref['label'], **o)
-      t0 = time.perf_counter()
-      x, nfe = run()
-      metrics = glyph_judge.glyph_metrics(judge, np.clip(x, -1, 1), ref['label'], ref['image'])
-      row = {'workdir': workdir, 'paradigm': config.paradigm, **opts, 'nfe': nfe,
-             'params': int(sum(v.size for v in jax.tree.leaves(params))),
-             'compile_s': time.perf_counter() - t0, **{k: float(v) for k, v in metrics.items()}}
-      calls[len(rows)] = run
-      rows.append(row)
-      print(f'{workdir} {opts} NFE={nfe:3d}  fd={row["fd"]:8.3f}  acc={row["accuracy"]:.3f}  '
-            f'char={row["char_accuracy"]:.3f}', file=sys.stderr)
-  if not args.quality_only:
-    times = {k: [] for k in calls}
-    order = list(calls)
-    for r in range(args.repeats):
-      for k in (order if r % 2 == 0 else order[::-1]):
-        t0 = time.perf_counter()
-        jax.block_until_ready(calls[k]()[0])
-        times[k].append(time.perf_counter() - t0)
-    for i, row in enumerate(rows):
-      med = statistics.median(times[i])
-      row.update(median_seconds=med, images_per_s=args.num / med)
+    opts = bench.settings(config, model, samplers=args.samplers.split(','),
+                          steps=_ints(args.steps), head_steps=_ints(args.head_steps),
+                          top_k=args.top_k)
+    contestants.append(bench.Contestant(workdir, config, model, params, opts))
+  result = bench.measure(contestants, num=args.num, cfg=args.cfg, seed=args.seed,
+                         repeats=args.repeats, judge_steps=args.judge_steps,
+                         quality_only=args.quality_only)
+  rows = [{'workdir': r.pop('name'), **r} for r in result.rows]
   print(json.dumps({'device': str(jax.devices()[0]), 'num': args.num, 'ema': not args.no_ema,
                     'cfg': args.cfg, 'rows': rows}, indent=1))
 

@@ -28,6 +28,7 @@ from train.config import base_config, finalize
 def get_config(preset: str = 'small'):
   c = base_config()
   c.paradigm = 'autoregressive'
+  c.loss.input_mask_rate = 0.0  # > 0: replace inputs by MASK at this rate (targets whole)
   presets = {'tiny': _tiny, 'small': _small, 'base': _base, '1b': _1b}
   if preset not in presets:
     raise ValueError(f'unknown preset {preset!r} for configs/ar_code.py; choose one of {sorted(presets)}')

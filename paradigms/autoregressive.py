@@ -7,6 +7,12 @@ keeps the softmax normaliser near 1. Held-out quality is reported in bits per to
 NLL / ln 2, which for the byte-level tokenizer is bits per byte.
 
 Batch: {'tokens': int32 [B, L + 1]}; inputs are tokens[:, :-1], targets tokens[:, 1:].
+
+Two regularisers for data-constrained training (the controls Gao et al. 2025 run against
+Prabhudesai et al. 2025's diffusion-beats-AR finding), both off by default:
+  model.dropout          residual dropout inside the backbone (training only);
+  loss.input_mask_rate   each input token is replaced by `mask_id` with this probability while
+                         the targets stay whole: x_in = where(u < p, m, x), u ~ U(0, 1).
 """
 from __future__ import annotations
 
@@ -37,28 +43,46 @@ def init(model: Transformer, rng, batch) -> dict:
   return model.init(rng, batch['tokens'][:, :-1])
 
 
-def token_nll(model: Transformer, params, tokens):
-  """-log p(x_{i+1} | x_{<=i}) and log Z per predicted position. tokens: [B, L+1] -> 2 x [B, L]."""
-  logits, _ = model.apply({'params': params}, tokens[:, :-1])  # [B, L, V] float32
+def token_nll(model: Transformer, params, tokens, inputs=None, rng=None):
+  """-log p(x_{i+1} | x_{<=i}) and log Z per predicted position. tokens: [B, L+1] -> 2 x [B, L].
+
+  `inputs` [B, L] replaces tokens[:, :-1] as the network's input (input masking); `rng` turns
+  on dropout when the model has it (training)."""
+  inputs = tokens[:, :-1] if inputs is None else inputs
+  rngs = {'dropout': rng} if rng is not None and model.cfg.dropout else {}
+  logits, _ = model.apply({'params': params}, inputs, rngs=rngs)  # [B, L, V] float32
   log_z = jax.nn.logsumexp(logits, axis=-1)  # [B, L]
   target_logit = jnp.take_along_axis(logits, tokens[:, 1:, None], axis=-1)[..., 0]  # [B, L]
   return log_z - target_logit, log_z
 
 
-def loss(params, batch, rng, *, model: Transformer, z_loss: float = 0.0):
-  """Mean next-token NLL (+ z-loss). Returns (scalar, metrics). `rng` is unused (no dropout)."""
-  del rng
-  nll, log_z = token_nll(model, params, batch['tokens'])
+def loss(params, batch, rng, *, model: Transformer, z_loss: float = 0.0,
+         input_mask_rate: float = 0.0, mask_id: int = 257):
+  """Mean next-token NLL (+ z-loss). Returns (scalar, metrics). `rng` draws the input mask
+  and the dropout (module doc); mask_id 257 is the byte tokenizer's MASK."""
+  if not 0 <= input_mask_rate < 1:
+    raise ValueError(f'loss.input_mask_rate={input_mask_rate} must be in [0, 1)')
+  if input_mask_rate and not 0 <= mask_id < model.cfg.vocab_size:
+    raise ValueError(f'loss.mask_id={mask_id} must be below model.vocab_size={model.cfg.vocab_size}')
+  tokens = batch['tokens']
+  r_mask, r_drop = jax.random.split(rng)
+  inputs = tokens[:, :-1]
+  if input_mask_rate:
+    hide = jax.random.bernoulli(r_mask, input_mask_rate, inputs.shape)  # [B, L]
+    inputs = jnp.where(hide, mask_id, inputs)
+  nll, log_z = token_nll(model, params, tokens, inputs, r_drop)
   ce = nll.mean()
   total = ce + z_loss * jnp.mean(log_z ** 2)
   return total, {'nll': ce, 'bits_per_token': ce / jnp.log(2.0), 'log_z_sq': jnp.mean(log_z ** 2)}
 
 
-def evaluate(params, batch, rng, *, model: Transformer, z_loss: float = 0.0) -> dict:
-  """Sums for held-out bits per token: {'nats': sum NLL, 'tokens': count}. Exact, no sampling.
+def evaluate(params, batch, rng, *, model: Transformer, z_loss: float = 0.0,
+             input_mask_rate: float = 0.0, mask_id: int = 257) -> dict:
+  """Sums for held-out bits per token: {'nats': sum NLL, 'tokens': count}. Exact, no sampling,
+  no dropout and no input masking.
 
   Takes the same keyword options as `loss` (the trainer passes `config.loss` to both)."""
-  del rng, z_loss
+  del rng, z_loss, input_mask_rate, mask_id
   nll, _ = token_nll(model, params, batch['tokens'])
   return {'nats': nll.sum(), 'tokens': jnp.asarray(nll.size, jnp.float32)}
 

@@ -99,6 +99,28 @@ def match_rates(pred, labels) -> tuple[float, float]:
   return exact, per_char
 
 
+def match_rates_by_length(pred, labels) -> dict[int, dict[str, float]]:
+  """``match_rates`` split by string length n = the non-blank slots of each label row:
+  ``{n: {'count': rows of length n, 'accuracy': exact-string rate, 'char_accuracy':
+  per-character rate}}`` for n = 1 .. max_chars (``pred``, ``labels`` int32 [N, max_chars]).
+
+  Legibility against string length: the exact-string rate of an n-character label is at most
+  the per-character rate to the power n if characters were read independently. Lengths with no
+  row give count 0 and NaN rates; all-null rows (unconditional samples) are skipped.
+  """
+  pred, labels = np.asarray(pred), np.asarray(labels)
+  if pred.shape != labels.shape or labels.ndim != 2:
+    raise ValueError(f'labels have shape {labels.shape} but predictions {pred.shape}; give one '
+                     'per-slot label row [N, max_chars] per image.')
+  lengths = (labels > 0).sum(-1)  # [N]
+  out = {}
+  for n in range(1, labels.shape[1] + 1):
+    rows = lengths == n
+    exact, per_char = match_rates(pred[rows], labels[rows])
+    out[n] = {'count': int(rows.sum()), 'accuracy': exact, 'char_accuracy': per_char}
+  return out
+
+
 def train_judge(*, image_size: int = 32, alphabet: str = DEFAULT_ALPHABET, max_chars: int = 3,
                 steps: int = DEFAULT_STEPS, batch_size: int = DEFAULT_BATCH_SIZE, seed: int = 0,
                 learning_rate: float = 4e-3) -> tuple[dict, dict]:

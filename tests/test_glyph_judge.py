@@ -75,6 +75,35 @@ def test_accuracy_counts_exact_strings_and_characters(monkeypatch):
   assert glyph_judge.match_rates(labels, labels) == (1.0, 1.0)
 
 
+def test_match_rates_by_length_splits_by_non_blank_slots():
+  labels = np.array([[1, 0, 0], [2, 0, 0], [3, 0, 0], [1, 0, 0],  # length 1
+                     [1, 2, 0], [3, 1, 0],  # length 2
+                     [1, 2, 3], [3, 3, 3], [2, 1, 1],  # length 3
+                     [0, 0, 0]], np.int32)  # unconditional: skipped
+  pred = np.array([[1, 0, 0], [2, 0, 0], [1, 0, 0], [1, 2, 0],
+                   [1, 2, 0], [3, 2, 0],
+                   [1, 2, 3], [3, 1, 3], [1, 2, 3],
+                   [1, 1, 1]], np.int32)
+  by = glyph_judge.match_rates_by_length(pred, labels)
+  assert sorted(by) == [1, 2, 3]
+  rates = lambda n: (by[n]['count'], by[n]['accuracy'], by[n]['char_accuracy'])
+  # Length 1: rows 0, 1 exact (row 3 has an extra character); slots 3 of 4.
+  assert rates(1) == (4, pytest.approx(2 / 4), pytest.approx(3 / 4))
+  # Length 2: row 4 exact; slots 3 of 4.
+  assert rates(2) == (2, pytest.approx(1 / 2), pytest.approx(3 / 4))
+  # Length 3: row 6 exact; slots 3 + 2 + 0 of 9.
+  assert rates(3) == (3, pytest.approx(1 / 3), pytest.approx(5 / 9))
+  # The split agrees with the pooled rates: weighted by rows (exact) and by slots (chars).
+  exact, per_char = glyph_judge.match_rates(pred, labels)
+  assert exact == pytest.approx(sum(by[n]['count'] * by[n]['accuracy'] for n in by) / 9)
+  chars = sum(n * by[n]['count'] * by[n]['char_accuracy'] for n in by)
+  assert per_char == pytest.approx(chars / 17)
+  empty = glyph_judge.match_rates_by_length(pred[:4, :2], labels[:4, :2])
+  assert empty[2]['count'] == 0 and np.isnan(empty[2]['accuracy'])
+  with pytest.raises(ValueError, match='per-slot label row'):
+    glyph_judge.match_rates_by_length(pred[:, :2], labels)
+
+
 def test_glyph_metrics_keys_and_identical_sets():
   judge = random_judge()
   cfg = ml_collections.ConfigDict(dict(source='glyphs', image_size=16, channels=3,

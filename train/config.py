@@ -59,6 +59,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.eval_path = ''  # optional held-out token array; '' holds out the tail
   c.data.token_dtype = 'uint16'  # dtype of a raw .bin token file
   c.data.holdout_fraction = 0.05
+  c.data.train_tokens = 0  # > 0: train on only the first N training tokens (data-constrained)
   c.data.vocab_size = c.model.get_ref('vocab_size')  # token ids must stay below this
   c.data.seq_len = 256
   c.data.batch_size = 32  # global batch (sequences per optimiser step)

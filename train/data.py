@@ -81,7 +81,8 @@ def load_corpus(cfg) -> Corpus:
   Fields: ``source`` ('cpython' | 'text' | 'tokens'), ``files`` (glob, 'text'), ``path``,
   ``eval_path``, ``token_dtype`` ('tokens'), ``holdout_fraction`` (default 0.05),
   ``vocab_size``, ``seq_len`` (checked: a window of seq_len + 1 tokens must fit in both
-  splits), ``cache_dir`` ('' = $JAX_PARADIGMS_CACHE or ~/.cache/jax_paradigms).
+  splits), ``train_tokens`` (> 0 keeps only the first that many training tokens: a
+  data-constrained run repeats them for steps x batch x seq_len / train_tokens epochs), ``cache_dir`` ('' = $JAX_PARADIGMS_CACHE or ~/.cache/jax_paradigms).
   Raises ValueError, saying what to change, for any bad input.
   """
   source = _get(cfg, 'source', 'cpython')
@@ -91,6 +92,14 @@ def load_corpus(cfg) -> Corpus:
   if not 0.0 < holdout_fraction < 1.0:
     raise ValueError(f'data.holdout_fraction={holdout_fraction} must be in (0, 1), e.g. 0.05.')
   corpus = _LOADERS[source](cfg, holdout_fraction)
+  unique = int(_get(cfg, 'train_tokens', 0))
+  if unique < 0:
+    raise ValueError(f'data.train_tokens={unique} must be >= 0 (0 = the whole training split).')
+  if unique:  # the data-constrained setting: only the first `unique` training tokens, repeated
+    if unique > len(corpus.train):
+      raise ValueError(f'data.train_tokens={unique} is more than the {len(corpus.train)} training '
+                       'tokens of the corpus; lower it or set 0 for all of them.')
+    corpus = dataclasses.replace(corpus, train=corpus.train[:unique])
   seq_len = _get(cfg, 'seq_len', None)
   if seq_len is not None:
     window = int(seq_len) + 1

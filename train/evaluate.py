@@ -19,12 +19,15 @@ from train.trainer import summarize
 
 
 def evaluate_run(workdir: str, batches: int = 0, step: int | None = None, ema: bool | None = None,
-                 seed: int = 0) -> dict:
+                 seed: int = 0, loss: dict | None = None) -> dict:
+  """Held-out sums of the run's `evaluate` over `batches` evenly spaced batches (0 = all),
+  summarised; `loss` overrides keys of the saved config.loss (e.g. {'mask_all': True})."""
   config, model, params = load_run(workdir, step, ema)
   paradigm = paradigms.get(config.paradigm)
   data = open_data(config.data)
   evals = data.eval_batches(batch_size=config.data.batch_size, num_batches=batches)
-  fn = jax.jit(lambda p, b, r: paradigm.evaluate(p, b, r, model=model, **dict(config.loss)))
+  options = {**dict(config.loss), **(loss or {})}
+  fn = jax.jit(lambda p, b, r: paradigm.evaluate(p, b, r, model=model, **options))
   sums = {}
   t0 = time.perf_counter()
   for i, b in enumerate(evals):

@@ -48,6 +48,8 @@ class TransformerConfig:
   param_dtype: str = 'float32'
   remat_policy: str = 'none'  # a key of REMAT_POLICIES
   attention_impl: str = 'xla'  # 'xla' | 'cudnn' | '' (JAX chooses)
+  dropout: float = 0.0  # residual dropout (GPT-2) on each block's attention and MLP outputs;
+  #                       active only when the caller passes a 'dropout' rng (training)
 
   def __post_init__(self):
     if self.mask not in MASK_FORMS:
@@ -58,6 +60,8 @@ class TransformerConfig:
       raise ValueError(f"model.attention_impl={self.attention_impl!r}: choose 'xla', 'cudnn' or ''")
     if self.n_heads % self.kv_heads:
       raise ValueError(f'model.n_heads={self.n_heads} must be a multiple of model.n_kv_heads={self.kv_heads}')
+    if not 0 <= self.dropout < 1:
+      raise ValueError(f'model.dropout={self.dropout} must be in [0, 1)')
     if self.rope_base < 0:
       raise ValueError(f'model.rope_base={self.rope_base} must be >= 0 (0 = no RoPE)')
     if self.head_size % 2:
@@ -126,9 +130,12 @@ class Block(nn.Module):
     a, cache = Attention(cfg.n_heads, cfg.kv_heads, cfg.head_size, cfg.mask, cfg.rope_base, out_std,
                          cfg.attention_impl or None, dt, pdt, name='attn')(
                              h, positions, ids, cache, attn_mask)
-    x = x + g1 * a
+    drop = lambda y: y
+    if cfg.dropout:  # residual dropout, only under a 'dropout' rng (so sampling is deterministic)
+      drop = nn.Dropout(cfg.dropout, deterministic=not self.has_rng('dropout'))
+    x = x + g1 * drop(a)
     h = modulate(RMSNorm(cfg.norm_eps, dt, pdt, name='mlp_norm')(x), b2, s2)
-    x = x + g2 * SwiGLU(cfg.ff_size, out_std, dt, pdt, name='mlp')(h)
+    x = x + g2 * drop(SwiGLU(cfg.ff_size, out_std, dt, pdt, name='mlp')(h))
     x = nn.with_logical_constraint(x, ('batch', 'length', 'act_embed'))
     return x, cache
 

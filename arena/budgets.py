@@ -1,0 +1,44 @@
+"""Budget presets shared by the text experiments: the contestants' network and the AR judge.
+
+A budget sizes every experiment for a machine: `tiny` is a smoke run of a few minutes (the
+tests run it), `small` about an hour on a 2-core CPU, `gpu` one GPU (not yet run). Each
+experiment module keeps its own experiment-specific knobs in a dict keyed the same way;
+the contestants below are shared so that `speed`, `infill` and `blocks` compare the same
+networks (same backbone, width, depth, data windows, optimiser and step count).
+"""
+from __future__ import annotations
+
+BUDGETS = ('tiny', 'small', 'gpu')
+
+# The text contestants (AR, MDLM, BD3): ConfigDict overrides of configs/ar_code.py:small.
+TEXT = {
+    'tiny': dict(model=dict(d_model=32, n_layers=2, n_heads=2, max_len=128),
+                 data=dict(seq_len=32, batch_size=8),
+                 train=dict(steps=30, warmup_steps=5, lr=3e-3, eval_batches=2)),
+    'small': dict(model=dict(d_model=96, n_layers=3, n_heads=2, max_len=256),
+                  data=dict(seq_len=128, batch_size=32),
+                  train=dict(steps=500, warmup_steps=50, lr=3e-3, eval_batches=16)),
+    'gpu': dict(model=dict(d_model=512, n_layers=8, n_heads=8, max_len=1024, dtype='bfloat16'),
+                data=dict(seq_len=512, batch_size=64),
+                train=dict(steps=10_000, warmup_steps=500, lr=1e-3, eval_batches=32)),
+}
+
+# The AR judge that scores text samples (bits per byte): larger and longer-trained than the
+# contestants, on the same corpus.
+JUDGE = {
+    'tiny': dict(model=dict(d_model=32, n_layers=2, n_heads=2, max_len=256),
+                 data=dict(seq_len=64, batch_size=8),
+                 train=dict(steps=30, warmup_steps=5, lr=3e-3, eval_batches=2)),
+    'small': dict(model=dict(d_model=128, n_layers=4, n_heads=2, max_len=512),
+                  data=dict(seq_len=256, batch_size=16),
+                  train=dict(steps=600, warmup_steps=50, lr=3e-3, eval_batches=16)),
+    'gpu': dict(model=dict(d_model=768, n_layers=12, n_heads=12, max_len=1024, dtype='bfloat16'),
+                data=dict(seq_len=1024, batch_size=64),
+                train=dict(steps=20_000, warmup_steps=1000, lr=1e-3, eval_batches=32)),
+}
+
+
+def check(budget: str) -> str:
+  if budget not in BUDGETS:
+    raise ValueError(f'unknown budget {budget!r}; choose one of {BUDGETS}')
+  return budget

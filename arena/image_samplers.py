@@ -1,0 +1,179 @@
+"""Image generators measured side by side: images/s, NFE, classifier FD and recognition accuracy.
+
+One code path for the arena's `images` experiment and `benchmarks/image_samplers.py` (a thin
+CLI over these functions):
+
+    contestants = [Contestant(name, config, model, params, settings(config, model, ...)), ...]
+    result = measure(contestants, num=256, cfg=3.0, seed=0, repeats=2)
+    result.rows        # one dict per (contestant, setting), in order
+    result.samples     # [num, H, W, C] per row (keep_samples=True)
+
+Settings per paradigm (`settings`):
+  image_diffusion  every sampler x every step count N (NFE = N; heun 2N - 1). Shortcut runs
+                   (step-conditioned) take Euler at the power-of-two N only (1, 2, 4, ...).
+  next_scale       one setting: K scales, NFE = K (VAR's ramped guidance, top-k).
+  hybrid           HART: the K transformer passes plus the residual head's solver over each
+                   head step count (NFE counts the K transformer passes; the head is an MLP,
+                   its passes are reported as head_steps).
+Quality pass (`quality_pass`): for every setting, `num` class-conditional images for the labels
+of `num` held-out glyphs (the first contestant's data fixes labels and reference images), the
+same rng for all, guidance weight `cfg` (1 = off; a guided call runs a 2 x num batch), scored by
+the glyph judge (sample/glyph_judge.py):
+  fd             Frechet distance of the judge's features, samples vs the held-out images (with a
+                 few hundred images FD is biased upwards: compare rows of one run only);
+  accuracy       exact-string recognition rate; char_accuracy the per-character rate;
+  by_length      both rates split by string length n = 1 .. max_chars (`match_rates_by_length`).
+Timing pass (`timing_pass`): `repeats` rounds over all settings after the untimed (compiling)
+quality call, in alternating order so machine noise falls on all of them; images_per_s is num /
+the median seconds of a call.
+"""
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import sys
+import time
+from typing import Any, Callable, Sequence
+
+DATA_KEYS = ('source', 'image_size', 'channels', 'alphabet', 'max_chars', 'jitter', 'path')
+
+
+def data_key(d) -> dict:
+  """The data fields that change the images (not the batch or the tokenizer)."""
+  return {k: d[k] for k in DATA_KEYS if k in d}
+
+
+def settings(config, model, *, samplers: Sequence[str] = ('euler',), steps: Sequence[int] = (4,),
+             head_steps: Sequence[int] = (8,), top_k: int = 0) -> list[dict]:
+  """The generator options to measure for one run (see the module doc)."""
+  if config.paradigm == 'image_diffusion':
+    if model.cfg.step_conditioning:  # shortcut: Euler at the trained power-of-two step sizes
+      top = 2 ** model.cfg.max_step_index
+      return [dict(sampler='euler', steps=n) for n in steps if n & (n - 1) == 0 and n <= top]
+    return [dict(sampler=s, steps=n) for s in samplers for n in steps]
+  if config.paradigm == 'next_scale':
+    return [dict(top_k=top_k)]
+  if config.paradigm == 'hybrid':
+    return [dict(top_k=top_k, head_steps=n) for n in head_steps]
+  raise ValueError(f'{config.paradigm!r} runs are not image generators; give runs of '
+                   "'image_diffusion', 'next_scale' or 'hybrid'")
+
+
+def describe(row: dict) -> str:
+  """A setting in words: 'euler x 4', 'K scales', 'head 8 steps' (+ top-k)."""
+  if 'sampler' in row:
+    return f'{row["sampler"]} x {row["steps"]}'
+  k = f', top-k {row["top_k"]}' if row.get('top_k') else ''
+  if 'head_steps' in row:
+    return f'{row["nfe"]} scales + head {row["head_steps"]} steps{k}'
+  return f'{row["nfe"]} scales{k}'
+
+
+@dataclasses.dataclass
+class Contestant:
+  """A trained image run and the generator options to measure it with."""
+  name: str
+  config: Any  # ml_collections.ConfigDict of the run
+  model: Any
+  params: Any  # EMA params when the run kept them (train.checkpoint.load_run)
+  settings: list[dict]
+
+
+@dataclasses.dataclass
+class Measured:
+  rows: list[dict]  # one per (contestant, setting): name, paradigm, options, nfe, metrics, speed
+  reference: dict  # {'image': [num, H, W, C], 'label': int32 [num, max_chars]} held out
+  judge: Any  # the glyph judge (sample.glyph_judge.Judge)
+  samples: list  # float32 [num, H, W, C] in [-1, 1] per row (empty unless keep_samples)
+
+
+def log_stderr(msg: str) -> None:
+  print(msg, file=sys.stderr, flush=True)
+
+
+def load_judge(config, steps: int = 0):
+  """The glyph judge for `config.data` (trained once and cached; `steps` 0 = its default)."""
+  from sample import glyph_judge
+  d = config.data
+  return glyph_judge.load_judge(image_size=d.image_size, alphabet=d.alphabet,
+                                max_chars=d.max_chars, cache_dir=d.cache_dir,
+                                **({'steps': steps} if steps else {}))
+
+
+def score(judge, x, labels, reference_images) -> dict:
+  """The judge's verdict on images x [N, H, W, C] requested with `labels` [N, max_chars]:
+  {'fd', 'accuracy', 'char_accuracy', 'by_length': {n: {'count', 'accuracy', 'char_accuracy'}}}."""
+  import numpy as np
+  from sample import glyph_judge
+  x = np.clip(np.asarray(x), -1, 1)
+  m = glyph_judge.glyph_metrics(judge, x, labels, reference_images)
+  m = {k: float(v) for k, v in m.items()}
+  m['by_length'] = glyph_judge.match_rates_by_length(judge.predict(x), labels)
+  return m
+
+
+def quality_pass(contestants: Sequence[Contestant], *, ref: dict, judge, num: int, cfg: float,
+                 rng, keep_samples: bool = False,
+                 log: Callable[[str], None] = log_stderr) -> tuple[list, list, list]:
+  """Generate and score every setting once (this call also compiles it). Returns (rows,
+  calls: a zero-argument function per row that reruns its generation, samples per row)."""
+  import jax
+  from sample import images
+  rows, calls, samples = [], [], []
+  data0 = data_key(contestants[0].config.data)
+  for c in contestants:
+    if data_key(c.config.data) != data0:
+      log(f'warning: {c.name} trained on other data than {contestants[0].name} '
+          f'({data_key(c.config.data)} vs {data0}); it is scored against the first run\'s')
+    gen = images.generator(c.config).generate
+    n_params = int(sum(v.size for v in jax.tree.leaves(c.params)))
+    for opts in c.settings:
+      call = lambda gen=gen, c=c, o=opts: gen(c.config, c.model, c.params, rng, num=num, cfg=cfg,
+                                              labels=ref['label'], **o)
+      t0 = time.perf_counter()
+      x, nfe = call()
+      row = {'name': c.name, 'paradigm': c.config.paradigm, **opts, 'nfe': nfe,
+             'params': n_params, 'compile_s': time.perf_counter() - t0,
+             **score(judge, x, ref['label'], ref['image'])}
+      rows.append(row)
+      calls.append(call)
+      samples.append(x if keep_samples else None)
+      log(f'{c.name} {opts} NFE={nfe:3d}  fd={row["fd"]:8.3f}  acc={row["accuracy"]:.3f}  '
+          f'char={row["char_accuracy"]:.3f}')
+  return rows, calls, (samples if keep_samples else [])
+
+
+def timing_pass(calls: Sequence[Callable], repeats: int) -> list[float]:
+  """Median wall seconds of each call over `repeats` interleaved rounds (even rounds in order,
+  odd rounds reversed), each result blocked on. Calls must have run once (compiled)."""
+  import jax
+  if repeats < 1:
+    raise ValueError(f'repeats={repeats} must be >= 1 (or skip timing)')
+  times = [[] for _ in calls]
+  order = list(range(len(calls)))
+  for r in range(repeats):
+    for k in (order if r % 2 == 0 else order[::-1]):
+      t0 = time.perf_counter()
+      jax.block_until_ready(calls[k]()[0])
+      times[k].append(time.perf_counter() - t0)
+  return [statistics.median(t) for t in times]
+
+
+def measure(contestants: Sequence[Contestant], *, num: int, cfg: float = 1.0, seed: int = 0,
+            repeats: int = 2, judge_steps: int = 0, quality_only: bool = False,
+            keep_samples: bool = False, log: Callable[[str], None] = log_stderr) -> Measured:
+  """The quality pass, then (unless quality_only) the timing pass, over all contestants with
+  one rng, one judge and one reference set (the first contestant's held-out glyphs)."""
+  import jax
+  from sample import images
+  if not contestants:
+    raise ValueError('measure needs at least one contestant')
+  first = contestants[0].config
+  ref = images.reference(first, num)
+  judge = load_judge(first, judge_steps)
+  rows, calls, samples = quality_pass(contestants, ref=ref, judge=judge, num=num, cfg=cfg,
+                                      rng=jax.random.key(seed), keep_samples=keep_samples, log=log)
+  if not quality_only:
+    for row, med in zip(rows, timing_pass(calls, repeats)):
+      row.update(median_seconds=med, images_per_s=num / med)
+  return Measured(rows=rows, reference=ref, judge=judge, samples=samples)

@@ -1,0 +1,212 @@
+"""Text sampling speed vs quality: AR with a KV cache, masked diffusion, block diffusion.
+
+    python -m arena speed --budget small --out arena/report
+
+The claim under test (the seed, after Inception Labs' Mercury, Khanna et al. 2025): diffusion
+LMs decode text several times (up to 10x) faster than autoregressive models at similar quality,
+because they write many tokens per network call. Contestants of one size and training budget
+(budgets.TEXT): the AR model (`ar`, decoded with its KV cache), MDLM (`mdlm`: ancestral
+sampling over a step sweep, LLaDA confidence top-k, Fast-dLLM threshold decoding) and BD3-LM
+with block 4 (`bd3_b4`, block by block with a KV cache). Every row writes the same N bytes after
+the prompt 'def ' at temperature 1; the rows, the timing loop and the quality score are those of
+`arena/text_samplers.py` (its doc defines every column). The ancestral-type samplers fill their
+last step by sampling (final_argmax=False), so no row decodes greedily by construction; the
+confidence decoders still pick their most likely proposals first, which is what the sample
+entropy catches.
+
+Speed: tokens/s at batch 1 (latency) and at batch 64 (throughput), and NFE. Quality at batch
+64, scored by the `judge` run (a larger AR model than the contestants, budgets.JUDGE): judge
+bits/byte, parser line score, unigram entropy. A reference row scores real held-out
+continuations of the same prompt, of the same length, the same way. The frontier plot marks
+the Pareto set of (tokens/s at batch 64, judge bits/byte) among non-degenerate rows: those
+whose entropy is within DEGENERATE_BITS of the reference's (a sampler that repeats itself
+scores well under any likelihood judge without being any good).
+"""
+from __future__ import annotations
+
+import os
+
+from arena import report
+from arena.budgets import JUDGE, TEXT
+from arena.runs import text_config
+from arena import text_samplers as ts
+
+PROMPT = 'def '
+BD3_BLOCK = 4
+DEGENERATE_BITS = 1.0  # entropy this far below the reference's marks a row degenerate
+# Per budget: N new tokens (P + N <= the contestants' seq_len, so no model is asked for
+# positions it never trained on), the diffusion step sweep S, timed rounds, batch sizes (the
+# last is the quality batch) and the samplers run. Sampling cost: tiny ~20 s on two shared CPU
+# cores (mostly compilation), small ~5 CPU minutes (estimated: the 124-step rows dominate).
+SPEED = {
+    'tiny': dict(new_tokens=16, steps=(8,), repeats=1, batches=(1, 64),
+                 samplers=('ar', 'ancestral', 'confidence_topk', 'confidence_threshold',
+                           'block_diffusion')),
+    'small': dict(new_tokens=124, steps=(16, 32, 124), repeats=2, batches=(1, 64),
+                  samplers=('ar', 'ancestral', 'confidence_topk', 'confidence_threshold',
+                            'block_diffusion')),
+    'gpu': dict(new_tokens=508, steps=(32, 128, 508), repeats=3, batches=(1, 64),
+                samplers=ts.SAMPLERS),
+}
+
+
+def contestants(ctx) -> dict:
+  """The shared text runs: the judge, AR, MDLM and BD3 (B = 4), trained once per budget."""
+  return {'judge': ctx.run('judge', text_config('ar', JUDGE[ctx.budget])),
+          'ar': ctx.run('ar', text_config('ar', TEXT[ctx.budget])),
+          'mdlm': ctx.run('mdlm', text_config('mdlm', TEXT[ctx.budget])),
+          'bd3': ctx.run('bd3_b4', text_config('bd3', TEXT[ctx.budget], block_size=BD3_BLOCK))}
+
+
+def reference(judge, corpus_eval, prompt_ids, *, new_tokens: int, count: int, seed: int) -> dict:
+  """The quality columns of real text: held-out continuations of the prompt, scored as samples."""
+  real = ts.held_out_continuations(corpus_eval, prompt_ids, length=new_tokens, count=count,
+                                   seed=seed)  # [count, N]
+  return dict(ts.quality(real, prompt_ids, judge), label='held-out text (reference)',
+              sampler='reference', model='-', steps=None)
+
+
+def merge(rows: list[dict], batches) -> list[dict]:
+  """One row per setting from the per-batch rows of `ts.measure`: speed at every batch size,
+  quality (and NFE) from the last (the quality batch)."""
+  merged = {}
+  for r in rows:
+    key = (r['sampler'], repr(sorted(r['settings'].items())))
+    m = merged.setdefault(key, {k: r[k] for k in ('sampler', 'model', 'steps', 'settings')})
+    m['label'] = ts.label(r)
+    m[f'tokens_per_s_b{r["batch"]}'] = r['tokens_per_s']
+    m[f'seconds_b{r["batch"]}'] = r['seconds']
+    m[f'compile_s_b{r["batch"]}'] = r['compile_s']
+    if r['batch'] == batches[-1]:
+      m.update({k: r[k] for k in ('nfe', 'bits_per_byte', 'parse_score', 'entropy_bits')})
+  return list(merged.values())
+
+
+def findings(rows: list[dict], ref: dict, batches) -> str:
+  """2-4 sentences computed from the numbers (module doc): the speed-ups, their quality cost,
+  and whether the result agrees with the seed's 10x claim."""
+  b1, bq = (f'tokens_per_s_b{b}' for b in (batches[0], batches[-1]))
+  ar = next(r for r in rows if r['sampler'] == 'ar')
+  diff = [r for r in rows if r['sampler'] != 'ar']
+  fast = max(diff, key=lambda r: r[bq])
+  ok = [r for r in diff if not r['degenerate']]
+  out = [f'The fastest diffusion setting, {fast["label"]}, decodes {fast[bq] / ar[bq]:.2f}x AR\'s '
+         f'tokens/s at batch {batches[-1]} and {fast[b1] / ar[b1]:.2f}x at batch {batches[0]}, '
+         f'at {fast["bits_per_byte"]:.2f} judge bits/byte against AR\'s '
+         f'{ar["bits_per_byte"]:.2f} (real held-out text: {ref["bits_per_byte"]:.2f})'
+         + (' with degenerate samples' if fast['degenerate'] else '') + '.']
+  if ok:
+    best = min(ok, key=lambda r: r['bits_per_byte'])
+    out.append(f'The best non-degenerate diffusion setting, {best["label"]}, reaches '
+               f'{best["bits_per_byte"]:.2f} bits/byte at {best[bq] / ar[bq]:.2f}x AR\'s speed '
+               f'at batch {batches[-1]}.')
+  wins = {b: [r for r in ok if r[f'tokens_per_s_b{b}'] >= ar[f'tokens_per_s_b{b}']
+              and r['bits_per_byte'] <= ar['bits_per_byte']] for b in batches}
+  best_win = {b: max(w, key=lambda r: r[f'tokens_per_s_b{b}']) for b, w in wins.items() if w}
+  parts = []
+  for b in batches:
+    r, key = best_win.get(b), f'tokens_per_s_b{b}'
+    parts.append(f'at batch {b}, ' + (f'{r["label"]} ({r[key] / ar[key]:.2f}x)' if r else 'none'))
+  out.append('Faster than AR and at least as good under the judge: ' + '; '.join(parts) + '.')
+  lost = [b for b in batches if b not in best_win]
+  if lost:
+    out.append(f'So at batch {" and ".join(map(str, lost))} the result contradicts the seed\'s '
+               'claim (Mercury: up to 10x faster decoding at matched quality) at this scale. '
+               'Likely reasons: a diffusion step runs the whole bidirectional network over all '
+               'P + N positions with no cache where a cached AR step runs one position, so fewer '
+               'calls pay off only while the fixed cost of a call dominates (small batches); '
+               'Mercury runs large models on GPUs, where a decode step is '
+               'bound by reading the weights and extra tokens per step are nearly free, and is '
+               'trained for few-step decoding, which this briefly trained MDLM is not.')
+  else:
+    top = max(r[f'tokens_per_s_b{b}'] / ar[f'tokens_per_s_b{b}'] for b, r in best_win.items())
+    out.append('This is the direction of the seed\'s claim (Mercury: up to 10x faster at matched '
+               f'quality), here by at most {top:.2f}x' + (', short of 10x.' if top < 10 else '.'))
+  bad = [r['label'] for r in diff if r['degenerate']]
+  if bad:
+    out.append(f'Degenerate rows ({", ".join(bad)}) have entropy over {DEGENERATE_BITS:g} bit '
+               f'below real text ({ref["entropy_bits"]:.2f} bits): their judge score rewards '
+               'repetition, so they are left off the frontier.')
+  return ' '.join(out)
+
+
+def run(ctx) -> report.Section:
+  import jax
+  import numpy as np
+  from train.data import ByteTokenizer, load_corpus
+  knobs = SPEED[ctx.budget]
+  runs = contestants(ctx)
+  N, batches = knobs['new_tokens'], knobs['batches']
+  prompt_ids = ByteTokenizer().encode(PROMPT).astype(np.int32)
+  seq_len = runs['mdlm'].config.data.seq_len
+  if len(prompt_ids) + N > seq_len:
+    raise ValueError(f'SPEED[{ctx.budget!r}]: prompt {len(prompt_ids)} + new_tokens {N} exceeds '
+                     f'the contestants\' seq_len {seq_len}; lower new_tokens')
+  models = {k: (r.config, r.model, r.params) for k, r in runs.items() if k != 'judge'}
+  judge = ts.judge_nll(runs['judge'].model, runs['judge'].params)
+  plan = ts.settings(N, knobs['steps'], BD3_BLOCK, samplers=knobs['samplers'], final_argmax=False,
+                     log=ctx.log)
+  rng, per_batch = jax.random.key(ctx.seed), []
+  for B in batches:
+    skip = None if B == batches[-1] else (lambda row: f'quality at batch {batches[-1]} only')
+    per_batch += ts.measure(plan, models, prompt_ids, batch=B, new_tokens=N, rng=rng,
+                            repeats=knobs['repeats'], judge=judge, skip=skip, log=ctx.log)
+  rows = merge(per_batch, batches)
+  ref = reference(judge, load_corpus(runs['judge'].config.data).eval, prompt_ids, new_tokens=N,
+                  count=batches[-1], seed=ctx.seed)
+  for r in rows:
+    r['degenerate'] = r['entropy_bits'] < ref['entropy_bits'] - DEGENERATE_BITS
+  bq = f'tokens_per_s_b{batches[-1]}'
+  candidates = [i for i, r in enumerate(rows) if not r['degenerate']]
+  front = [candidates[i] for i in report.pareto(
+      [(rows[i][bq], rows[i]['bits_per_byte']) for i in candidates])]
+  for i, r in enumerate(rows):
+    r['frontier'] = i in front
+  plot = _plot(ctx, rows, ref, front, bq, batches[-1])
+
+  cols = [('label', 'sampler'), ('model', 'model'), ('nfe', 'NFE', '.0f'),
+          *[(f'tokens_per_s_b{b}', f'tok/s (batch {b})', '.0f') for b in batches],
+          ('bits_per_byte', 'judge bits/byte', '.2f'), ('parse_score', 'parse', '.2f'),
+          ('entropy_bits', 'entropy (bits)', '.2f'), ('mark', 'note')]
+  for r in rows:
+    r['mark'] = 'frontier' if r['frontier'] else 'degenerate' if r['degenerate'] else ''
+  shown = rows + [dict(ref, mark='reference')]
+  named = [runs['judge'], runs['ar'], runs['mdlm'], runs['bd3']]
+  markdown = '\n\n'.join([
+      f'{N} new bytes after `{PROMPT!r}` at temperature 1; quality of {batches[-1]} samples per '
+      f'row under the `judge` AR model; timed over {knobs["repeats"]} interleaved round(s) after '
+      f'one untimed call (`arena/text_samplers.py`).',
+      report.table(shown, cols),
+      report.compute_line(named),
+      f'![]({plot})',
+      findings(rows, ref, batches)])
+  results = {'settings': dict(knobs, prompt=PROMPT, prompt_len=len(prompt_ids), temperature=1.0,
+                              final_argmax=False, bd3_block_size=BD3_BLOCK, tau=ts.TAU,
+                              eta=ts.ETA, semi_ar_block_len=min(ts.SEMI_AR_BLOCK, N),
+                              degenerate_bits=DEGENERATE_BITS, quality_batch=batches[-1],
+                              judge='judge'),
+             'rows': rows, 'reference': ref, 'per_batch': per_batch,
+             'runs': {r.name: r.record() for r in named}}
+  return report.Section(name='speed', title='Speed vs quality of text sampling',
+                        markdown=markdown, results=results, plots=[plot])
+
+
+def _plot(ctx, rows, ref, front, bq, batch) -> str:
+  series, notes = {}, {}
+  for r in rows:
+    name = r['sampler'] + (' (degenerate)' if r['degenerate'] else '')
+    xs, ys = series.setdefault(name, ([], []))
+    xs.append(r[bq])
+    ys.append(r['bits_per_byte'])
+    notes.setdefault(name, []).append(
+        f'S={r["steps"]}' if r['steps'] and r['sampler'] != 'block_diffusion'
+        else f'{r["settings"]["steps_per_block"]}/blk' if r['sampler'] == 'block_diffusion' else '')
+  front = sorted(front, key=lambda i: rows[i][bq])
+  series['Pareto frontier'] = ([rows[i][bq] for i in front],
+                               [rows[i]['bits_per_byte'] for i in front])
+  return report.plot(os.path.join(ctx.out, 'speed_frontier.png'), series,
+                     xlabel=f'tokens/s at batch {batch} (log)',
+                     ylabel='judge bits/byte (lower is better)',
+                     title=f'Speed vs quality, {ctx.budget} budget', logx=True,
+                     style={**{k: 'o' for k in series}, 'Pareto frontier': 'k--'},
+                     hlines={'held-out text': ref['bits_per_byte']}, annotate=notes)

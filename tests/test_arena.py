@@ -1,0 +1,132 @@
+"""The arena's shared pieces (runs, compute, report) and the regularisers its `data` experiment
+adds to the AR paradigm; the end-to-end smoke run of every experiment at the tiny budget."""
+import json
+import os
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import ROOT, run_python
+
+
+def _tiny_ar(dropout=0.0):
+  import flax.linen as nn
+  from paradigms import autoregressive as ar
+  from paradigms.nn.transformer import TransformerConfig
+  model = ar.build(TransformerConfig(d_model=32, n_layers=2, n_heads=2, dropout=dropout))
+  tokens = jax.random.randint(jax.random.key(0), (2, 17), 0, 256)
+  params = nn.meta.unbox(ar.init(model, jax.random.key(1), {'tokens': tokens}))['params']
+  return ar, model, params, {'tokens': tokens}
+
+
+def test_dropout_is_random_in_training_and_off_in_evaluation():
+  import dataclasses
+  ar, model, params, batch = _tiny_ar(dropout=0.3)
+  plain = ar.build(dataclasses.replace(model.cfg, dropout=0.0))
+  l1 = float(ar.loss(params, batch, jax.random.key(2), model=model)[0])
+  l2 = float(ar.loss(params, batch, jax.random.key(3), model=model)[0])
+  l0 = float(ar.loss(params, batch, jax.random.key(2), model=plain)[0])
+  assert l1 != l2 and l1 != l0  # different masks, different losses
+  # evaluation and sampling (no 'dropout' rng) are the deterministic network
+  e = ar.evaluate(params, batch, None, model=model)
+  e0 = ar.evaluate(params, batch, None, model=plain)
+  assert float(e['nats']) == pytest.approx(float(e0['nats']), rel=1e-6)
+  assert float(e0['nats']) / float(e0['tokens']) == pytest.approx(l0, rel=1e-5)
+
+
+def test_input_masking_hides_inputs_not_targets():
+  ar, model, params, batch = _tiny_ar()
+  tokens = batch['tokens']
+  # rate -> 1: every input is MASK, so the loss is the NLL of the targets given only masks
+  masked = float(ar.loss(params, batch, jax.random.key(0), model=model,
+                         input_mask_rate=1 - 1e-7)[0])
+  nll, _ = ar.token_nll(model, params, tokens, jnp.full_like(tokens[:, :-1], 257))
+  assert masked == pytest.approx(float(nll.mean()), rel=1e-5)
+  with pytest.raises(ValueError, match='input_mask_rate'):
+    ar.loss(params, batch, jax.random.key(0), model=model, input_mask_rate=1.0)
+
+
+def test_train_tokens_keeps_only_the_first_tokens(tmp_path):
+  from train import data
+  corpus_dir = tmp_path / 'c'
+  corpus_dir.mkdir()
+  for i in range(40):
+    (corpus_dir / f'f{i}.txt').write_text(f'file {i} ' + 'abcdefghij' * (i + 3))
+  cfg = dict(source='text', files=str(corpus_dir / '*.txt'), seq_len=8, holdout_fraction=0.2,
+             cache_dir=str(tmp_path / 'cache'), vocab_size=258)
+  full = data.load_corpus(type('C', (), cfg)).train
+  small = data.load_corpus(type('C', (), dict(cfg, train_tokens=50)))
+  np.testing.assert_array_equal(small.train, full[:50])
+  it = iter(data.train_dataset(small.train, seq_len=8, batch_size=4, seed=0))
+  for _ in range(5):  # every window is a slice of the 50 kept tokens
+    for row in next(it)['tokens']:
+      assert any((np.asarray(full[s:s + 9]) == row).all() for s in range(50 - 8))
+  with pytest.raises(ValueError, match='train_tokens'):
+    data.load_corpus(type('C', (), dict(cfg, train_tokens=10 ** 9)))
+
+
+def test_train_flops_follow_the_analytic_count():
+  from arena.budgets import TEXT
+  from arena.runs import text_config, train_flops
+  from train.config import model_config
+  spec = TEXT['tiny']
+  steps, B, L = spec['train']['steps'], spec['data']['batch_size'], spec['data']['seq_len']
+  ar, mdlm, bd3 = (text_config(k, spec, block_size=4 if k == 'bd3' else 0)
+                   for k in ('ar', 'mdlm', 'bd3'))
+  cfg = model_config(ar)
+  d, n_layers, V = cfg.d_model, cfg.n_layers, cfg.vocab_size
+  n = cfg.num_params(embeddings=False) - n_layers * 2 * d - d + V * d  # matmul params + head
+  assert train_flops(ar, 0) == steps * B * L * (6 * n + 6 * n_layers * L * d)  # causal half
+  assert train_flops(mdlm, 0) == steps * B * L * (6 * n + 12 * n_layers * L * d)
+  assert train_flops(bd3, 0) == steps * B * 2 * L * (6 * n + 6 * n_layers * 2 * L * d)
+
+
+def test_pareto_and_table():
+  from arena.report import pareto, table
+  # (speed, loss): the fastest point, then only points that are better than every faster one
+  points = [(10, 3.0), (5, 2.0), (7, 2.5), (1, 2.2), (2, 1.0), (8, 4.0)]
+  assert pareto(points) == [0, 2, 1, 4]
+  md = table([{'a': 1.23456, 'b': None}, {'a': float('nan'), 'b': 'x'}],
+             [('a', 'A', '.2f'), ('b', 'B')])
+  assert md.splitlines() == ['| A | B |', '|---|---|', '| 1.23 | - |', '| - | x |']
+
+
+def test_runs_are_reused_and_a_changed_budget_refuses(tmp_path):
+  from arena.runs import Context, text_config
+  from arena.budgets import TEXT
+  ctx = Context(budget='tiny', out=str(tmp_path / 'out'), runs=str(tmp_path / 'runs'),
+                progress=False)
+  spec = {**TEXT['tiny'], 'train': {**TEXT['tiny']['train'], 'steps': 3, 'eval_every': 3,
+                                    'ckpt_every': 3, 'log_every': 3}}
+  first = ctx.run('ar', text_config('ar', spec))
+  mtime = os.path.getmtime(os.path.join(first.workdir, 'arena.json'))
+  again = ctx.run('ar', text_config('ar', spec))  # finished: loaded, not trained
+  assert os.path.getmtime(os.path.join(again.workdir, 'arena.json')) == mtime
+  for a, b in zip(jax.tree.leaves(first.params), jax.tree.leaves(again.params)):
+    np.testing.assert_array_equal(a, b)
+  changed = {**spec, 'model': {**spec['model'], 'd_model': 64}}
+  with pytest.raises(ValueError, match='--retrain'):
+    ctx.run('ar', text_config('ar', changed))
+
+
+def test_arena_all_tiny_writes_the_report(tmp_path):
+  """The smoke run of every experiment (`--budget tiny`): each section's markdown, JSON (with
+  seed, budget and resolved configs) and plots, and the regenerated README.md linking them."""
+  from arena.__main__ import EXPERIMENTS
+  out, runs = tmp_path / 'report', tmp_path / 'runs'
+  run_python(['-m', 'arena', 'all', '--budget', 'tiny', '--out', str(out), '--runs', str(runs),
+              '--no-progress'], timeout=1500)
+  readme = (out / 'README.md').read_text()
+  for name in EXPERIMENTS:
+    section = (out / f'{name}.md').read_text()
+    assert section.splitlines()[0] in readme
+    assert 'params' in section and 'FLOPs' in section  # the honesty line
+    record = json.loads((out / f'{name}.json').read_text())
+    assert record['meta']['budget'] == 'tiny' and record['meta']['seed'] == 0
+    plots = re.findall(r'!\[[^\]]*\]\(([^)]+)\)', section)
+    assert plots, f'{name} links no plot'
+    for png in plots:
+      assert (out / png).stat().st_size > 1000, png

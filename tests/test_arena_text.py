@@ -1,0 +1,193 @@
+"""The arena's text experiments (`speed`, `infill`) and their shared sampler machinery
+(`arena/text_samplers.py`): window selection, scoring against closed forms and oracles, the
+settings list, the findings logic, and the fillers on random-init tiny models."""
+import math
+import types
+
+import numpy as np
+import pytest
+
+EOS, NL, SP = 256, ord('\n'), ord(' ')
+
+
+def _corpus(n_docs=40, seed=0):
+  """Synthetic byte-level code: documents of indented lines, each followed by EOS. [T] uint16."""
+  rng = np.random.default_rng(seed)
+  words = [b'def', b'return', b'x', b'self', b'(a, b)', b'=', b'1', b'if', b':']
+  docs = []
+  for _ in range(n_docs):
+    lines = [b' ' * int(rng.choice([0, 4, 8])) + b' '.join(rng.choice(words, rng.integers(1, 6)))
+             for _ in range(rng.integers(3, 12))]
+    docs.append(np.frombuffer(b'\n'.join(lines) + b'\n', np.uint8).astype(np.uint16))
+    docs.append(np.asarray([EOS], np.uint16))
+  return np.concatenate(docs)
+
+
+def _position_judge(seq):
+  """A fake judge: the nats of token i + 1 are (i + 1) ln 2, so its bits are its position."""
+  B, L = np.asarray(seq).shape
+  return np.broadcast_to(np.arange(1, L) * math.log(2.0), (B, L - 1))
+
+
+def test_infill_windows_start_at_lines_have_no_eos_and_are_deterministic():
+  from arena.infill import windows
+  tokens = _corpus()
+  S, P, K = 6, 5, 30
+  w = windows(tokens, span=S, context=P, count=K, seed=0)
+  assert w.shape == (K, 2 * P + S) and w.dtype == np.int32
+  assert (w[:, P - 1] == NL).all()  # the span starts right after a newline
+  assert not (w == EOS).any()
+  assert all(set(row[P:P + S].tolist()) - {9, NL, 13, SP} for row in w)  # some text in each span
+  # each window is a slice of the corpus
+  text = tokens.astype(np.int64).tobytes()
+  assert all(row.astype(np.int64).tobytes() in text for row in w)
+  np.testing.assert_array_equal(w, windows(tokens, span=S, context=P, count=K, seed=0))
+  assert not np.array_equal(w, windows(tokens, span=S, context=P, count=K, seed=1))
+  with pytest.raises(ValueError, match='lower count'):
+    windows(tokens, span=S, context=P, count=10 ** 6, seed=0)
+
+
+def test_infill_score_oracle_and_indexing():
+  from arena.infill import score, windows
+  tokens = _corpus()
+  S, P = 6, 5
+  w = windows(tokens, span=S, context=P, count=12, seed=3)
+  truth = w[:, P:P + S]
+  oracle = score(w, truth, _position_judge, span=S, context=P)
+  assert oracle['exact_match'] == 1.0 and oracle['byte_accuracy'] == 1.0
+  assert oracle['text_accuracy'] == 1.0 and oracle['exact_match_se'] == 0.0
+  # the fill is tokens P..P+S-1 of the window, the suffix P+S..2P+S-1 (judge bits = position)
+  assert oracle['span_bpb'] == pytest.approx(P + (S - 1) / 2)
+  assert oracle['suffix_bpb'] == pytest.approx(P + S + (P - 1) / 2)
+  wrong = truth.copy()
+  wrong[:, -1] = 300  # one wrong byte per span
+  s = score(w, wrong, _position_judge, span=S, context=P)
+  assert s['exact_match'] == 0.0 and s['byte_accuracy'] == pytest.approx((S - 1) / S)
+  spaces = np.full_like(truth, SP)  # all blanks: right on indentation, wrong on every text byte
+  s = score(w, spaces, _position_judge, span=S, context=P)
+  assert s['text_accuracy'] == 0.0 and s['byte_accuracy'] == pytest.approx((truth == SP).mean())
+  with pytest.raises(ValueError, match='shape'):
+    score(w, truth[:, :-1], _position_judge, span=S, context=P)
+
+
+def test_quality_closed_form_entropy_parse_and_judge_indexing():
+  from arena.text_samplers import quality
+  prompt = np.frombuffer(b'x = ', np.uint8).astype(np.int32)
+  a, b = ord('1'), ord('2')
+  new = np.asarray([[a, a, a, a], [a, b, a, b]])  # 6 x '1', 2 x '2'
+  q = quality(new, prompt, _position_judge)
+  assert q['entropy_bits'] == pytest.approx(-(0.75 * math.log2(0.75) + 0.25 * math.log2(0.25)))
+  assert q['parse_score'] == 1.0  # 'x = 1111' and 'x = 1212' parse
+  P, N = len(prompt), new.shape[1]
+  assert q['bits_per_byte'] == pytest.approx(P + (N - 1) / 2)  # new tokens sit at P..P+N-1
+  uniform = np.arange(64).reshape(4, 16) % 8 + a  # 8 symbols, equally often
+  assert quality(uniform, prompt, _position_judge)['entropy_bits'] == pytest.approx(3.0)
+  broken = np.asarray([[ord(')'), ord('(')] * 2])
+  assert quality(broken, prompt, _position_judge)['parse_score'] == 0.0
+
+
+def test_held_out_continuations_follow_the_prompt():
+  from arena.text_samplers import held_out_continuations
+  tokens = _corpus(80)
+  prompt = np.frombuffer(b'def', np.uint8).astype(np.int32)
+  real = held_out_continuations(tokens, prompt, length=5, count=20, seed=0)
+  assert real.shape == (20, 5) and not (real == EOS).any()
+  text = tokens.astype(np.int64).tobytes()
+  for row in real:
+    assert np.concatenate([prompt, row]).astype(np.int64).tobytes() in text
+  np.testing.assert_array_equal(real, held_out_continuations(tokens, prompt, length=5, count=20,
+                                                             seed=0))
+  with pytest.raises(ValueError, match='lower count'):
+    held_out_continuations(tokens, prompt, length=5, count=10 ** 5, seed=0)
+
+
+def test_settings_clip_dedupe_and_record_exact_sampling():
+  from arena.text_samplers import label, settings
+  logs = []
+  rows = settings(128, [16, 32, 128], 4, log=logs.append)
+  bd3 = [r['settings']['steps_per_block'] for r in rows if r['sampler'] == 'block_diffusion']
+  assert bd3 == [1, 4]  # 32 blocks: S = 16 and 32 both clip to 1 step per block
+  assert any('skipped' in m for m in logs)
+  assert [r['steps'] for r in rows if r['sampler'] == 'ancestral'] == [16, 32, 128]
+  assert sum(r['sampler'] == 'confidence_threshold' for r in rows) == 1
+  exact = settings(16, [4], 4, samplers=('ar', 'ancestral', 'block_diffusion'),
+                   final_argmax=False)
+  assert [r['sampler'] for r in exact] == ['ar', 'ancestral', 'block_diffusion']
+  assert all(r['settings'].get('final_argmax') is False for r in exact[1:])
+  assert label(exact[2]) == 'block_diffusion B=4 1/block'
+  with pytest.raises(ValueError, match='multiple of the BD3 block'):
+    settings(18, [4], 4)
+  with pytest.raises(ValueError, match='unknown samplers'):
+    settings(16, [4], 4, samplers=('ar', 'gibbs'))
+
+
+def _row(sampler, t1, t64, bpb, entropy=4.5, degenerate=False):
+  return {'sampler': sampler, 'label': sampler, 'tokens_per_s_b1': t1, 'tokens_per_s_b64': t64,
+          'bits_per_byte': bpb, 'entropy_bits': entropy, 'degenerate': degenerate}
+
+
+def test_speed_findings_state_the_verdict_from_the_numbers():
+  from arena.speed import findings
+  ref = {'bits_per_byte': 1.5, 'entropy_bits': 4.6}
+  ar = _row('ar', 100, 1000, 2.0)
+  slow = [ar, _row('ancestral', 300, 500, 4.0), _row('confidence_topk', 50, 800, 0.4, 0.1, True)]
+  text = findings(slow, ref, (1, 64))
+  assert 'contradicts' in text and 'at batch 1, none; at batch 64, none' in text
+  assert 'Degenerate rows (confidence_topk)' in text  # better bpb, but only by repeating itself
+  fast = [ar, _row('block_diffusion', 400, 3000, 1.9)]
+  text = findings(fast, ref, (1, 64))
+  assert 'contradicts' not in text and '3.00x' in text and 'short of 10x' in text
+
+
+def test_infill_findings_need_an_edge_beyond_the_noise():
+  from arena.infill import FILLERS, findings
+
+  def row(acc, suffix, se=0.01):
+    return dict(exact_match=0.1, byte_accuracy=acc, text_accuracy=acc, suffix_bpb=suffix,
+                exact_match_se=se, byte_accuracy_se=se, text_accuracy_se=se, suffix_bpb_se=se)
+
+  runs = {k: types.SimpleNamespace(eval={'eval_bpb': v}) for k, v in (('mdlm', 3.1), ('ar', 1.8))}
+  rows = {label: row(0.3, 2.0) for label, *_ in FILLERS}
+  rows['ground truth'] = row(1.0, 1.5)
+  assert 'does not show' in findings(rows, runs, 100)
+  assert 'and its model is weaker' in findings(rows, runs, 100)
+  rows['MDLM, prefix + suffix, top-k greedy'] = row(0.6, 1.7)  # more right, better connection
+  text = findings(rows, runs, 100)
+  assert 'edge shows at this scale' in text and '+30 points' in text
+  rows['MDLM, prefix + suffix, top-k greedy'] = row(0.6, 2.01)  # suffix cost within the noise
+  assert 'only in part' in findings(rows, runs, 100)
+
+
+def _random_run(kind):
+  """A random-init tiny text model dressed as an arena Run (config, model, params)."""
+  import flax.linen as nn
+  import jax
+  import jax.numpy as jnp
+  import paradigms
+  from arena.runs import text_config
+  from arena.budgets import TEXT
+  from train.config import model_config
+  config = text_config(kind, TEXT['tiny'])
+  paradigm = paradigms.get(config.paradigm)
+  model = paradigm.build(model_config(config))
+  batch = {'tokens': jnp.zeros((1, 9), jnp.int32)}
+  params = jax.jit(lambda r: nn.meta.unbox(paradigm.init(model, r, batch))['params'])(
+      jax.random.key(0))
+  return types.SimpleNamespace(config=config, model=model, params=params)
+
+
+def test_fillers_write_whole_spans():
+  import jax
+  from arena.infill import ar_fill, mdlm_fill
+  K, P, S = 3, 5, 4
+  rng = np.random.default_rng(0)
+  prefix, suffix = (rng.integers(0, 256, (K, P)).astype(np.int32) for _ in range(2))
+  ar, mdlm = _random_run('ar'), _random_run('mdlm')
+  fill, nfe = ar_fill(ar, prefix, jax.random.key(0), span=S, greedy=True)
+  assert fill.shape == (K, S) and nfe == S
+  for sampler, side in (('ancestral', suffix), ('topk_greedy', None)):
+    fill, nfe = mdlm_fill(mdlm, prefix, side, jax.random.key(1), span=S, sampler=sampler)
+    assert fill.shape == (K, S) and 1 <= nfe <= S
+    assert not (fill == mdlm.config.loss.mask_id).any()
+  with pytest.raises(ValueError, match='unknown MDLM infill sampler'):
+    mdlm_fill(mdlm, prefix, suffix, jax.random.key(1), span=S, sampler='gibbs')
