@@ -61,7 +61,8 @@ def main(argv=None) -> None:
   for name in names:
     run_experiment(name, ctx)
   if args.experiment == 'all':
-    path = report.write_readme(args.out, list(EXPERIMENTS), args.budget, INTRO)
+    trained = report.training_time(ctx.workdir(''))
+    path = report.write_readme(args.out, list(EXPERIMENTS), args.budget, INTRO + '\n\n' + trained)
     ctx.log(f'report: {path}')
 
 

@@ -143,6 +143,19 @@ def machine() -> str:
   return f'{platform.machine()} {os.cpu_count()} cores, JAX {jax.__version__} on {jax.devices()[0].device_kind}'
 
 
+def training_time(runs_dir: str) -> str:
+  """One line: how many models the budget trained and the trainer's wall time for all of them
+  (from each run's arena.json), i.e. the cost of a first `all` beyond the measurements."""
+  import glob
+  seconds = []
+  for path in sorted(glob.glob(os.path.join(runs_dir, '*', 'arena.json'))):
+    with open(path) as f:
+      seconds.append(json.load(f).get('seconds', 0.0))
+  return (f'Training the {len(seconds)} models took {sum(seconds) / 60:.0f} min of trainer wall '
+          'time on this machine (shared with other jobs for part of it); a first `all` adds '
+          'the measurement times below.')
+
+
 def write_readme(out: str, order: Sequence[str], budget: str, intro: str) -> str:
   """`<out>/README.md` from the section files present, in `order`."""
   parts = [f'# Arena report ({budget} budget)\n', intro.strip() + '\n',

@@ -130,3 +130,21 @@ def test_arena_all_tiny_writes_the_report(tmp_path):
     assert plots, f'{name} links no plot'
     for png in plots:
       assert (out / png).stat().st_size > 1000, png
+
+
+@pytest.mark.parametrize('budget', ['tiny', 'small', 'gpu'])
+def test_every_budget_builds_valid_configs(budget):
+  """Every model of every experiment at every budget passes the trainer's config validation,
+  so the unrun `gpu` sizes at least build (a shape error would otherwise surface on a GPU)."""
+  from arena import blocks, data, images
+  from arena.budgets import JUDGE, TEXT
+  from arena.runs import text_config
+  from train.config import validate
+  configs = [text_config('ar', JUDGE[budget]), text_config('ar', TEXT[budget]),
+             text_config('mdlm', TEXT[budget])]
+  configs += [text_config('bd3', TEXT[budget], block_size=B) for B in blocks.BUDGET[budget]['blocks']]
+  configs += [c for _, _, c in data.contestants(budget)]
+  configs += list(images.configs(images.IMAGES[budget], tokenizer='/nonexistent').values())
+  for c in configs:
+    validate(c)
+    assert c.data.seq_len % max(c.loss.get('block_size', 0), 1) == 0 if c.paradigm == 'masked_diffusion' else True
