@@ -55,6 +55,7 @@ def main(argv=None) -> None:
   absl_logging.set_verbosity(absl_logging.WARNING)
   from arena import report
   from arena.runs import Context
+  report.pyplot()  # fail before any training when matplotlib (the arena extra) is missing
   ctx = Context(budget=args.budget, out=args.out, runs=args.runs, seed=args.seed,
                 progress=not args.no_progress, retrain=args.retrain)
   names = list(EXPERIMENTS) if args.experiment == 'all' else [args.experiment]

@@ -49,7 +49,8 @@ def compute_line(runs) -> str:
           + ' (FLOPs analytic: 6 N + attention per processed token).')
 
 
-def _pyplot():
+def pyplot():
+  """matplotlib.pyplot on the Agg backend, or an ImportError saying what to install."""
   try:
     import matplotlib
   except ImportError as e:
@@ -69,7 +70,7 @@ def plot(path: str, series: dict[str, tuple], *, xlabel: str, ylabel: str, title
   `hlines` {label: y} draws dashed reference levels; `annotate` {label: texts} labels the
   points of that series; `style` may be {label: style} (missing labels: 'o-'); `xticks` fixes
   the x ticks (e.g. whole numbers)."""
-  plt = _pyplot()
+  plt = pyplot()
   fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
   for label, (xs, ys) in series.items():
     ax.plot(xs, ys, style if isinstance(style, str) else style.get(label, 'o-'), label=label,
@@ -99,7 +100,7 @@ def bars(path: str, panels: dict[str, dict[str, float]], *, title: str) -> str:
   """Horizontal bar charts side by side, one panel per {panel title: {label: value}} (the same
   labels in every panel, top to bottom), into a PNG at `path`; returns its name. None / NaN
   values are left blank."""
-  plt = _pyplot()
+  plt = pyplot()
   labels = list(next(iter(panels.values())))
   size = (2.2 * len(panels) + 2.0, 0.35 * len(labels) + 1.4)
   fig, axes = plt.subplots(1, len(panels), figsize=size, dpi=110, sharey=True, squeeze=False)
