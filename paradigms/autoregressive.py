@@ -59,13 +59,16 @@ def token_nll(model: Transformer, params, tokens, inputs=None, rng=None):
 def loss(params, batch, rng, *, model: Transformer, z_loss: float = 0.0,
          input_mask_rate: float = 0.0, mask_id: int = 257):
   """Mean next-token NLL (+ z-loss). Returns (scalar, metrics). `rng` draws the input mask
-  and the dropout (module doc); mask_id 257 is the byte tokenizer's MASK."""
+  and the dropout (module doc; None is allowed when both are off); mask_id 257 is the byte
+  tokenizer's MASK."""
   if not 0 <= input_mask_rate < 1:
     raise ValueError(f'loss.input_mask_rate={input_mask_rate} must be in [0, 1)')
   if input_mask_rate and not 0 <= mask_id < model.cfg.vocab_size:
     raise ValueError(f'loss.mask_id={mask_id} must be below model.vocab_size={model.cfg.vocab_size}')
+  if rng is None and (input_mask_rate or model.cfg.dropout):
+    raise ValueError('loss.input_mask_rate and model.dropout draw random numbers: pass an rng')
   tokens = batch['tokens']
-  r_mask, r_drop = jax.random.split(rng)
+  r_mask, r_drop = (None, None) if rng is None else jax.random.split(rng)
   inputs = tokens[:, :-1]
   if input_mask_rate:
     hide = jax.random.bernoulli(r_mask, input_mask_rate, inputs.shape)  # [B, L]
