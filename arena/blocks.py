@@ -15,7 +15,6 @@ the diffusion bounds with their Monte-Carlo standard errors.
 """
 from __future__ import annotations
 
-import math
 import os
 
 from arena import report

@@ -18,7 +18,6 @@ Compute: all four spend the same FLOPs per epoch, 6 N + attention per token (are
 """
 from __future__ import annotations
 
-import math
 import os
 
 from arena import report
@@ -79,7 +78,6 @@ def run(ctx) -> report.Section:
   ar_e, ar_b = curves['AR']
   md_e, md_b = curves['MDLM']
   cross = next((e for e, a, m in zip(ar_e, ar_b, md_b) if m < a), None)
-  first = dict(zip(ar_e, ar_b))
   fresh = {}
   for name in ('ar', 'mdlm'):  # the shared contestants saw fresh data all the way
     path = ctx.workdir(name)
@@ -90,10 +88,9 @@ def run(ctx) -> report.Section:
   epochs_axis = sorted({e for xs, _ in curves.values() for e in xs})
   table_rows = []
   for e in [x for x in epochs_axis if x & (x - 1) == 0]:  # powers of two
-    row = {'epochs': e, 'flops': None}
+    row = {'epochs': e, 'flops': e * flops_per_epoch['AR']}
     for label, (xs, ys) in curves.items():
       row[label] = dict(zip(xs, ys)).get(e)
-    row['flops'] = e * flops_per_epoch['AR']
     table_rows.append(row)
   columns = [('epochs', 'epochs'), ('flops', 'train FLOPs', '.2e')]
   columns += [(label, label, '.3f') for label in curves]
@@ -118,7 +115,7 @@ def run(ctx) -> report.Section:
          f'{b["unique"]:,} bytes did not run out within {b["epochs"]} epochs.'),
       f'MDLM is best at epoch {md_best["best_epoch"]} ({md_best["best_bpb"]:.3f})' +
       (f' and overtakes AR from epoch {cross}' if cross else ' and never overtakes AR') +
-      f' (the paper: AR best near 50 epochs at 100M unique tokens, diffusion still improving '
+      ' (the paper: AR best near 50 epochs at 100M unique tokens, diffusion still improving '
       'at 500, overtaking AR late).',
   ]
   gap = md_best['best_bpb'] - ar_best['best_bpb']

@@ -25,8 +25,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:  # run as a script: the library and arena/ live in the repo root
   sys.path.insert(0, ROOT)
 
-from arena.text_samplers import (ETA, SEMI_AR_BLOCK, TAU, make_run, measure,  # noqa: E402,F401
-                                 quality, settings)
+from arena.text_samplers import ETA, SEMI_AR_BLOCK, TAU, measure, settings  # noqa: E402
 
 FULL = dict(preset='small', batches='1,64', new_tokens=128, steps='16,32,128', repeats=2)
 QUICK = dict(preset='tiny', batches='1,64', new_tokens=16, steps='4,16', repeats=1)

@@ -26,7 +26,7 @@ median of `--repeats` timed calls closed by `jax.block_until_ready`:
   samplers   random-init params at the preset (speed does not depend on the values), the
              library's jitted samplers: AR `generate` with the KV cache, MDLM ancestral
              (configs/mdlm_code.py), BD3 block diffusion with a KV cache
-             (configs/bd3lm_code.py:<preset>,4) through benchmarks/diffusion_samplers.make_run;
+             (configs/bd3lm_code.py:<preset>,4) through arena/text_samplers.make_run;
              DiT through `sample.images.generate` at a few (sampler, steps); VAR
              (`sample.next_scale.sample`) and HART (`sample.hybrid.sample`) over a random-init
              VQ-VAE of configs/vqvae_glyphs.py:<preset> through the `Tokenizer` seam. No
@@ -62,9 +62,10 @@ from paradigms.nn.transformer import REMAT_POLICIES
 from train import config as config_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:  # the library and benchmarks/ (train_throughput, diffusion_samplers)
+if ROOT not in sys.path:  # the library, arena/ and benchmarks/ (train_throughput)
   sys.path.insert(0, ROOT)
-from benchmarks import diffusion_samplers, train_throughput  # noqa: E402 (needs ROOT on the path)
+from arena.text_samplers import make_run  # noqa: E402 (needs ROOT on the path)
+from benchmarks import train_throughput  # noqa: E402
 
 T0 = time.perf_counter()  # wall_s and --budget-s count from here (after the imports)
 
@@ -305,7 +306,7 @@ def _train_once(P: dict, args, spec: str, overrides) -> dict:
 # --- Part 3: samples/s of every paradigm ---------------------------------------------------------
 
 def text_row(P: dict, args, kind: str, sampler: str, settings: dict) -> dict:
-  """A token sampler (AR / MDLM / BD3) through diffusion_samplers.make_run: B x new_tokens."""
+  """A token sampler (AR / MDLM / BD3) through arena.text_samplers.make_run: B x new_tokens."""
   from train.data import ByteTokenizer
   name = {'ar': 'ar_code', 'mdlm': 'mdlm_code', 'bd3': 'bd3lm_code'}[kind]
   spec = _spec(name, args.preset)
@@ -313,7 +314,7 @@ def text_row(P: dict, args, kind: str, sampler: str, settings: dict) -> dict:
   prompt_ids = ByteTokenizer().encode(P['prompt']).astype(np.int32)  # [P]
   B, N = P['text_batch'], P['new_tokens']
   row = dict(sampler=sampler, model=kind, settings=settings)
-  fn = diffusion_samplers.make_run(row, {kind: (config, model, params)}, prompt_ids, B, N)
+  fn = make_run(row, {kind: (config, model, params)}, prompt_ids, B, N)
   key = jax.random.key(0)
   t = timed(lambda: fn(key)[0], args.repeats)
   return {'paradigm': config.paradigm, 'config': os.path.relpath(spec, ROOT), 'sampler': sampler,

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import ROOT, run_python
+from conftest import run_python
 
 
 def _tiny_ar(dropout=0.0):
