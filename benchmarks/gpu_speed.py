@@ -38,7 +38,8 @@ so far plus the longest earlier row of its part would pass the budget, no row st
 and skipped rows say why. The base default, 400 s, is meant to keep a whole run under 8 minutes
 on one H100/H200 (an estimate: not yet run on a GPU). A row that raises reports its error and
 the rest go on (the traceback goes to stderr).
-Prints one JSON object on stdout; progress goes to stderr. Never asserts on speed.
+Prints one JSON object on stdout, and with `--out F` rewrites F after every row (`finished` says
+whether the run ended); progress goes to stderr. Never asserts on speed.
 """
 from __future__ import annotations
 
@@ -98,6 +99,9 @@ def _parse(argv):
                       'earlier row of its part would end past it (default: base 400 s, tiny 240 s)')
   p.add_argument('--peak-tflops', type=float, default=None,
                  help='peak TFLOP/s for MFU (default: train_throughput.PEAK_TFLOPS by device kind)')
+  p.add_argument('--out', default=None,
+                 help='also write the JSON here, rewritten after every row (a killed run keeps '
+                      'the rows it finished)')
   args = p.parse_args(argv)
   args.only = [s.strip() for s in args.only.split(',') if s.strip()]
   bad = sorted(set(args.only) - set(PARTS))
@@ -427,6 +431,7 @@ class Runner:
 def main(argv=None):
   args = _parse(sys.argv[1:] if argv is None else argv)
   from absl import logging as absl_logging
+  import jaxlib
   absl_logging.set_verbosity(absl_logging.WARNING)
   P = PRESETS[args.preset]
   budget = P['budget_s'] if args.budget_s is None else args.budget_s
@@ -437,8 +442,31 @@ def main(argv=None):
        f'budget {budget:.0f}s')
   run = Runner(budget)
   out = {'device_kind': kind, 'backend': jax.default_backend(), 'num_devices': jax.device_count(),
-         'jax_version': jax.__version__, 'jaxlib_version': jax.lib.__version__,
-         'preset': args.preset, 'parts': args.only, 'repeats': args.repeats, 'budget_s': budget}
+         'jax_version': jax.__version__, 'jaxlib_version': jaxlib.__version__,
+         'preset': args.preset, 'parts': args.only, 'repeats': args.repeats, 'budget_s': budget,
+         'command': ' '.join(['python', 'benchmarks/gpu_speed.py', *sys.argv[1:]])}
+  trains = train_plan(args.preset) if 'train' in args.only else []
+  samplers = sampler_plan(P) if 'samplers' in args.only else []
+
+  def report(done: bool) -> dict:
+    """`out` with every finished row; written to --out after each row (done: the run ended)."""
+    if trains:
+      spec = _spec('ar_code', args.preset)
+      config = load_config(spec)
+      cfg, rows = config_lib.model_config(config), run.part('train')
+      first = rows[0] if rows and rows[0]['name'] == 'preset' else {}
+      out['train'] = {'config': os.path.relpath(spec, ROOT), 'params': cfg.num_params(),
+                      'flops_per_token': cfg.flops_per_token(config.data.seq_len),
+                      'peak_tflops': args.peak, 'tokens_per_s': first.get('tokens_per_s'),
+                      'mfu': first.get('mfu'), 'rows': rows}
+    if samplers:
+      out['samplers'] = {'rows': run.part('samplers')}
+    out['wall_s'], out['finished'] = time.perf_counter() - T0, done
+    if args.out:
+      with open(args.out + '.tmp', 'w') as f:
+        json.dump(out, f, indent=2)
+      os.replace(args.out + '.tmp', args.out)
+    return out
 
   if 'attention' in args.only:
     if _on_gpu():
@@ -447,8 +475,7 @@ def main(argv=None):
     else:
       out['attention'] = {'skipped': f'cuDNN flash attention needs an NVIDIA GPU; the backend is '
                                      f'{jax.default_backend()!r}'}
-  trains = train_plan(args.preset) if 'train' in args.only else []
-  samplers = sampler_plan(P) if 'samplers' in args.only else []
+    report(False)
   jobs = [('train', i, n, functools.partial(train_row, P, args, o), e)
           for i, (n, o, e) in enumerate(trains)]
   jobs += [('samplers', i, n, functools.partial(f, P, args), e)
@@ -461,19 +488,8 @@ def main(argv=None):
       random_model.cache_clear()  # the sampler models' params leave room for the train state
       freed = True
     run(part, index, name, fn, essential)
-
-  if trains:
-    spec = _spec('ar_code', args.preset)
-    cfg = config_lib.model_config(load_config(spec))
-    rows = run.part('train')
-    out['train'] = {'config': os.path.relpath(spec, ROOT), 'params': cfg.num_params(),
-                    'flops_per_token': cfg.flops_per_token(load_config(spec).data.seq_len),
-                    'peak_tflops': args.peak, 'tokens_per_s': rows[0].get('tokens_per_s'),
-                    'mfu': rows[0].get('mfu'), 'rows': rows}
-  if samplers:
-    out['samplers'] = {'rows': run.part('samplers')}
-  out['wall_s'] = time.perf_counter() - T0
-  print(json.dumps(out, indent=2))
+    report(False)
+  print(json.dumps(report(True), indent=2))
   return out
 
 
