@@ -43,7 +43,7 @@ def main(argv=None) -> None:
   p = argparse.ArgumentParser(prog='python -m arena', description=__doc__)
   p.add_argument('experiment', choices=[*EXPERIMENTS, 'all'])
   p.add_argument('--budget', default='small', choices=BUDGETS,
-                 help='tiny: smoke run (minutes); small: ~1 hour on a 2-core CPU; gpu: one GPU')
+                 help='tiny: smoke run (minutes); small: ~1 hour on a 2-core CPU (60 min measured); gpu: one GPU')
   p.add_argument('--out', default='arena/report', help='report folder (markdown, JSON, PNG)')
   p.add_argument('--runs', default='runs/arena',
                  help='trained models go to RUNS/BUDGET/NAME and are reused when finished')
@@ -59,10 +59,13 @@ def main(argv=None) -> None:
   ctx = Context(budget=args.budget, out=args.out, runs=args.runs, seed=args.seed,
                 progress=not args.no_progress, retrain=args.retrain)
   names = list(EXPERIMENTS) if args.experiment == 'all' else [args.experiment]
+  tic, fresh = time.perf_counter(), ctx.untrained()
   for name in names:
     run_experiment(name, ctx)
   if args.experiment == 'all':
-    trained = report.training_time(ctx.workdir(''))
+    # the total is a first run's cost only when this call trained every model it used
+    total = time.perf_counter() - tic if fresh else None
+    trained = report.training_time(ctx.workdir(''), total)
     path = report.write_readme(args.out, list(EXPERIMENTS), args.budget, INTRO + '\n\n' + trained)
     ctx.log(f'report: {path}')
 

@@ -1,8 +1,8 @@
 """Budget presets shared by the text experiments: the contestants' network and the AR judge.
 
 A budget sizes every experiment for a machine: `tiny` is a smoke run of a few minutes (the
-tests run it), `small` about an hour on a 2-core CPU, `gpu` one GPU (not yet run). Each
-experiment module keeps its own experiment-specific knobs in a dict keyed the same way;
+tests run it), `small` an hour on a 2-core CPU (60 min from scratch), `gpu` one GPU (not yet
+run). Each experiment module keeps its own experiment-specific knobs in a dict keyed the same way;
 the contestants below are shared so that `speed`, `infill` and `blocks` compare the same
 networks (same backbone, width, depth, data windows, optimiser and step count).
 """

@@ -25,10 +25,12 @@ from arena.budgets import TEXT
 from arena.runs import eval_rows, text_config
 
 BUDGET = {
-    # unique tokens U (a multiple of batch x seq_len, so an epoch is whole steps), max epochs
-    'tiny': dict(unique=2048, epochs=4, dropout=0.1, input_mask=0.15),
-    'small': dict(unique=32_768, epochs=64, dropout=0.1, input_mask=0.15),
-    'gpu': dict(unique=4_194_304, epochs=256, dropout=0.1, input_mask=0.15),
+    # unique tokens U (a multiple of batch x seq_len, so an epoch is whole steps), max epochs,
+    # held-out batches per evaluation (None: the contestants'; the same batches every epoch).
+    # small: 2 steps per epoch, so 256 epochs cost what the shared contestants' 500 steps do.
+    'tiny': dict(unique=2048, epochs=4, dropout=0.1, input_mask=0.15, eval_batches=None),
+    'small': dict(unique=8_192, epochs=256, dropout=0.1, input_mask=0.15, eval_batches=4),
+    'gpu': dict(unique=4_194_304, epochs=256, dropout=0.1, input_mask=0.15, eval_batches=None),
 }
 
 
@@ -52,6 +54,8 @@ def contestants(budget: str) -> list[tuple[str, str, dict]]:
     c.train.update(steps=epoch * b['epochs'], eval_every=epoch, min_lr_ratio=1.0,
                    ckpt_every=epoch * b['epochs'], log_every=epoch,
                    warmup_steps=min(spec['train']['warmup_steps'], epoch * b['epochs'] // 4))
+    if b['eval_batches']:
+      c.train.eval_batches = b['eval_batches']
     for section, values in extra.items():
       c[section].update(values)
     out.append((label, name, c))

@@ -144,17 +144,21 @@ def machine() -> str:
   return f'{platform.machine()} {os.cpu_count()} cores, JAX {jax.__version__} on {jax.devices()[0].device_kind}'
 
 
-def training_time(runs_dir: str) -> str:
+def training_time(runs_dir: str, total_s: float | None = None) -> str:
   """One line: how many models the budget trained and the trainer's wall time for all of them
-  (from each run's arena.json), i.e. the cost of a first `all` beyond the measurements."""
+  (from each run's arena.json), and `total_s`, the whole `all` command's wall time, when it
+  trained every model itself (a run that reused models says nothing of a first run's cost)."""
   import glob
   seconds = []
   for path in sorted(glob.glob(os.path.join(runs_dir, '*', 'arena.json'))):
     with open(path) as f:
       seconds.append(json.load(f).get('seconds', 0.0))
-  return (f'Training the {len(seconds)} models took {sum(seconds) / 60:.0f} min of trainer wall '
-          'time on this machine (shared with other jobs for part of it); a first `all` adds '
-          'the measurement times below.')
+  line = (f'Training the {len(seconds)} models took {sum(seconds) / 60:.0f} min of trainer wall '
+          'time on this machine')
+  if total_s is None:
+    return line + '; a first `all` adds the measurement times below.'
+  return line + (f'; the whole `all`, training and measuring from scratch, took '
+                 f'{total_s / 60:.0f} min.')
 
 
 def write_readme(out: str, order: Sequence[str], budget: str, intro: str) -> str:

@@ -181,6 +181,12 @@ class Context:
   def workdir(self, name: str) -> str:
     return os.path.join(self.runs, self.budget, name)
 
+  def untrained(self) -> bool:
+    """True when no run of this budget, finished or not, exists yet (or --retrain): what
+    follows trains every model it uses from scratch."""
+    import glob
+    return self.retrain or not glob.glob(self.workdir('*'))
+
   def run(self, name: str, config: ml_collections.ConfigDict) -> Run:
     """Train `config` into the run `name` (or resume / reuse it) and load its params."""
     from train.checkpoint import load_run

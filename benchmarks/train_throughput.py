@@ -95,7 +95,6 @@ def main(argv=None):
   absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every save at INFO
   import flax.linen as nn
   import jax
-  import numpy as np
   import optax
 
   import paradigms

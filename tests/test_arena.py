@@ -120,6 +120,7 @@ def test_arena_all_tiny_writes_the_report(tmp_path):
   run_python(['-m', 'arena', 'all', '--budget', 'tiny', '--out', str(out), '--runs', str(runs),
               '--no-progress'], timeout=1500)
   readme = (out / 'README.md').read_text()
+  assert re.search(r'the whole `all`, training and measuring from scratch, took \d+ min', readme)
   for name in EXPERIMENTS:
     section = (out / f'{name}.md').read_text()
     assert section.splitlines()[0] in readme
