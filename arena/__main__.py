@@ -43,7 +43,8 @@ def main(argv=None) -> None:
   p = argparse.ArgumentParser(prog='python -m arena', description=__doc__)
   p.add_argument('experiment', choices=[*EXPERIMENTS, 'all'])
   p.add_argument('--budget', default='small', choices=BUDGETS,
-                 help='tiny: smoke run (minutes); small: ~1 hour on a 2-core CPU (60 min measured); gpu: one GPU')
+                 help='tiny: smoke run (minutes); small: ~1 hour on a 2-core CPU (60 min '
+                      'measured); gpu: one GPU')
   p.add_argument('--out', default='arena/report', help='report folder (markdown, JSON, PNG)')
   p.add_argument('--runs', default='runs/arena',
                  help='trained models go to RUNS/BUDGET/NAME and are reused when finished')
