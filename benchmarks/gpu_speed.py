@@ -449,16 +449,20 @@ def main(argv=None):
   trains = train_plan(args.preset) if 'train' in args.only else []
   samplers = sampler_plan(P) if 'samplers' in args.only else []
 
+  if trains:  # the model's figures once; the rows fill in as they finish
+    spec = _spec('ar_code', args.preset)
+    config = load_config(spec)
+    cfg = config_lib.model_config(config)
+    train_head = {'config': os.path.relpath(spec, ROOT), 'params': cfg.num_params(),
+                  'flops_per_token': cfg.flops_per_token(config.data.seq_len),
+                  'peak_tflops': args.peak}
+
   def report(done: bool) -> dict:
     """`out` with every finished row; written to --out after each row (done: the run ended)."""
     if trains:
-      spec = _spec('ar_code', args.preset)
-      config = load_config(spec)
-      cfg, rows = config_lib.model_config(config), run.part('train')
+      rows = run.part('train')
       first = rows[0] if rows and rows[0]['name'] == 'preset' else {}
-      out['train'] = {'config': os.path.relpath(spec, ROOT), 'params': cfg.num_params(),
-                      'flops_per_token': cfg.flops_per_token(config.data.seq_len),
-                      'peak_tflops': args.peak, 'tokens_per_s': first.get('tokens_per_s'),
+      out['train'] = {**train_head, 'tokens_per_s': first.get('tokens_per_s'),
                       'mfu': first.get('mfu'), 'rows': rows}
     if samplers:
       out['samplers'] = {'rows': run.part('samplers')}
