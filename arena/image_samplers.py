@@ -35,7 +35,8 @@ import sys
 import time
 from typing import Any, Callable, Sequence
 
-DATA_KEYS = ('source', 'image_size', 'channels', 'alphabet', 'max_chars', 'jitter', 'path')
+DATA_KEYS = ('source', 'image_size', 'channels', 'alphabet', 'max_chars', 'jitter', 'stroke',
+             'path')
 
 
 def data_key(d) -> dict:
@@ -93,11 +94,8 @@ def log_stderr(msg: str) -> None:
 
 def load_judge(config, steps: int = 0):
   """The glyph judge for `config.data` (trained once and cached; `steps` 0 = its default)."""
-  from sample import glyph_judge
-  d = config.data
-  return glyph_judge.load_judge(image_size=d.image_size, alphabet=d.alphabet,
-                                max_chars=d.max_chars, cache_dir=d.cache_dir,
-                                **({'steps': steps} if steps else {}))
+  from sample import images
+  return images.load_judge(config, steps)
 
 
 def score(judge, x, labels, reference_images) -> dict:

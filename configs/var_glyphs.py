@@ -41,7 +41,8 @@ def get_config(arg: str = 'small'):
   c.paradigm = 'next_scale'
   c.data.source = 'glyphs'
   c.data.tokenizer = 'runs/vqvae_glyphs'
-  c.data.image_size, c.data.channels = vq.data.image_size, vq.data.channels
+  for k in ('image_size', 'channels', 'jitter', 'stroke'):  # the glyphs the tokenizer knows
+    c.data[k] = vq.data[k]
   c.loss = ml_collections.ConfigDict({'label_dropout': 0.1})
   c.model = ml_collections.ConfigDict({
       **{k: vq.model[k] for k in TOKENIZER_FIELDS},
@@ -75,8 +76,8 @@ def _tiny(c):
 
 
 def _small(c):
-  # the glyph layout of configs/dit_glyphs.py:small (jitter 0.3), so the judge figures compare
-  c.data.update(batch_size=64, jitter=0.3)
+  # glyphs: the tokenizer preset's, those of configs/dit_glyphs.py:small (judge figures compare)
+  c.data.update(batch_size=64)
   c.model.update(d_model=128, n_layers=6, n_heads=4)
   c.train.update(steps=1200, warmup_steps=100, lr=1e-3, log_every=50, eval_every=600,
                  eval_batches=8, ckpt_every=300, ema_halflife_nimg=20_000.0)

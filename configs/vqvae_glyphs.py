@@ -53,7 +53,8 @@ def _tiny(c):
 
 
 def _small(c):
-  c.data.update(image_size=32, batch_size=32)
+  # the glyphs of configs/dit_glyphs.py:small (bold letters near full size and centred)
+  c.data.update(image_size=32, batch_size=32, jitter=0.3, stroke=0.06)
   c.model.update(base_channels=32, channel_mult=(1, 2, 2), n_res_blocks=1, latent_dim=16,
                  codebook_size=256, scales=(1, 2, 3, 4, 6, 8))
   c.loss.update(usage_decay=0.98)

@@ -75,10 +75,11 @@ def _apply(module: GlyphNet, params, x):
   return module.apply(params, x)  # x: [B, S, S, 3] -> ([B, F], [B, L, K])
 
 
-def _glyph_batch(indices, image_size: int, alphabet: str, max_chars: int, split: str):
+def _glyph_batch(indices, image_size: int, alphabet: str, max_chars: int, split: str,
+                 stroke: float = 0.0):
   """-> (images float32 [B, S, S, 3] in [-1, 1], labels int32 [B, max_chars])."""
   examples = [glyph_example(int(i), image_size=image_size, alphabet=alphabet,
-                            max_chars=max_chars, split=split) for i in indices]
+                            max_chars=max_chars, split=split, stroke=stroke) for i in indices]
   return np.stack([e['image'] for e in examples]), np.stack([e['label'] for e in examples])
 
 
@@ -123,8 +124,9 @@ def match_rates_by_length(pred, labels) -> dict[int, dict[str, float]]:
 
 def train_judge(*, image_size: int = 32, alphabet: str = DEFAULT_ALPHABET, max_chars: int = 3,
                 steps: int = DEFAULT_STEPS, batch_size: int = DEFAULT_BATCH_SIZE, seed: int = 0,
-                learning_rate: float = 4e-3) -> tuple[dict, dict]:
-  """Trains ``GlyphNet`` on fresh train-split glyphs (never the same one twice, in practice).
+                learning_rate: float = 4e-3, stroke: float = 0.0) -> tuple[dict, dict]:
+  """Trains ``GlyphNet`` on fresh train-split glyphs (never the same one twice, in practice)
+  of letter weight ``stroke`` (train.image_data; the full size/position spread, jitter 1).
 
   Per-slot softmax cross-entropy, AdamW with warmup + cosine decay, one jitted step; the next
   batch is rendered by a worker thread while the step runs. Returns ``(params, info)``, info
@@ -152,7 +154,7 @@ def train_judge(*, image_size: int = 32, alphabet: str = DEFAULT_ALPHABET, max_c
 
   rng = np.random.default_rng(seed)
   draws = [rng.integers(0, 2**62, batch_size) for _ in range(steps)]  # [steps][B] glyph ids
-  render = lambda ids: _glyph_batch(ids, image_size, alphabet, max_chars, 'train')
+  render = lambda ids: _glyph_batch(ids, image_size, alphabet, max_chars, 'train', stroke)
   start = time.perf_counter()
   with concurrent.futures.ThreadPoolExecutor(1) as pool:
     pending = pool.submit(render, draws[0])
@@ -164,7 +166,7 @@ def train_judge(*, image_size: int = 32, alphabet: str = DEFAULT_ALPHABET, max_c
   loss = float(loss)
   train_seconds = time.perf_counter() - start
   judge = Judge(module, jax.device_get(params), image_size, alphabet, max_chars)
-  x, y = _glyph_batch(range(_EVAL_SIZE), image_size, alphabet, max_chars, 'eval')
+  x, y = _glyph_batch(range(_EVAL_SIZE), image_size, alphabet, max_chars, 'eval', stroke)
   exact, per_char = match_rates(judge.predict(x), y)
   info = {'steps': steps, 'batch_size': batch_size, 'final_loss': loss,
           'train_seconds': train_seconds, 'eval_size': _EVAL_SIZE, 'eval_accuracy': exact,
@@ -270,12 +272,13 @@ def _cache_path(cache_dir: str, key: dict) -> Path:
 
 def load_judge(image_size: int = 32, alphabet: str = DEFAULT_ALPHABET, max_chars: int = 3,
                cache_dir: str = '', *, steps: int = DEFAULT_STEPS,
-               batch_size: int = DEFAULT_BATCH_SIZE, seed: int = 0) -> Judge:
+               batch_size: int = DEFAULT_BATCH_SIZE, seed: int = 0, stroke: float = 0.0) -> Judge:
   """The judge for this glyph set: loaded from the cache, or trained once (1-3 CPU minutes)
   and cached (atomic write) under ``<cache root>/glyph_judge/``.
 
   The cache key covers everything that changes the judge: ``GLYPH_VERSION``, the Pillow
-  version (its built-in font), image_size, alphabet, max_chars, ``JUDGE_VERSION`` and the
+  version (its built-in font), image_size, alphabet, max_chars, the letter weight ``stroke``
+  (keyed only when non-zero, so regular-weight caches stay valid), ``JUDGE_VERSION`` and the
   training settings; ``cache_dir`` '' = $JAX_PARADIGMS_CACHE or ~/.cache/jax_paradigms.
   """
   check_alphabet(alphabet, max_chars)
@@ -283,6 +286,8 @@ def load_judge(image_size: int = 32, alphabet: str = DEFAULT_ALPHABET, max_chars
   key = {'glyph_version': GLYPH_VERSION, 'pillow': PIL.__version__, 'image_size': image_size,
          'alphabet': alphabet, 'max_chars': max_chars, 'judge_version': JUDGE_VERSION,
          'steps': steps, 'batch_size': batch_size, 'seed': seed}
+  if stroke:
+    key['stroke'] = stroke
   path = _cache_path(cache_dir, key)
   shapes = jax.eval_shape(module.init, jax.random.key(0),
                           jnp.zeros([1, image_size, image_size, 3]))
@@ -300,7 +305,7 @@ def load_judge(image_size: int = 32, alphabet: str = DEFAULT_ALPHABET, max_chars
   print(f'glyph_judge: training the {image_size}px glyph judge ({steps} steps, once; cached '
         f'at {path})', file=sys.stderr)
   params, info = train_judge(image_size=image_size, alphabet=alphabet, max_chars=max_chars,
-                             steps=steps, batch_size=batch_size, seed=seed)
+                             steps=steps, batch_size=batch_size, seed=seed, stroke=stroke)
   _write_atomic(path, flax.serialization.msgpack_serialize({'params': params, 'info': info}))
   print(f"glyph_judge: trained in {info['train_seconds']:.0f}s, held-out exact-string accuracy "
         f"{info['eval_accuracy']:.4f}", file=sys.stderr)

@@ -146,6 +146,17 @@ def generator(config):
   return importlib.import_module(GENERATORS[config.paradigm])
 
 
+def load_judge(config, train_steps: int = 0):
+  """The glyph judge for ``config.data``'s glyph set (sample.glyph_judge: trained once, cached);
+  ``train_steps`` 0 = its default."""
+  from sample import glyph_judge
+  d = config.data
+  return glyph_judge.load_judge(image_size=d.image_size, alphabet=d.alphabet,
+                                max_chars=d.max_chars, cache_dir=d.cache_dir,
+                                stroke=float(d.get('stroke', 0.0)),
+                                **({'steps': train_steps} if train_steps else {}))
+
+
 def glyph_judge_metrics(config, model, params, rng, *, num: int, cfg: float = 1.0,
                         train_steps: int = 0, **sampler_options) -> dict:
   """The glyph judge on `num` class-conditional samples whose labels are those of `num`
@@ -153,13 +164,10 @@ def glyph_judge_metrics(config, model, params, rng, *, num: int, cfg: float = 1.
   exact-string recognition accuracy and per-character accuracy, plus the NFE. The samples come
   from the paradigm's `generate` (GENERATORS) with `sampler_options`."""
   from sample import glyph_judge
-  d = config.data
   ref = reference(config, num)
   x, nfe = generator(config).generate(config, model, params, rng, num=num, cfg=cfg,
                                       labels=ref['label'], **sampler_options)
-  judge = glyph_judge.load_judge(image_size=d.image_size, alphabet=d.alphabet,
-                                 max_chars=d.max_chars, cache_dir=d.cache_dir,
-                                 **({'steps': train_steps} if train_steps else {}))
+  judge = load_judge(config, train_steps)
   m = glyph_judge.glyph_metrics(judge, np.clip(x, -1, 1), ref['label'], ref['image'])
   return {**{k: float(v) for k, v in m.items()}, 'nfe': nfe}
 

@@ -137,3 +137,6 @@ def test_load_judge_trains_once_then_loads_the_cache(tmp_path, monkeypatch, caps
   np.testing.assert_array_equal(first.predict(images), second.predict(images))
   with pytest.raises(AssertionError, match='cache miss'):  # another key -> another file
     glyph_judge.load_judge(**dict(kwargs, max_chars=3))
+  with pytest.raises(AssertionError, match='cache miss'):  # bold letters: a judge of their own
+    glyph_judge.load_judge(**dict(kwargs, stroke=0.06))
+  glyph_judge.load_judge(**dict(kwargs, stroke=0.0))  # regular weight: the same (cached) key

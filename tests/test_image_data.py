@@ -69,11 +69,28 @@ def test_text_fits_inside_the_image():
   # Worst cases: the widest and tallest strings at the largest size, pushed into each corner.
   for text in ('WMW', 'M', '8', 'Q', 'WW'):
     for u, v in ((0, 0), (1, 1), (0, 1), (1, 0)):
-      for size in (16, 32):
-        alpha = image_data._text_alpha(text, size, image_data._EM_RANGE[1], u, v)  # [S, S, 1]
+      for size, stroke in ((16, 0.0), (32, 0.0), (32, image_data.MAX_STROKE)):
+        alpha = image_data._text_alpha(text, size, image_data._EM_RANGE[1], u, v, stroke)
         assert alpha.sum() > 5, (text, u, v, size)  # something was drawn
         border = np.concatenate([alpha[0], alpha[-1], alpha[:, 0], alpha[:, -1]])
         assert border.max() == 0, f'{text!r} at {(u, v)} touches the edge of a {size}px image'
+
+
+def test_stroke_thickens_the_letters_and_changes_nothing_else():
+  """stroke=0 is the regular weight bit for bit; a wider stroke covers strictly more pixels
+  at the same size and place (ink coverage grows 0 < 0.05 < 0.1), and the label, the colours
+  and the layout draws stay those of the same index."""
+  for i in range(4):
+    np.testing.assert_array_equal(image_data.glyph_example(i, stroke=0.0)['image'],
+                                  image_data.glyph_example(i)['image'])
+  for text, em in (('8', 0.6), ('B2', 0.5), ('WAN', 0.3)):  # sizes that need no shrink-to-fit
+    ink = [image_data._text_alpha(text, 32, em, 0.5, 0.5, s).sum() for s in (0.0, 0.05, 0.1)]
+    assert ink[0] < ink[1] < ink[2], (text, ink)
+  for i in range(6):
+    regular, bold = image_data.glyph_example(i), image_data.glyph_example(i, stroke=0.06)
+    np.testing.assert_array_equal(regular['label'], bold['label'])
+    corners = lambda x: x[[0, 0, -1, -1], [0, -1, 0, -1]]  # background: never under the text
+    np.testing.assert_array_equal(corners(regular['image']), corners(bold['image']))
 
 
 def test_jitter_shrinks_the_spread_of_text_size_and_position():
@@ -120,6 +137,9 @@ def test_glyph_config_errors_and_describe():
     image_data.describe(make_cfg(source='cifar'))
   with pytest.raises(ValueError, match='data.channels=2'):
     image_data.describe(make_cfg(channels=2))
+  with pytest.raises(ValueError, match=r'data.stroke=0.5 must be in \[0, 0.15\]'):
+    image_data.describe(make_cfg(stroke=0.5))
+  assert image_data.describe(make_cfg(stroke=0.06)).endswith(', stroke 0.06, unbounded')
 
 
 def test_glyph_eval_batches_are_the_eval_split_in_order():

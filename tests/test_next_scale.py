@@ -302,3 +302,20 @@ def test_tiny_tokenizer_var_and_cli_end_to_end(tmp_path, capsys):
     np.testing.assert_array_equal(got[k], want[k])
   ev = data.eval_batches(batch_size=4, num_batches=1)[0]
   assert set(ev) == set(want) and ev['tokens'].max() < c.model.codebook_size
+
+  # HART warm-started from this VAR (train.init_from/init_into): its 'var' subtree is the VAR's
+  # EMA params exactly, in the params and the EMA; the head keeps its fresh init.
+  import paradigms
+  from tests.conftest import ROOT
+  from train.checkpoint import load_run, warm_start
+  from train.config import from_file
+  from train.state import make_mesh, setup
+  h = from_file(os.path.join(ROOT, 'configs', 'hart_glyphs.py:tiny'))
+  h.data.update(tokenizer=c.data.tokenizer, cache_dir=c.data.cache_dir)
+  s = setup(h, paradigms.get('hybrid'), make_mesh(h.mesh.shape))
+  fresh = s.init(jax.random.key(0))
+  state = warm_start(fresh, t2, 'var')
+  var_params = load_run(t2)[2]
+  for tree in (state.params, state.ema):
+    jax.tree.map(np.testing.assert_array_equal, tree['var'], var_params)
+    jax.tree.map(np.testing.assert_array_equal, tree['head'], fresh.params['head'])

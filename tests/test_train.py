@@ -99,3 +99,27 @@ def test_cli_diffusion_trains_and_samples(tmp_path, config, sample_args):
   samples = proc.stdout.split('===== sample ')[1:]
   assert len(samples) == 2 and all('def ' in s for s in samples)
   assert 'network evaluations' in proc.stderr
+
+
+def test_graft_copies_a_trained_subtree_exactly_and_names_mismatches():
+  """train.init_from / init_into: the subtree is replaced leaf for leaf (values, the new leaf's
+  dtype), everything else is untouched, and a name or shape mismatch is an error naming it."""
+  import jax.numpy as jnp
+  from train.checkpoint import graft
+  params = {'var': {'w': jnp.zeros((2, 3)), 'b': jnp.zeros((3,))}, 'head': {'w': jnp.ones((4,))}}
+  source = {'w': np.arange(6.0).reshape(2, 3), 'b': np.full((3,), 7.0)}
+  out = graft(params, source, 'var')
+  np.testing.assert_array_equal(out['var']['w'], source['w'])
+  np.testing.assert_array_equal(out['var']['b'], source['b'])
+  assert out['var']['w'].dtype == jnp.float32
+  np.testing.assert_array_equal(out['head']['w'], params['head']['w'])
+  np.testing.assert_array_equal(params['var']['w'], 0)  # the input tree is not changed
+  whole = graft(params, jax.tree.map(np.asarray, out), '')
+  jax.tree.map(np.testing.assert_array_equal, whole, out)
+  with pytest.raises(ValueError, match=r"no module 'varx'.*\['head', 'var'\]"):
+    graft(params, source, 'varx')
+  with pytest.raises(ValueError, match=r"var\['b'\] has shape \(4,\) in the trained run and "
+                                       r'\(3,\) in the new model'):
+    graft(params, {'w': source['w'], 'b': np.zeros(4)}, 'var')
+  with pytest.raises(ValueError, match=r"var\['b'\] is in the new model only"):
+    graft(params, {'w': source['w']}, 'var')

@@ -128,3 +128,43 @@ def load_run(workdir: str, step: int | None = None, ema: bool | None = None):
   finally:
     ckpt.close()
   return config, model, params
+
+
+def graft(params, source, into: str = ''):
+  """``params`` with the subtree at module path ``into`` ('' = all of it, 'a/b' = params['a']['b'])
+  replaced by ``source``, leaf for leaf: every name and shape must match (the error names the
+  first that does not). Each leaf takes the dtype and sharding of the one it replaces."""
+  keys = [k for k in into.split('/') if k]
+  node = params
+  for depth, k in enumerate(keys):
+    if not isinstance(node, dict) or k not in node:
+      raise ValueError(f"train.init_into={into!r}: no module {'/'.join(keys[:depth + 1])!r} in "
+                       f'the params; modules here: {sorted(node) if isinstance(node, dict) else []}')
+    node = node[k]
+  want = dict(jax.tree_util.tree_flatten_with_path(node)[0])
+  got = dict(jax.tree_util.tree_flatten_with_path(source)[0])
+  for path in sorted(set(want) | set(got), key=str):
+    name = into + jax.tree_util.keystr(path)
+    if path not in got or path not in want:
+      raise ValueError(f'train.init_from: {name} is in the {"new" if path in want else "trained"} '
+                       'model only; the two models must have the same architecture there')
+    if tuple(want[path].shape) != tuple(got[path].shape):
+      raise ValueError(f'train.init_from: {name} has shape {tuple(got[path].shape)} in the trained '
+                       f'run and {tuple(want[path].shape)} in the new model')
+  new = jax.tree.map(lambda d, s: jax.device_put(jax.numpy.asarray(s, d.dtype), d.sharding),
+                     node, source)
+
+  def put(tree, depth):
+    if depth == len(keys):
+      return new
+    return {**tree, keys[depth]: put(tree[keys[depth]], depth + 1)}
+  return put(params, 0)
+
+
+def warm_start(state, workdir: str, into: str = ''):
+  """``state`` (a fresh TrainState) with the params of the trained run in ``workdir`` (its EMA
+  params when it kept them) grafted at ``into`` (``graft``), in both the params and the EMA;
+  the optimiser state stays fresh. E.g. HART from a trained VAR: into='var'."""
+  _, _, source = load_run(workdir)
+  return state.replace(params=graft(state.params, source, into),
+                       ema=None if state.ema is None else graft(state.ema, source, into))

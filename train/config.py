@@ -71,6 +71,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.alphabet = '0123456789ABCDEFGHKMNPRSTUVWXYZ'  # glyph symbols
   c.data.max_chars = 3  # glyph string length bound = label slots of every image source
   c.data.jitter = 1.0  # glyph size/position spread in [0, 1]: 1 = full, 0 = large and centred
+  c.data.stroke = 0.0  # glyph letter thickening, a fraction of the font size: 0 regular, 0.06 bold
   c.data.tokenizer = ''  # a trained VQ-VAE workdir: image batches gain its 'tokens' and 'inputs'
   c.data.tokenizer_residual = False  # also 'residual' f - f_hat [B, h*w, Cz] (HART)
 
@@ -97,6 +98,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.async_checkpoint = True
   c.train.progress = True  # tqdm progress bar
   c.train.stop_at = 0  # > 0: checkpoint and stop at this step without ending the schedule
+  c.train.init_from = ''  # a trained run's workdir: a fresh run starts from its (EMA) params
+  c.train.init_into = ''  # where they go: '' = the whole tree, 'var' = HART's VAR, 'a/b' nested
 
   # Sample-based evaluation by an external judge (image paradigms): generate `num` samples with
   # `sampler`/`steps`/`cfg` every `every` steps and score them (sample/images.py JUDGES).
@@ -141,6 +144,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
   for key in ('log_every', 'eval_every', 'ckpt_every', 'keep'):
     if t[key] < 1:
       raise ValueError(f'train.{key} must be >= 1, got {t[key]}')
+  if t.init_into and not t.init_from:
+    raise ValueError(f'train.init_into={t.init_into!r} needs train.init_from (a trained workdir)')
   model_config(c)  # the paradigm's model dataclass validates its own fields
 
 

@@ -4,7 +4,8 @@ Nothing here downloads. Three sources (``cfg.source``), one registry (``_SOURCES
 
 - ``'glyphs'`` (the default): an unbounded procedural set of rendered text. Image ``index`` of
   split ``s`` is a string of 1..``max_chars`` symbols of ``alphabet`` drawn by Pillow's
-  built-in FreeType font (``ImageFont.load_default(size=...)``) in a random colour, size and
+  built-in FreeType font (``ImageFont.load_default(size=...)``, thickened by ``cfg.stroke``
+  times the font size: 0 = regular weight, 0.06 = bold) in a random colour, size and
   position on a solid or two-colour-gradient background, from an RNG seeded by
   ``(salt, split_id(s), index)`` only: random access, deterministic, and 'train'/'eval' are
   disjoint streams. Text and background differ in luminance by >= ``_MIN_CONTRAST``. Labels
@@ -52,6 +53,7 @@ _GLYPH_SALT = 0x676C7970  # 'glyp': keeps glyph RNG streams apart from other see
 _SUPERSAMPLE = 2  # text is rasterized at 2x and box-downsampled
 _MIN_CONTRAST = 0.4  # min |luminance(text) - luminance(background)|, luminance in [0, 1]
 _EM_RANGE = (0.4, 1.0)  # font size (em) as a fraction of image_size, before shrink-to-fit
+MAX_STROKE = 0.15  # data.stroke bound: wider outlines fill the counters of 8, B, 0 ...
 _GRAY_MODES = frozenset({'1', 'L', 'LA', 'La', 'I', 'I;16', 'I;16B', 'I;16L', 'I;16N', 'F'})
 _LUMA = np.array([0.2126, 0.7152, 0.0722])  # Rec. 709, on sRGB values in [0, 1]
 
@@ -71,6 +73,12 @@ def check_alphabet(alphabet: str, max_chars: int) -> None:
                      f'whitespace characters; e.g. {DEFAULT_ALPHABET!r}.')
   if max_chars < 1:
     raise ValueError(f'data.max_chars={max_chars} must be >= 1.')
+
+
+def check_stroke(stroke: float, name: str = 'stroke') -> None:
+  if not 0.0 <= stroke <= MAX_STROKE:
+    raise ValueError(f'{name}={stroke} must be in [0, {MAX_STROKE}] (a fraction of the font '
+                     'size; 0 = regular weight, 0.06 = bold).')
 
 
 def encode_text(text: str, alphabet: str = DEFAULT_ALPHABET, max_chars: int = 3) -> np.ndarray:
@@ -130,34 +138,43 @@ def _gradient_axes(image_size: int) -> tuple[np.ndarray, np.ndarray]:
   return c[None, :], c[:, None]  # x [1, S], y [S, 1]
 
 
-def _text_alpha(text: str, image_size: int, em: float, u: float, v: float) -> np.ndarray:
+def _text_alpha(text: str, image_size: int, em: float, u: float, v: float,
+                stroke: float = 0.0) -> np.ndarray:
   """Coverage of ``text`` drawn at ``em * image_size`` px (shrunk until its box fits inside a
-  1-pixel margin) at relative position ``(u, v)`` in [0, 1]^2. Returns float32 [S, S, 1] in [0, 1].
+  1-pixel margin) at relative position ``(u, v)`` in [0, 1]^2, its outline thickened by
+  ``round(stroke * font size)`` px (0 = the font's regular weight). Returns float32 [S, S, 1]
+  in [0, 1].
   """
   canvas = image_size * _SUPERSAMPLE
   avail = canvas - 2 * _SUPERSAMPLE
+  width = lambda size: int(round(stroke * size))  # outline px at the 2x canvas
+  box = lambda size: _font(size).getbbox(text, stroke_width=width(size))
   size = max(4, int(em * canvas))
-  left, top, right, bottom = _font(size).getbbox(text)
+  left, top, right, bottom = box(size)
   scale = min(1.0, avail / max(right - left, 1), avail / max(bottom - top, 1))
   if scale < 1.0:
     size = max(4, int(size * scale))
-    left, top, right, bottom = _font(size).getbbox(text)
+    left, top, right, bottom = box(size)
     while size > 4 and (right - left > avail or bottom - top > avail):
       size -= 1
-      left, top, right, bottom = _font(size).getbbox(text)
+      left, top, right, bottom = box(size)
   x0 = _SUPERSAMPLE - left + u * max(avail - (right - left), 0)
   y0 = _SUPERSAMPLE - top + v * max(avail - (bottom - top), 0)
   mask = Image.new('L', (canvas, canvas), 0)
-  ImageDraw.Draw(mask).text((x0, y0), text, fill=255, font=_font(size))
+  ImageDraw.Draw(mask).text((x0, y0), text, fill=255, font=_font(size),
+                            stroke_width=width(size), stroke_fill=255)
   return np.asarray(mask.reduce(_SUPERSAMPLE), np.float32)[..., None] / 255.0
 
 
 def _render_glyph(index: int, image_size: int, alphabet: str, max_chars: int,
-                  split: str, jitter: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+                  split: str, jitter: float = 1.0,
+                  stroke: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
   """Returns (image uint8 [S, S, 3], label int32 [max_chars]) for glyph ``index`` of ``split``.
 
   ``jitter`` in [0, 1] scales the spread of text size and position toward large and centred
-  (1 = the full set; the same random draws, so 1 reproduces it exactly)."""
+  (1 = the full set; the same random draws, so 1 reproduces it exactly). ``stroke`` in
+  [0, MAX_STROKE] thickens the letters by that fraction of the font size (0 = the regular
+  weight, bit for bit; 0.06 = bold)."""
   if split not in SPLITS:
     raise ValueError(f'split={split!r}; use one of {sorted(SPLITS)}.')
   if index < 0:
@@ -186,7 +203,7 @@ def _render_glyph(index: int, image_size: int, alphabet: str, max_chars: int,
   if jitter != 1.0:  # shrink toward the largest size and the centre
     em = _EM_RANGE[1] - jitter * (_EM_RANGE[1] - em)
     u, v = 0.5 + jitter * (u - 0.5), 0.5 + jitter * (v - 0.5)
-  alpha = _text_alpha(text, image_size, em, u, v)  # [S, S, 1]
+  alpha = _text_alpha(text, image_size, em, u, v, stroke)  # [S, S, 1]
   image = background * (1 - alpha) + ink.astype(np.float32) * alpha  # [S, S, 3]
   label = np.zeros([max_chars], np.int32)
   label[:len(ids)] = ids + 1
@@ -195,13 +212,14 @@ def _render_glyph(index: int, image_size: int, alphabet: str, max_chars: int,
 
 def glyph_example(index: int, *, image_size: int = 32, alphabet: str = DEFAULT_ALPHABET,
                   max_chars: int = 3, split: str = 'train',
-                  jitter: float = 1.0) -> dict[str, np.ndarray]:
+                  jitter: float = 1.0, stroke: float = 0.0) -> dict[str, np.ndarray]:
   """Glyph ``index`` (any int >= 0) of ``split`` ('train' | 'eval'); a function of both only.
 
   Returns ``{'image': float32 [S, S, 3] in [-1, 1], 'label': int32 [max_chars]}``.
   """
   check_alphabet(alphabet, max_chars)
-  image, label = _render_glyph(index, image_size, alphabet, max_chars, split, jitter)
+  check_stroke(stroke)
+  image, label = _render_glyph(index, image_size, alphabet, max_chars, split, jitter, stroke)
   return {'image': _to_float(image), 'label': label}
 
 
@@ -227,10 +245,11 @@ class _Glyphs:
   label_len: int  # max_chars
   label_vocab: int  # len(alphabet) + 1
   jitter: float = 1.0  # spread of text size and position (1 = full, 0 = large and centred)
+  stroke: float = 0.0  # letter thickening, a fraction of the font size (0 = regular weight)
 
   def example(self, index: int, split: str) -> dict[str, np.ndarray]:
     image, label = _render_glyph(index, self.image_size, self.alphabet, self.max_chars, split,
-                                 self.jitter)
+                                 self.jitter, self.stroke)
     return {'image': _to_float(image if self.channels == 3 else _gray(image)), 'label': label}
 
   def train_example(self, index: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -244,6 +263,7 @@ class _Glyphs:
   def describe(self) -> str:
     mode = 'RGB' if self.channels == 3 else 'gray'
     spread = '' if self.jitter == 1.0 else f', jitter {self.jitter:g}'
+    spread += f', stroke {self.stroke:g}' if self.stroke else ''
     return (f'glyphs: {self.image_size}x{self.image_size} {mode}, 1-{self.max_chars} chars from '
             f'{len(self.alphabet)} symbols{spread}, unbounded')
 
@@ -307,7 +327,10 @@ def _open_glyphs(cfg, image_size: int, channels: int, holdout_fraction: float) -
   jitter = float(_get(cfg, 'jitter', 1.0))
   if not 0.0 <= jitter <= 1.0:
     raise ValueError(f'data.jitter={jitter} must be in [0, 1] (1 = full size/position spread).')
-  return _Glyphs(image_size, channels, alphabet, max_chars, max_chars, len(alphabet) + 1, jitter)
+  stroke = float(_get(cfg, 'stroke', 0.0))
+  check_stroke(stroke, 'data.stroke')
+  return _Glyphs(image_size, channels, alphabet, max_chars, max_chars, len(alphabet) + 1, jitter,
+                 stroke)
 
 
 # ---------------------------------------------------------------------------------------------

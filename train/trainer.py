@@ -21,7 +21,7 @@ import numpy as np
 
 import paradigms
 from train import config as config_lib
-from train.checkpoint import Checkpointer
+from train.checkpoint import Checkpointer, warm_start
 from train.sources import open_data
 from train.metrics import MetricsWriter, progress_bar
 from train.state import Setup, device_batch, make_mesh, setup
@@ -55,6 +55,10 @@ def train(config, workdir: str, *, devices=None) -> dict:
     _log(f'resumed from {ckpt.directory}/{step}')
   else:
     state, step = s.init(init_rng), 0
+    if t.init_from:
+      state = warm_start(state, t.init_from, t.init_into)
+      where = f' as {t.init_into!r}' if t.init_into else ''
+      _log(f'started from the params of {t.init_from}{where}')
   if pid == 0:
     config_lib.save(config, os.path.join(workdir, 'config.json'))
   n_params = sum(x.size for x in jax.tree.leaves(state.params))
