@@ -61,7 +61,7 @@ LABELS = {'dit': 'DiT (flow)', 'shortcut': 'DiT shortcut', 'var': 'VAR', 'hart':
 #   gpu    one GPU (not yet run): 32px, the base tokenizer, d=512 x 12 layers, 40k x 256 images.
 IMAGES = {
     'tiny': dict(
-        preset='tiny', data=dict(image_size=16, jitter=0.3),
+        preset='tiny', data=dict(image_size=16, jitter=0.3, stroke=0.0),
         vqvae=dict(data=dict(batch_size=8), train=dict(steps=8, ckpt_every=8, eval_every=8)),
         backbone=dict(d_model=32, n_layers=1, n_heads=2), dit=dict(patch_size=4, freq_dim=32),
         hart=dict(head_width=16, head_depth=1, head_freq_dim=32),
@@ -71,7 +71,7 @@ IMAGES = {
         measure=dict(num=16, repeats=1, cfg=3.0, euler=(1, 2), second=('dpmpp_2m', 2),
                      shortcut=(1, 2), head_steps=(2,), judge_steps=20, grid=16)),
     'small': dict(
-        preset='small', data=dict(image_size=16, jitter=0.3),
+        preset='small', data=dict(image_size=16, jitter=0.3, stroke=0.0),
         vqvae=dict(data=dict(batch_size=32),
                    model=dict(base_channels=16, n_res_blocks=0, norm_groups=8, scales=(1, 2, 4),
                               n_phi=3),
@@ -85,7 +85,7 @@ IMAGES = {
         measure=dict(num=256, repeats=2, cfg=3.0, euler=(1, 2, 4, 8, 16), second=('dpmpp_2m', 8),
                      shortcut=(1, 2, 4), head_steps=(2, 8), judge_steps=0, grid=36)),
     'gpu': dict(
-        preset='base', data=dict(image_size=32, jitter=0.3),
+        preset='base', data=dict(image_size=32, jitter=0.3, stroke=0.0),
         vqvae=dict(train=dict(steps=20_000)),
         backbone=dict(d_model=512, n_layers=12, n_heads=8, dtype='bfloat16'),
         dit=dict(patch_size=4),

@@ -123,3 +123,8 @@ def test_graft_copies_a_trained_subtree_exactly_and_names_mismatches():
     graft(params, {'w': source['w'], 'b': np.zeros(4)}, 'var')
   with pytest.raises(ValueError, match=r"var\['b'\] is in the new model only"):
     graft(params, {'w': source['w']}, 'var')
+  part = graft(params, {'w': source['w']}, 'var', partial=True)  # 'b' keeps its value
+  np.testing.assert_array_equal(part['var']['w'], source['w'])
+  np.testing.assert_array_equal(part['var']['b'], params['var']['b'])
+  with pytest.raises(ValueError, match=r"var\['x'\] is in the trained model only"):
+    graft(params, {**source, 'x': np.zeros(1)}, 'var', partial=True)  # still an error

@@ -130,10 +130,12 @@ def load_run(workdir: str, step: int | None = None, ema: bool | None = None):
   return config, model, params
 
 
-def graft(params, source, into: str = ''):
+def graft(params, source, into: str = '', partial: bool = False):
   """``params`` with the subtree at module path ``into`` ('' = all of it, 'a/b' = params['a']['b'])
   replaced by ``source``, leaf for leaf: every name and shape must match (the error names the
-  first that does not). Each leaf takes the dtype and sharding of the one it replaces."""
+  first that does not), except that with ``partial`` the leaves ``source`` lacks keep their
+  value (e.g. the step-size table of a shortcut model started from a flow model). Each leaf
+  takes the dtype and sharding of the one it replaces."""
   keys = [k for k in into.split('/') if k]
   node = params
   for depth, k in enumerate(keys):
@@ -145,14 +147,17 @@ def graft(params, source, into: str = ''):
   got = dict(jax.tree_util.tree_flatten_with_path(source)[0])
   for path in sorted(set(want) | set(got), key=str):
     name = into + jax.tree_util.keystr(path)
+    if path not in got and path in want and partial:
+      continue
     if path not in got or path not in want:
       raise ValueError(f'train.init_from: {name} is in the {"new" if path in want else "trained"} '
                        'model only; the two models must have the same architecture there')
     if tuple(want[path].shape) != tuple(got[path].shape):
       raise ValueError(f'train.init_from: {name} has shape {tuple(got[path].shape)} in the trained '
                        f'run and {tuple(want[path].shape)} in the new model')
-  new = jax.tree.map(lambda d, s: jax.device_put(jax.numpy.asarray(s, d.dtype), d.sharding),
-                     node, source)
+  new = jax.tree_util.tree_map_with_path(
+      lambda path, d: (jax.device_put(jax.numpy.asarray(got[path], d.dtype), d.sharding)
+                       if path in got else d), node)
 
   def put(tree, depth):
     if depth == len(keys):
@@ -161,10 +166,10 @@ def graft(params, source, into: str = ''):
   return put(params, 0)
 
 
-def warm_start(state, workdir: str, into: str = ''):
+def warm_start(state, workdir: str, into: str = '', partial: bool = False):
   """``state`` (a fresh TrainState) with the params of the trained run in ``workdir`` (its EMA
   params when it kept them) grafted at ``into`` (``graft``), in both the params and the EMA;
   the optimiser state stays fresh. E.g. HART from a trained VAR: into='var'."""
   _, _, source = load_run(workdir)
-  return state.replace(params=graft(state.params, source, into),
-                       ema=None if state.ema is None else graft(state.ema, source, into))
+  put = lambda tree: None if tree is None else graft(tree, source, into, partial)
+  return state.replace(params=put(state.params), ema=put(state.ema))

@@ -100,6 +100,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.stop_at = 0  # > 0: checkpoint and stop at this step without ending the schedule
   c.train.init_from = ''  # a trained run's workdir: a fresh run starts from its (EMA) params
   c.train.init_into = ''  # where they go: '' = the whole tree, 'var' = HART's VAR, 'a/b' nested
+  c.train.init_partial = False  # True: new leaves the run lacks keep their init (flow -> shortcut)
 
   # Sample-based evaluation by an external judge (image paradigms): generate `num` samples with
   # `sampler`/`steps`/`cfg` every `every` steps and score them (sample/images.py JUDGES).
@@ -144,8 +145,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
   for key in ('log_every', 'eval_every', 'ckpt_every', 'keep'):
     if t[key] < 1:
       raise ValueError(f'train.{key} must be >= 1, got {t[key]}')
-  if t.init_into and not t.init_from:
-    raise ValueError(f'train.init_into={t.init_into!r} needs train.init_from (a trained workdir)')
+  if (t.init_into or t.init_partial) and not t.init_from:
+    raise ValueError('train.init_into / train.init_partial need train.init_from (a trained '
+                     'workdir)')
   model_config(c)  # the paradigm's model dataclass validates its own fields
 
 

@@ -56,7 +56,7 @@ def train(config, workdir: str, *, devices=None) -> dict:
   else:
     state, step = s.init(init_rng), 0
     if t.init_from:
-      state = warm_start(state, t.init_from, t.init_into)
+      state = warm_start(state, t.init_from, t.init_into, t.init_partial)
       where = f' as {t.init_into!r}' if t.init_into else ''
       _log(f'started from the params of {t.init_from}{where}')
   if pid == 0:
