@@ -319,3 +319,8 @@ def test_tiny_tokenizer_var_and_cli_end_to_end(tmp_path, capsys):
   for tree in (state.params, state.ema):
     jax.tree.map(np.testing.assert_array_equal, tree['var'], var_params)
     jax.tree.map(np.testing.assert_array_equal, tree['head'], fresh.params['head'])
+  from train.sources import open_data
+  from train.state import device_batch
+  batch = next(iter(open_data(h.data).train_dataset(batch_size=h.data.batch_size, seed=0)))
+  state, metrics = s.train_step(state, device_batch(batch, s.batch_sharding), jax.random.key(1))
+  assert np.isfinite(float(metrics['loss']))  # params and EMA are donated: no shared buffers

@@ -155,9 +155,11 @@ def graft(params, source, into: str = '', partial: bool = False):
     if tuple(want[path].shape) != tuple(got[path].shape):
       raise ValueError(f'train.init_from: {name} has shape {tuple(got[path].shape)} in the trained '
                        f'run and {tuple(want[path].shape)} in the new model')
-  new = jax.tree_util.tree_map_with_path(
-      lambda path, d: (jax.device_put(jax.numpy.asarray(got[path], d.dtype), d.sharding)
-                       if path in got else d), node)
+  def take(path, d):  # a fresh copy per call: the train step donates the params and the EMA,
+    if path not in got:  # so the two must not share buffers
+      return d
+    return jax.device_put(jax.numpy.array(got[path], d.dtype, copy=True), d.sharding)
+  new = jax.tree_util.tree_map_with_path(take, node)
 
   def put(tree, depth):
     if depth == len(keys):
