@@ -15,10 +15,12 @@ last scale, 1 = off), top-k / top-p per scale.
 Presets:
   tiny   tests; d=32, 1 layer, batch 8, 20 steps, over the tiny tokenizer: seconds.
   small  CPU demo; d=128, 6 layers, 4 heads (1.97M params), batch 64, 1200 steps over the
-         small tokenizer, glyphs at data.jitter=0.3 as configs/dit_glyphs.py:small. Measured
-         (2-core CPU, 58 min wall shared with a DiT run; ~46 images/s alone): held-out 4.38
-         bits/token; judge (no guidance, NFE 6) FD 526, 1.2% of strings / 5.2% of characters
-         read. Glyph-shaped, blurrier than DiT (the tokenizer's PSNR is 25 dB); not legible.
+         small tokenizer, on its glyphs (bold, jitter 0.3: those of configs/dit_glyphs.py:small).
+         Measured (2-core CPU shared with a DiT run: 59 min wall, ~22 images/s; ~46 alone):
+         held-out 4.15 bits/token; judge (no guidance, NFE 6) FD 341, 2.3% of strings / 5.6% of
+         characters read; with w=3 (48 samples) 4.2% / 14.6%. Glyph-shaped blobs; single
+         characters such as 8, 7, Z read, the rest not yet: the tokenizer is not the limit (its
+         reconstructions are read at 71%), training is.
   base   one GPU; VAR-d16 (d=1024, 16 layers, 16 heads), batch 256, bf16, lr 1e-4 (VAR's
          1e-4 x batch/256), weight decay 0.05.
 """
