@@ -155,6 +155,7 @@ def graft(params, source, into: str = '', partial: bool = False):
     if tuple(want[path].shape) != tuple(got[path].shape):
       raise ValueError(f'train.init_from: {name} has shape {tuple(got[path].shape)} in the trained '
                        f'run and {tuple(want[path].shape)} in the new model')
+
   def take(path, d):  # a fresh copy per call: the train step donates the params and the EMA,
     if path not in got:  # so the two must not share buffers
       return d
