@@ -52,9 +52,14 @@ def _parse(argv):
                  help='text (glyph runs) or class id to draw; repeat or give one for all; '
                       'default: random labels')
   i.add_argument('--out', default='samples.png', help='PNG grid to write')
+  i.add_argument('--zoom', type=int, default=1,
+                 help='draw each pixel as a zoom x zoom block in the grid (3 suits 32x32 glyphs)')
   i.add_argument('--judge', action='store_true',
                  help="also print the run's judge metrics (FD, recognition accuracy) of the samples")
-  return p.parse_args(argv)
+  args = p.parse_args(argv)
+  if args.zoom < 1:
+    p.error(f'--zoom {args.zoom}: give a positive integer (1 = one pixel per pixel)')
+  return args
 
 
 def _prompt_ids(args, config, tok):

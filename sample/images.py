@@ -112,8 +112,11 @@ def to_uint8(images) -> np.ndarray:
   return np.clip(np.rint((np.asarray(images) + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
-def image_grid(images, cols: int | None = None, pad: int = 2):
-  """[N, H, W, C] in [-1, 1] -> a PIL image of the N images on a grid (white padding)."""
+def image_grid(images, cols: int | None = None, pad: int = 2, zoom: int = 1):
+  """[N, H, W, C] in [-1, 1] -> a PIL image of the N images on a grid (white padding), each
+  pixel drawn as a zoom x zoom block (nearest neighbour: no smoothing is added)."""
+  if zoom < 1:
+    raise ValueError(f'zoom={zoom} must be a positive integer')
   from PIL import Image
   x = to_uint8(images)
   N, H, W, C = x.shape
@@ -123,6 +126,7 @@ def image_grid(images, cols: int | None = None, pad: int = 2):
   for i in range(N):
     r, c = divmod(i, cols)
     grid[pad + r * (H + pad):pad + r * (H + pad) + H, pad + c * (W + pad):pad + c * (W + pad) + W] = x[i]
+  grid = grid.repeat(zoom, axis=0).repeat(zoom, axis=1)
   return Image.fromarray(grid[..., 0] if C == 1 else grid)
 
 
@@ -197,7 +201,7 @@ def cli(args, config, model, params, rng) -> None:
   t0 = time.perf_counter()
   x, nfe = generate(config, model, params, rng, num=args.num, sampler=sampler, steps=steps,
                     cfg=args.cfg, cfg_interval=interval, labels=args.label or None)
-  image_grid(x).save(args.out)
+  image_grid(x, zoom=args.zoom).save(args.out)
   print(f'wrote {args.out}: {args.num} samples, {sampler} x {steps} steps, {nfe} network '
         f'evaluations, {time.perf_counter() - t0:.2f}s including compilation', file=sys.stderr)
   if args.judge:

@@ -200,7 +200,7 @@ def cli(args, config, model, params, rng, *, generate_fn=None, extra=None) -> No
               **(extra or {}))
   x, nfe = (generate_fn or generate)(config, model, params, rng, num=args.num,
                                      labels=args.label or None, **opts)
-  images.image_grid(x).save(args.out)
+  images.image_grid(x, zoom=args.zoom).save(args.out)
   rows = args.num * (2 if args.cfg != 1.0 else 1)
   print(f'wrote {args.out}: {args.num} samples, {len(model.cfg.scales)} scales, {nfe} network '
         f'evaluations of {rows} rows, {time.perf_counter() - t0:.2f}s including compilation',

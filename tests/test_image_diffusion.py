@@ -170,6 +170,17 @@ def test_tiny_config_trains_and_samples_through_the_cli(tmp_path):
   assert '3 network evaluations' in proc.stderr
 
 
+def test_image_grid_zoom_repeats_each_pixel():
+  from sample.images import image_grid
+  x = np.random.default_rng(0).uniform(-1, 1, (5, 4, 4, 3)).astype(np.float32)
+  one = np.asarray(image_grid(x, cols=3))
+  three = np.asarray(image_grid(x, cols=3, zoom=3))
+  assert one.shape == (2 * 6 + 2, 3 * 6 + 2, 3)  # 2 rows x 3 cols of 4 px, 2 px padding
+  np.testing.assert_array_equal(three, one.repeat(3, axis=0).repeat(3, axis=1))
+  with pytest.raises(ValueError, match='zoom=0'):
+    image_grid(x, zoom=0)
+
+
 def test_label_ids_past_the_embedding_table_are_refused(tmp_path):
   """npz class ids 0..6 need label_vocab 8 (1-based, 0 = null); a smaller table would clamp the
   ids silently inside jit, so the trainer refuses and says what to set."""

@@ -280,10 +280,10 @@ def test_tiny_tokenizer_var_and_cli_end_to_end(tmp_path, capsys):
 
   out = str(tmp_path / 'g.png')
   sample_main(['--workdir', t2, '--num', '4', '--out', out, '--cfg', '2.0', '--top-k', '20',
-               '--label', '7A'])
+               '--label', '7A', '--zoom', '2'])
   from PIL import Image
   side = c.data.image_size
-  assert Image.open(out).size == (2 * side + 3 * 2, 2 * side + 3 * 2)  # 2 x 2 grid, 2 px pad
+  assert Image.open(out).size == (2 * (2 * side + 3 * 2),) * 2  # 2 x 2 grid, 2 px pad, zoom 2
   assert f'{len(c.model.scales)} network evaluations of 8 rows' in capsys.readouterr().err
 
   c.data.tokenizer_residual = True
