@@ -99,15 +99,9 @@ def load_judge(config, steps: int = 0):
 
 
 def score(judge, x, labels, reference_images) -> dict:
-  """The judge's verdict on images x [N, H, W, C] requested with `labels` [N, max_chars]:
-  {'fd', 'accuracy', 'char_accuracy', 'by_length': {n: {'count', 'accuracy', 'char_accuracy'}}}."""
-  import numpy as np
-  from sample import glyph_judge
-  x = np.clip(np.asarray(x), -1, 1)
-  m = glyph_judge.glyph_metrics(judge, x, labels, reference_images)
-  m = {k: float(v) for k, v in m.items()}
-  m['by_length'] = glyph_judge.match_rates_by_length(judge.predict(x), labels)
-  return m
+  """sample.images.score_samples: {'fd', 'accuracy', 'char_accuracy', 'by_length'}."""
+  from sample import images
+  return images.score_samples(judge, x, labels, reference_images)
 
 
 def quality_pass(contestants: Sequence[Contestant], *, ref: dict, judge, num: int, cfg: float,

@@ -161,19 +161,30 @@ def load_judge(config, train_steps: int = 0):
                                 **({'steps': train_steps} if train_steps else {}))
 
 
+def score_samples(judge, x, labels, reference_images) -> dict:
+  """The glyph judge's verdict on images x [N, H, W, C] requested with `labels` int32 [N, S]:
+  {'fd': Frechet distance of the judge's features vs `reference_images` [M, H, W, C],
+  'accuracy': exact-string rate, 'char_accuracy': per-character rate,
+  'by_length': {n: {'count', 'accuracy', 'char_accuracy'}} for strings of n characters}."""
+  from sample import glyph_judge
+  x = np.clip(np.asarray(x), -1, 1)
+  m = {k: float(v) for k, v in glyph_judge.glyph_metrics(judge, x, labels, reference_images).items()}
+  m['by_length'] = glyph_judge.match_rates_by_length(judge.predict(x), labels)
+  return m
+
+
 def glyph_judge_metrics(config, model, params, rng, *, num: int, cfg: float = 1.0,
                         train_steps: int = 0, **sampler_options) -> dict:
   """The glyph judge on `num` class-conditional samples whose labels are those of `num`
   held-out glyphs: Frechet distance of the judge's features (samples vs those held-out images),
   exact-string recognition accuracy and per-character accuracy, plus the NFE. The samples come
   from the paradigm's `generate` (GENERATORS) with `sampler_options`."""
-  from sample import glyph_judge
   ref = reference(config, num)
   x, nfe = generator(config).generate(config, model, params, rng, num=num, cfg=cfg,
                                       labels=ref['label'], **sampler_options)
-  judge = load_judge(config, train_steps)
-  m = glyph_judge.glyph_metrics(judge, np.clip(x, -1, 1), ref['label'], ref['image'])
-  return {**{k: float(v) for k, v in m.items()}, 'nfe': nfe}
+  m = score_samples(load_judge(config, train_steps), x, ref['label'], ref['image'])
+  del m['by_length']  # the trainer logs scalars
+  return {**m, 'nfe': nfe}
 
 
 # judge name (config.judge.name) -> metrics function
@@ -191,6 +202,30 @@ def judge_metrics(config, model, params, rng, **overrides) -> dict:
   return JUDGES[j.name](config, model, params, rng, **{**kw, **overrides})
 
 
+def cli_labels(args, config) -> np.ndarray:
+  """The CLI's labels int32 [num, S]: --label texts / class ids, else those of `num` held-out
+  glyphs. Checks --judge first, so a run without a judge fails before any sampling."""
+  if args.judge and config.judge.name not in JUDGES:
+    sys.exit(f'--judge: this run has no glyph judge (config.judge.name={config.judge.name!r}); '
+             'drop --judge')
+  if args.label:
+    return parse_labels(config, args.label, args.num)
+  return reference(config, args.num)['label']
+
+
+def cli_judge(config, x, labels, nfe: int) -> None:
+  """--judge: the run's judge on the grid's own samples x [N, H, W, C] and the labels they were
+  requested with [N, S]; FD against N held-out images. Prints one line of metrics and one of
+  the rates by string length."""
+  ref = reference(config, len(x))
+  m = score_samples(load_judge(config, config.judge.train_steps), x, labels, ref['image'])
+  by = m.pop('by_length')
+  print(' '.join(f'{k}={v:.4f}' for k, v in m.items()) + f' nfe={nfe}')
+  print('by length (strings / characters read, count): ' + ', '.join(
+      f'{n}: {v["accuracy"]:.3f} / {v["char_accuracy"]:.3f} ({v["count"]})'
+      for n, v in by.items() if v['count']))
+
+
 def cli(args, config, model, params, rng) -> None:
   """`python -m sample --workdir W --num 16 --out grid.png [--sampler --steps --cfg --label]`."""
   sampler = args.sampler or ('euler' if model.cfg.step_conditioning else config.judge.sampler)
@@ -198,15 +233,12 @@ def cli(args, config, model, params, rng) -> None:
   interval = tuple(float(v) for v in args.cfg_interval.split(',')) if args.cfg_interval else None
   if sampler not in sd.SAMPLERS:
     sys.exit(f'--sampler {sampler!r}: choose one of {sorted(sd.SAMPLERS)}')
+  labels = cli_labels(args, config)
   t0 = time.perf_counter()
   x, nfe = generate(config, model, params, rng, num=args.num, sampler=sampler, steps=steps,
-                    cfg=args.cfg, cfg_interval=interval, labels=args.label or None)
+                    cfg=args.cfg, cfg_interval=interval, labels=labels)
   image_grid(x, zoom=args.zoom).save(args.out)
   print(f'wrote {args.out}: {args.num} samples, {sampler} x {steps} steps, {nfe} network '
         f'evaluations, {time.perf_counter() - t0:.2f}s including compilation', file=sys.stderr)
   if args.judge:
-    if not config.judge.name:
-      sys.exit('this run has no judge (config.judge.name is empty)')
-    m = judge_metrics(config, model, params, rng, num=args.num, sampler=sampler, steps=steps,
-                      cfg=args.cfg)
-    print(' '.join(f'{k}={v:.4f}' if isinstance(v, float) else f'{k}={v}' for k, v in m.items()))
+    cli_judge(config, x, labels, nfe)

@@ -195,18 +195,16 @@ def cli(args, config, model, params, rng, *, generate_fn=None, extra=None) -> No
   """`python -m sample --workdir W --num 16 --out grid.png [--cfg --top-k --top-p --label
   --judge]` for a next-scale run (HART passes its `generate` and head options)."""
   from sample import images
+  labels = images.cli_labels(args, config)
   t0 = time.perf_counter()
   opts = dict(cfg=args.cfg, top_k=args.top_k, top_p=args.top_p, temperature=args.temperature,
               **(extra or {}))
-  x, nfe = (generate_fn or generate)(config, model, params, rng, num=args.num,
-                                     labels=args.label or None, **opts)
+  x, nfe = (generate_fn or generate)(config, model, params, rng, num=args.num, labels=labels,
+                                     **opts)
   images.image_grid(x, zoom=args.zoom).save(args.out)
   rows = args.num * (2 if args.cfg != 1.0 else 1)
   print(f'wrote {args.out}: {args.num} samples, {len(model.cfg.scales)} scales, {nfe} network '
         f'evaluations of {rows} rows, {time.perf_counter() - t0:.2f}s including compilation',
         file=sys.stderr)
   if args.judge:
-    if not config.judge.name:
-      sys.exit('this run has no judge (config.judge.name is empty)')
-    m = images.judge_metrics(config, model, params, rng, num=args.num, **opts)
-    print(' '.join(f'{k}={v:.4f}' if isinstance(v, float) else f'{k}={v}' for k, v in m.items()))
+    images.cli_judge(config, x, labels, nfe)

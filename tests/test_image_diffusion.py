@@ -181,6 +181,59 @@ def test_image_grid_zoom_repeats_each_pixel():
     image_grid(x, zoom=0)
 
 
+def test_cli_judge_scores_the_grid_it_drew_with_the_requested_labels(monkeypatch, capsys,
+                                                                   tmp_path):
+  """--label 7A --judge must judge the grid's own samples against '7A' (it once judged a fresh
+  batch drawn for held-out labels). A stand-in judge reads '7A' in every image, the held-out
+  labels are '01', and the stand-in generator records what it was asked for."""
+  import argparse
+  import types
+  import ml_collections
+  from sample import glyph_judge, images
+  from train.image_data import encode_text
+  alphabet, S = '01A7', 3
+  seven_a = encode_text('7A', alphabet, S)
+
+  class Reads7A(glyph_judge.Judge):
+    def _forward(self, x):
+      n = len(x)
+      logits = np.zeros((n, S, len(alphabet) + 1), np.float32)
+      logits[np.arange(n)[:, None], np.arange(S)[None], seven_a[None]] = 1.0
+      return np.asarray(x, np.float32).reshape(n, -1)[:, :4], logits
+
+  judge = Reads7A(module=None, params={}, image_size=8, alphabet=alphabet, max_chars=S)
+  held = {'image': np.zeros((4, 8, 8, 3), np.float32),
+          'label': np.stack([encode_text('01', alphabet, S)] * 4)}
+  asked = {}
+
+  def fake_generate(config, model, params, rng, *, num, labels, **kw):
+    asked['labels'] = np.asarray(labels)
+    return np.random.default_rng(0).uniform(-1, 1, (num, 8, 8, 3)).astype(np.float32), 3
+
+  monkeypatch.setattr(images, 'reference', lambda config, num: held)
+  monkeypatch.setattr(images, 'load_judge', lambda config, steps=0: judge)
+  monkeypatch.setattr(images, 'generate', fake_generate)
+  config = ml_collections.ConfigDict({
+      'data': {'source': 'glyphs', 'alphabet': alphabet, 'max_chars': S},
+      'judge': {'name': 'glyphs', 'sampler': 'euler', 'steps': 3, 'train_steps': 0}})
+  model = types.SimpleNamespace(cfg=types.SimpleNamespace(step_conditioning=False))
+  args = argparse.Namespace(sampler='', steps=0, cfg_interval='', cfg=1.0, num=4, label=['7A'],
+                            judge=True, zoom=1, out=str(tmp_path / 'g.png'))
+  images.cli(args, config, model, None, None)
+  out = capsys.readouterr().out
+  np.testing.assert_array_equal(asked['labels'], np.stack([seven_a] * 4))
+  assert 'accuracy=1.0000' in out and 'char_accuracy=1.0000' in out and 'nfe=3' in out
+  assert '2: 1.000 / 1.000 (4)' in out
+  args.label = []  # no --label: the held-out labels are requested, and '7A' is misread
+  images.cli(args, config, model, None, None)
+  assert 'accuracy=0.0000' in capsys.readouterr().out
+  np.testing.assert_array_equal(asked['labels'], held['label'])
+  config.judge.name = ''
+  args.judge = True
+  with pytest.raises(SystemExit, match='drop --judge'):
+    images.cli(args, config, model, None, None)
+
+
 def test_label_ids_past_the_embedding_table_are_refused(tmp_path):
   """npz class ids 0..6 need label_vocab 8 (1-based, 0 = null); a smaller table would clamp the
   ids silently inside jit, so the trainer refuses and says what to set."""
