@@ -165,13 +165,19 @@ def ddpm_step(denoise_fn, params, s: SamplerState, sigma, sigma_next, cond, rng,
 
 
 def heun_step(denoise_fn, params, s: SamplerState, sigma, sigma_next, cond, rng, *, n_steps,
-              s_churn=0.0, s_tmin=0.0, s_tmax=float('inf'), s_noise=1.0):
+              s_churn=0.0, s_tmin=0.0, s_tmax=float('inf'), s_noise=1.0, flow_space=False):
   """EDM Algorithm 2 (Karras et al. 2022), one iteration i:
   gamma = min(S_churn/N, sqrt2 - 1) if S_tmin <= t_i <= S_tmax else 0; t_hat = t_i (1 + gamma);
   x_hat = x + sqrt(t_hat^2 - t_i^2) S_noise eps; d = (x_hat - D(x_hat; t_hat))/t_hat;
   x' = x_hat + (t_next - t_hat) d; if t_next > 0: d' = (x' - D(x'; t_next))/t_next and
   x' = x_hat + (t_next - t_hat)(d + d')/2. The correction is skipped (`lax.cond`) at t_next = 0,
-  so NFE = 2N - 1 over a grid ending at 0. S_churn = 0 is Algorithm 1 (deterministic)."""
+  so NFE = 2N - 1 over a grid ending at 0. S_churn = 0 is Algorithm 1 (deterministic).
+
+  flow_space=True takes the trapezoidal correction in rectified-flow coordinates instead:
+  x_t = x / (1 + sigma), t = sigma / (1 + sigma), whose velocity is dx_t/dt = d - D, and
+  x'_t = x_t + (t' - t)(v + v')/2 (the Euler predictor is the same step in both coordinates).
+  Flow models' paths are nearly straight in t, not in sigma: on the glyph DiT (flow, w=3) Heun
+  at N=4 read 10% of strings in sigma and 60% in t."""
   gamma = jnp.where((s_tmin <= sigma) & (sigma <= s_tmax),
                     jnp.minimum(s_churn / n_steps, math.sqrt(2) - 1), 0.0)
   t_hat = sigma * (1 + gamma)
@@ -182,8 +188,12 @@ def heun_step(denoise_fn, params, s: SamplerState, sigma, sigma_next, cond, rng,
 
   def correct():
     x1 = x_hat + (sigma_next - t_hat) * d
-    d1 = (x1 - _denoise(denoise_fn, params, x1, sigma_next, cond)) / sigma_next
-    return x_hat + (sigma_next - t_hat) * 0.5 * (d + d1)
+    x0_1 = _denoise(denoise_fn, params, x1, sigma_next, cond)
+    d1 = (x1 - x0_1) / sigma_next
+    in_sigma = x_hat + (sigma_next - t_hat) * 0.5 * (d + d1)
+    dt = sigma_next / (1 + sigma_next) - t_hat / (1 + t_hat)
+    in_t = (x_hat / (1 + t_hat) + dt * 0.5 * ((d - x0) + (d1 - x0_1))) * (1 + sigma_next)
+    return jnp.where(flow_space, in_t, in_sigma)
 
   x = jax.lax.cond(sigma_next > 0, correct, lambda: x0)
   return s.replace(x=x, x0_hat=x0, sigma_hat=t_hat,
@@ -296,10 +306,12 @@ def euler(denoise_fn, params, sigmas, x_T, cond, rng) -> SampleOutput:
 
 
 def heun(denoise_fn, params, sigmas, x_T, cond, rng, s_churn: float = 0.0, s_tmin: float = 0.0,
-         s_tmax: float = float('inf'), s_noise: float = 1.0) -> SampleOutput:
-  """EDM Algorithm 2 (Karras et al. 2022; `heun_step`). NFE = 2N - 1."""
+         s_tmax: float = float('inf'), s_noise: float = 1.0,
+         flow_space: bool = False) -> SampleOutput:
+  """EDM Algorithm 2 (Karras et al. 2022; `heun_step`; flow_space: its correction in
+  rectified-flow time). NFE = 2N - 1."""
   return sample('heun', denoise_fn, params, sigmas, x_T, cond, rng, s_churn=s_churn,
-                s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise)
+                s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise, flow_space=flow_space)
 
 
 def dpmpp_2m(denoise_fn, params, sigmas, x_T, cond, rng) -> SampleOutput:

@@ -12,6 +12,7 @@ The noise grid follows the run's objective: EDM -> Karras rho = 7; flow -> unifo
 from t = 80/81 (sigma 80);
 eps / v / x0 -> DDIM's strided DDPM timesteps. Shortcut runs (step-conditioned flow models)
 sample with Euler over `steps` uniform steps, conditioning on d = 1/steps (steps a power of 2).
+Heun on a flow run takes its correction in flow time t (`heun_step(flow_space=True)`).
 The glyph judge scores any image paradigm registered in GENERATORS (image diffusion here,
 VAR next-scale prediction in sample/next_scale.py) through its `generate`.
 """
@@ -97,6 +98,8 @@ def generate(config, model, params, rng, *, num: int = 16, sampler: str = 'heun'
     labels = reference(config, num)['label']
   elif not (isinstance(labels, np.ndarray) and labels.dtype.kind == 'i'):
     labels = parse_labels(config, labels, num)
+  if sampler == 'heun' and options(config).objective == 'flow':
+    sampler_options.setdefault('flow_space', True)  # Heun's correction in flow time t
   fn = denoiser(config, model, steps, sampler)
   if cfg != 1.0:
     fn = sd.cfg_denoiser(fn, cfg, 0, cfg_interval)

@@ -50,6 +50,7 @@ CASES = {  # name: (method, steps N on the Karras grid, options, deterministic O
     'euler': ('euler', 256, {}, True),
     'ddim_eta0': ('ddim', 256, {'eta': 0.0}, True),
     'heun': ('heun', 32, {}, True),
+    'heun_flow_space': ('heun', 32, {'flow_space': True}, True),
     'dpmpp_2m': ('dpmpp_2m', 32, {}, True),
     'ddim_eta0.5': ('ddim', 512, {'eta': 0.5}, False),
     'ddpm': ('ddpm', 512, {}, False),
@@ -94,6 +95,22 @@ def test_ode_samplers_follow_the_exact_flow_map(name):
   exact = MU + (n @ U * np.sqrt(LAM)) @ U.T
   rms = np.sqrt(np.mean((np.asarray(out.x).reshape(M, 4) - exact) ** 2))
   assert rms < 0.02, rms
+
+
+def test_heun_in_flow_time_follows_the_flow_map_on_a_flow_grid():
+  """Heun's correction in rectified-flow time t = sigma/(1 + sigma) (flow_space=True) against
+  EDM's in sigma, on the flow sampling grid (uniform t from sigma 80, 8 steps = 15 NFE), with
+  the exact denoiser of the Gaussian data: RMS error to the exact flow map. Measured 0.022 in t,
+  0.32 in sigma (4 steps: 0.083 vs 2.76), so the bounds separate them by a wide margin."""
+  n = np.asarray(jax.random.normal(jax.random.key(1), (M, 4)), np.float64)
+  exact = MU + (n @ U * np.sqrt(LAM)) @ U.T
+  grid = idf.flow_sigmas(8, t_max=SIGMA_MAX / (1 + SIGMA_MAX))
+  rms = {}
+  for flow_space in (True, False):
+    out = idf.heun(Gauss(), PARAMS, grid, exact_start(n), None, jax.random.key(2),
+                   flow_space=flow_space)
+    rms[flow_space] = float(np.sqrt(np.mean((np.asarray(out.x).reshape(M, 4) - exact) ** 2)))
+  assert rms[True] < 0.04 and rms[False] > 0.15, rms
 
 
 def ddim_variance_vp(sigmas, eta, lam):
