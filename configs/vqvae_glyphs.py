@@ -51,6 +51,7 @@ def _tiny(c):
   c.loss.update(num_features=32)
   c.train.update(steps=20, warmup_steps=2, lr=1e-3, log_every=10, eval_every=10, eval_batches=1,
                  ckpt_every=10, progress=False)
+  c.judge.train_steps = 20  # `python -m sample --judge` on reconstructions: a seconds-long judge
 
 
 def _small(c):

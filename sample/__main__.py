@@ -5,6 +5,8 @@ Masked / block diffusion runs take --strategy, --steps, --block-size, --threshol
 --label, --out (a PNG grid) and --judge (score the samples with the run's external judge).
 Next-scale (VAR) runs take --cfg (VAR's ramped guidance), --top-k, --top-p, --temperature,
 --label, --out and --judge; they decode with the tokenizer run named by data.tokenizer.
+Tokenizer (VQ-VAE) runs write held-out images beside their reconstructions (--out, --zoom) and
+--judge reads both (sample/tokenizer.py).
 
 Loads the saved config and the newest checkpoint of --workdir, then prints the samples (text)
 or writes the grid (images).
@@ -165,7 +167,8 @@ SAMPLERS = {'autoregressive': _text(_sample_autoregressive),
             'masked_diffusion': _text(_sample_masked_diffusion),
             'image_diffusion': _cli_of('sample.images'),
             'next_scale': _cli_of('sample.next_scale'),
-            'hybrid': _cli_of('sample.hybrid')}
+            'hybrid': _cli_of('sample.hybrid'),
+            'vqvae': _cli_of('sample.tokenizer')}
 
 
 def main(argv=None):

@@ -216,14 +216,15 @@ def cli_labels(args, config) -> np.ndarray:
   return reference(config, args.num)['label']
 
 
-def cli_judge(config, x, labels, nfe: int) -> None:
+def cli_judge(config, x, labels, nfe: int | None = None, reference_images=None) -> None:
   """--judge: the run's judge on the grid's own samples x [N, H, W, C] and the labels they were
-  requested with [N, S]; FD against N held-out images. Prints one line of metrics and one of
-  the rates by string length."""
-  ref = reference(config, len(x))
-  m = score_samples(load_judge(config, config.judge.train_steps), x, labels, ref['image'])
+  requested with [N, S]; FD against `reference_images` (default: N held-out images). Prints one
+  line of metrics (and the NFE when given) and one of the rates by string length."""
+  if reference_images is None:
+    reference_images = reference(config, len(x))['image']
+  m = score_samples(load_judge(config, config.judge.train_steps), x, labels, reference_images)
   by = m.pop('by_length')
-  print(' '.join(f'{k}={v:.4f}' for k, v in m.items()) + f' nfe={nfe}')
+  print(' '.join(f'{k}={v:.4f}' for k, v in m.items()) + ('' if nfe is None else f' nfe={nfe}'))
   print('by length (strings / characters read, count): ' + ', '.join(
       f'{n}: {v["accuracy"]:.3f} / {v["char_accuracy"]:.3f} ({v["count"]})'
       for n, v in by.items() if v['count']))

@@ -286,6 +286,27 @@ def test_tiny_tokenizer_var_and_cli_end_to_end(tmp_path, capsys):
   assert Image.open(out).size == (2 * (2 * side + 3 * 2),) * 2  # 2 x 2 grid, 2 px pad, zoom 2
   assert f'{len(c.model.scales)} network evaluations of 8 rows' in capsys.readouterr().err
 
+  # the tokenizer run's CLI: held-out images beside decode(f_hat), which the judge reads
+  from paradigms import vqvae
+  from sample.images import reference, to_uint8
+  from train.checkpoint import load_run
+  tc, vq_model, vq_params = load_run(c.data.tokenizer)
+  sample_main(['--workdir', c.data.tokenizer, '--num', '3', '--out', out, '--judge'])
+  grid = np.asarray(Image.open(out))
+  assert grid.shape == (2 * (side + 2) + 2, 4 * (side + 2) + 2, 3)  # 3 pairs on a 4-wide grid
+  x = reference(tc, 3)['image']
+  _, _, f_hat = vqvae.residual(vq_model, vq_params, x)
+  want = to_uint8(vqvae.decode(vq_model, vq_params, f_hat))
+  tiles = [grid[2:2 + side, 2 + j * (side + 2):2 + j * (side + 2) + side] for j in range(4)]
+  np.testing.assert_array_equal(tiles[0], to_uint8(x[0]))
+  for got, ref in ((tiles[1], want[0]), (tiles[3], want[1])):
+    assert np.abs(got.astype(int) - ref).max() <= 1  # rounding of the jitted decode
+  printed = capsys.readouterr().out
+  assert printed.count('by length') == 3 and 'real: fd=0.0000' in printed
+  assert 'decode(f): fd=' in printed and 'decode(f_hat): fd=' in printed
+  with pytest.raises(SystemExit, match='drop --label'):
+    sample_main(['--workdir', c.data.tokenizer, '--num', '3', '--out', out, '--label', '7A'])
+
   c.data.tokenizer_residual = True
   data = open_data(c.data)
   it = iter(data.train_dataset(batch_size=4, seed=1))
