@@ -63,7 +63,7 @@ def denoiser(config, model, steps: int | None = None, sampler: str = 'euler') ->
 
 def parse_labels(config, labels, num: int) -> np.ndarray:
   """Texts (glyph runs) or class ids -> int32 [num, max_chars]; one label is repeated."""
-  from train.image_data import encode_text
+  from train.glyphs import encode_text
   d = config.data
   rows = []
   for text in labels:

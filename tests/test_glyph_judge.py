@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from sample import glyph_judge
-from train import image_data
+from train import glyphs, image_data
 
 ALPHABET = '0AB'
 
@@ -53,7 +53,7 @@ def random_judge(image_size=16, max_chars=2):
 
 def test_features_and_predict_shapes_and_batching():
   judge = random_judge()
-  images = np.stack([image_data.glyph_example(i, image_size=16, alphabet=ALPHABET,
+  images = np.stack([glyphs.glyph_example(i, image_size=16, alphabet=ALPHABET,
                                               max_chars=2)['image'] for i in range(300)])
   feats, pred = judge.features(images), judge.predict(images)
   assert feats.shape == (300, 128) and feats.dtype == np.float64

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from train import image_data
+from train import glyphs, image_data
 
 
 def make_cfg(**overrides) -> ml_collections.ConfigDict:
   cfg = dict(source='glyphs', files='', path='', image_size=16, channels=3,
-             alphabet=image_data.DEFAULT_ALPHABET, max_chars=3, holdout_fraction=0.05, seed=0,
+             alphabet=glyphs.DEFAULT_ALPHABET, max_chars=3, holdout_fraction=0.05, seed=0,
              cache_dir='')
   cfg.update(overrides)
   return ml_collections.ConfigDict(cfg)
@@ -36,22 +36,22 @@ def write_images(root, n, size=(20, 12), mode='RGB', ext='png', start=0):
 # --- Glyphs ----------------------------------------------------------------------------------
 
 def test_glyph_is_a_function_of_split_and_index():
-  a, b = image_data.glyph_example(7), image_data.glyph_example(7)
+  a, b = glyphs.glyph_example(7), glyphs.glyph_example(7)
   np.testing.assert_array_equal(a['image'], b['image'])
   np.testing.assert_array_equal(a['label'], b['label'])
-  others = [image_data.glyph_example(8), image_data.glyph_example(7, split='eval')]
+  others = [glyphs.glyph_example(8), glyphs.glyph_example(7, split='eval')]
   assert all(not np.array_equal(a['image'], o['image']) for o in others)
-  train = {image_data.glyph_example(i)['image'].tobytes() for i in range(50)}
-  held = {image_data.glyph_example(i, split='eval')['image'].tobytes() for i in range(50)}
+  train = {glyphs.glyph_example(i)['image'].tobytes() for i in range(50)}
+  held = {glyphs.glyph_example(i, split='eval')['image'].tobytes() for i in range(50)}
   assert len(train) == 50 and not train & held
-  big = image_data.glyph_example(10**30)  # unbounded random access
+  big = glyphs.glyph_example(10**30)  # unbounded random access
   assert big['image'].shape == (32, 32, 3)
 
 
 def test_glyph_shapes_range_labels_and_contrast():
   lengths = set()
   for i in range(40):
-    ex = image_data.glyph_example(i, image_size=24, max_chars=4)
+    ex = glyphs.glyph_example(i, image_size=24, max_chars=4)
     image, label = ex['image'], ex['label']
     assert image.shape == (24, 24, 3) and image.dtype == np.float32
     assert label.shape == (4,) and label.dtype == np.int32
@@ -59,7 +59,7 @@ def test_glyph_shapes_range_labels_and_contrast():
     n = int((label > 0).sum())
     lengths.add(n)
     assert 1 <= n <= 4 and (label[:n] > 0).all() and (label[n:] == 0).all()  # blanks trail
-    assert label.max() <= len(image_data.DEFAULT_ALPHABET)
+    assert label.max() <= len(glyphs.DEFAULT_ALPHABET)
     luma = image @ np.array([0.2126, 0.7152, 0.0722], np.float32)  # [H, W] in [-1, 1]
     assert luma.max() - luma.min() > 0.6, f'glyph {i} looks blank'  # >= 0.4 * 2 minus AA
   assert lengths == {1, 2, 3, 4}
@@ -69,8 +69,8 @@ def test_text_fits_inside_the_image():
   # Worst cases: the widest and tallest strings at the largest size, pushed into each corner.
   for text in ('WMW', 'M', '8', 'Q', 'WW'):
     for u, v in ((0, 0), (1, 1), (0, 1), (1, 0)):
-      for size, stroke in ((16, 0.0), (32, 0.0), (32, image_data.MAX_STROKE)):
-        alpha = image_data._text_alpha(text, size, image_data._EM_RANGE[1], u, v, stroke)
+      for size, stroke in ((16, 0.0), (32, 0.0), (32, glyphs.MAX_STROKE)):
+        alpha = glyphs._text_alpha(text, size, glyphs._EM_RANGE[1], u, v, stroke)
         assert alpha.sum() > 5, (text, u, v, size)  # something was drawn
         border = np.concatenate([alpha[0], alpha[-1], alpha[:, 0], alpha[:, -1]])
         assert border.max() == 0, f'{text!r} at {(u, v)} touches the edge of a {size}px image'
@@ -81,13 +81,13 @@ def test_stroke_thickens_the_letters_and_changes_nothing_else():
   at the same size and place (ink coverage grows 0 < 0.05 < 0.1), and the label, the colours
   and the layout draws stay those of the same index."""
   for i in range(4):
-    np.testing.assert_array_equal(image_data.glyph_example(i, stroke=0.0)['image'],
-                                  image_data.glyph_example(i)['image'])
+    np.testing.assert_array_equal(glyphs.glyph_example(i, stroke=0.0)['image'],
+                                  glyphs.glyph_example(i)['image'])
   for text, em in (('8', 0.6), ('B2', 0.5), ('WAN', 0.3)):  # sizes that need no shrink-to-fit
-    ink = [image_data._text_alpha(text, 32, em, 0.5, 0.5, s).sum() for s in (0.0, 0.05, 0.1)]
+    ink = [glyphs._text_alpha(text, 32, em, 0.5, 0.5, s).sum() for s in (0.0, 0.05, 0.1)]
     assert ink[0] < ink[1] < ink[2], (text, ink)
   for i in range(6):
-    regular, bold = image_data.glyph_example(i), image_data.glyph_example(i, stroke=0.06)
+    regular, bold = glyphs.glyph_example(i), glyphs.glyph_example(i, stroke=0.06)
     np.testing.assert_array_equal(regular['label'], bold['label'])
     corners = lambda x: x[[0, 0, -1, -1], [0, -1, 0, -1]]  # background: never under the text
     np.testing.assert_array_equal(corners(regular['image']), corners(bold['image']))
@@ -98,11 +98,11 @@ def test_jitter_shrinks_the_spread_of_text_size_and_position():
   box is centred in the image whatever the index (gradient backgrounds excluded by a
   threshold on the deviation from the median luminance)."""
   for i in range(5):
-    np.testing.assert_array_equal(image_data.glyph_example(i, jitter=1.0)['image'],
-                                  image_data.glyph_example(i)['image'])
+    np.testing.assert_array_equal(glyphs.glyph_example(i, jitter=1.0)['image'],
+                                  glyphs.glyph_example(i)['image'])
 
   def ink_box_centre(i, jitter):
-    luma = image_data.glyph_example(i, jitter=jitter)['image'] @ image_data._LUMA.astype(np.float32)
+    luma = glyphs.glyph_example(i, jitter=jitter)['image'] @ glyphs._LUMA.astype(np.float32)
     dev = np.abs(luma - np.median(luma))  # [S, S]; text is the minority of pixels
     ys, xs = np.nonzero(dev > 0.5 * dev.max())
     return (ys.min() + ys.max()) / 2, (xs.min() + xs.max()) / 2
@@ -115,16 +115,16 @@ def test_jitter_shrinks_the_spread_of_text_size_and_position():
 
 def test_labels_round_trip():
   for i in range(20):
-    label = image_data.glyph_example(i)['label']
-    text = image_data.decode_label(label)
-    np.testing.assert_array_equal(image_data.encode_text(text, image_data.DEFAULT_ALPHABET, 3),
+    label = glyphs.glyph_example(i)['label']
+    text = glyphs.decode_label(label)
+    np.testing.assert_array_equal(glyphs.encode_text(text, glyphs.DEFAULT_ALPHABET, 3),
                                   label)
-  np.testing.assert_array_equal(image_data.encode_text('B0', '0AB', 3), [3, 1, 0])
-  assert image_data.decode_label([3, 1, 0], '0AB') == 'B0'
+  np.testing.assert_array_equal(glyphs.encode_text('B0', '0AB', 3), [3, 1, 0])
+  assert glyphs.decode_label([3, 1, 0], '0AB') == 'B0'
   with pytest.raises(ValueError, match=r"uses 'O'.*not in the alphabet"):
-    image_data.encode_text('OK', image_data.DEFAULT_ALPHABET, 3)
+    glyphs.encode_text('OK', glyphs.DEFAULT_ALPHABET, 3)
   with pytest.raises(ValueError, match='more than max_chars=3'):
-    image_data.encode_text('ABCD', image_data.DEFAULT_ALPHABET, 3)
+    glyphs.encode_text('ABCD', glyphs.DEFAULT_ALPHABET, 3)
 
 
 def test_glyph_config_errors_and_describe():
@@ -147,7 +147,7 @@ def test_glyph_eval_batches_are_the_eval_split_in_order():
   assert len(batches) == image_data.DEFAULT_GLYPH_EVAL_BATCHES
   assert batches[0]['image'].shape == (4, 16, 16, 1) and batches[0]['label'].shape == (4, 3)
   np.testing.assert_array_equal(batches[1]['label'][2],
-                                image_data.glyph_example(6, image_size=16, split='eval')['label'])
+                                glyphs.glyph_example(6, image_size=16, split='eval')['label'])
 
 
 # --- Pipelines -------------------------------------------------------------------------------

@@ -190,7 +190,7 @@ def test_cli_judge_scores_the_grid_it_drew_with_the_requested_labels(monkeypatch
   import types
   import ml_collections
   from sample import glyph_judge, images
-  from train.image_data import encode_text
+  from train.glyphs import encode_text
   alphabet, S = '01A7', 3
   seven_a = encode_text('7A', alphabet, S)
 
