@@ -247,18 +247,22 @@ def frechet_distance(feats_a, feats_b) -> float:
   return max(fd, 0.0)
 
 
-def glyph_metrics(judge: Judge, samples, labels, reference_images) -> dict[str, float]:
+def glyph_metrics(judge: Judge, samples, labels, reference_images) -> dict:
   """FD of ``samples`` vs ``reference_images`` (both [N, S, S, 3]) and how well the judge reads
-  the requested ``labels`` [N, max_chars] in the samples (None: unconditional -> NaN accuracy).
+  the requested ``labels`` [N, max_chars] in the samples (None: unconditional -> NaN accuracy),
+  from one pass of the judge over the samples.
 
-  Returns ``{'fd': float, 'accuracy': float, 'char_accuracy': float}``.
+  Returns ``{'fd': float, 'accuracy': float, 'char_accuracy': float, 'by_length': {n: {'count',
+  'accuracy', 'char_accuracy'}}}`` (``match_rates_by_length``; empty when unconditional).
   """
   feats, logits = judge._forward(samples)
   fd = frechet_distance(feats.astype(np.float64), judge.features(reference_images))
   if labels is None:
-    return {'fd': fd, 'accuracy': float('nan'), 'char_accuracy': float('nan')}
-  exact, per_char = match_rates(logits.argmax(-1).astype(np.int32), labels)
-  return {'fd': fd, 'accuracy': exact, 'char_accuracy': per_char}
+    return {'fd': fd, 'accuracy': float('nan'), 'char_accuracy': float('nan'), 'by_length': {}}
+  pred = logits.argmax(-1).astype(np.int32)
+  exact, per_char = match_rates(pred, labels)
+  return {'fd': fd, 'accuracy': exact, 'char_accuracy': per_char,
+          'by_length': match_rates_by_length(pred, labels)}
 
 
 # ---------------------------------------------------------------------------------------------

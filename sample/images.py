@@ -171,9 +171,7 @@ def score_samples(judge, x, labels, reference_images) -> dict:
   'by_length': {n: {'count', 'accuracy', 'char_accuracy'}} for strings of n characters}."""
   from sample import glyph_judge
   x = np.clip(np.asarray(x), -1, 1)
-  m = {k: float(v) for k, v in glyph_judge.glyph_metrics(judge, x, labels, reference_images).items()}
-  m['by_length'] = glyph_judge.match_rates_by_length(judge.predict(x), labels)
-  return m
+  return glyph_judge.glyph_metrics(judge, x, labels, reference_images)
 
 
 def glyph_judge_metrics(config, model, params, rng, *, num: int, cfg: float = 1.0,

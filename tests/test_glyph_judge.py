@@ -110,8 +110,10 @@ def test_glyph_metrics_keys_and_identical_sets():
                                        alphabet=ALPHABET, max_chars=2, holdout_fraction=0.05))
   (batch,) = image_data.eval_batches(cfg, batch_size=32, num_batches=1)
   metrics = glyph_judge.glyph_metrics(judge, batch['image'], batch['label'], batch['image'])
-  assert set(metrics) == {'fd', 'accuracy', 'char_accuracy'}
+  assert set(metrics) == {'fd', 'accuracy', 'char_accuracy', 'by_length'}
   assert abs(metrics['fd']) < 1e-6 and 0 <= metrics['accuracy'] <= 1
+  pred = judge.predict(batch['image'])  # the one pass's readings split by length
+  assert metrics['by_length'] == glyph_judge.match_rates_by_length(pred, batch['label'])
   assert np.isnan(glyph_judge.glyph_metrics(judge, batch['image'], None,
                                             batch['image'])['accuracy'])
 
