@@ -20,8 +20,9 @@ Presets:
          bits/token at 1200 steps; resumed with `--config.train.steps=3000` (a new cosine
          cycle): 3.60 bits/token, judge (no guidance, NFE 6) FD 223, 21.9% of strings read;
          with w=3, 44% of a 48-sample grid (single characters 77%, pairs 38%, triples 0%).
-         Singles and many pairs are legible but blurred; training is the limit (the
-         tokenizer's reconstructions are read at 71%).
+         Singles and many pairs are legible but blurred; training is the limit, and that
+         2000-step tokenizer reads only 42% of triples (72% after 8000 steps: see
+         configs/vqvae_glyphs.py; a VAR must be trained on the tokenizer it samples through).
   base   one GPU; VAR-d16 (d=1024, 16 layers, 16 heads), batch 256, bf16, lr 1e-4 (VAR's
          1e-4 x batch/256), weight decay 0.05.
 """
