@@ -169,9 +169,8 @@ def score_samples(judge, x, labels, reference_images) -> dict:
   {'fd': Frechet distance of the judge's features vs `reference_images` [M, H, W, C],
   'accuracy': exact-string rate, 'char_accuracy': per-character rate,
   'by_length': {n: {'count', 'accuracy', 'char_accuracy'}} for strings of n characters}."""
-  from sample import glyph_judge
-  x = np.clip(np.asarray(x), -1, 1)
-  return glyph_judge.glyph_metrics(judge, x, labels, reference_images)
+  from sample import glyph_judge  # imported when used: the judge pulls in optax and its cache
+  return glyph_judge.glyph_metrics(judge, x, labels, reference_images)  # the judge clips x
 
 
 def glyph_judge_metrics(config, model, params, rng, *, num: int, cfg: float = 1.0,

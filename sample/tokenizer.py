@@ -24,8 +24,7 @@ from paradigms import vqvae
 def reconstruct(model: vqvae.VQVAE, params, x):
   """x [B, H, W, C] -> (decode(f), decode(f_hat)), both [B, H, W, C]: the autoencoder alone and
   through the multi-scale residual quantiser."""
-  f = vqvae.encode(model, params, x)
-  _, f_hat, _ = vqvae.quantize(model, params, f)
+  _, f, f_hat = vqvae.residual(model, params, x)
   return vqvae.decode(model, params, f), vqvae.decode(model, params, f_hat)
 
 
