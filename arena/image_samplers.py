@@ -18,7 +18,7 @@ Settings per paradigm (`settings`):
 Quality pass (`quality_pass`): for every setting, `num` class-conditional images for the labels
 of `num` held-out glyphs (the first contestant's data fixes labels and reference images), the
 same rng for all, guidance weight `cfg` (1 = off; a guided call runs a 2 x num batch), scored by
-the glyph judge (sample/glyph_judge.py):
+the glyph judge (evaluators/glyph_judge.py):
   fd             Frechet distance of the judge's features, samples vs the held-out images (with a
                  few hundred images FD is biased upwards: compare rows of one run only);
   accuracy       exact-string recognition rate; char_accuracy the per-character rate;
@@ -78,13 +78,14 @@ class Contestant:
   model: Any
   params: Any  # EMA params when the run kept them (train.checkpoint.load_run)
   settings: list[dict]
+  tokenizer: Any = None  # (vq_model, vq_params) of a VAR / HART run (train.checkpoint.load_tokenizer)
 
 
 @dataclasses.dataclass
 class Measured:
   rows: list[dict]  # one per (contestant, setting): name, paradigm, options, nfe, metrics, speed
   reference: dict  # {'image': [num, H, W, C], 'label': int32 [num, max_chars]} held out
-  judge: Any  # the glyph judge (sample.glyph_judge.Judge)
+  judge: Any  # the glyph judge (evaluators.glyph_judge.Judge)
   samples: list  # float32 [num, H, W, C] in [-1, 1] per row (empty unless keep_samples)
 
 
@@ -94,13 +95,13 @@ def log_stderr(msg: str) -> None:
 
 def load_judge(config, steps: int = 0):
   """The glyph judge for `config.data` (trained once and cached; `steps` 0 = its default)."""
-  from sample import images
+  from evaluators import images
   return images.load_judge(config, steps)
 
 
 def score(judge, x, labels, reference_images) -> dict:
-  """sample.images.score_samples: {'fd', 'accuracy', 'char_accuracy', 'by_length'}."""
-  from sample import images
+  """evaluators.images.score_samples: {'fd', 'accuracy', 'char_accuracy', 'by_length'}."""
+  from evaluators import images
   return images.score_samples(judge, x, labels, reference_images)
 
 
@@ -110,18 +111,18 @@ def quality_pass(contestants: Sequence[Contestant], *, ref: dict, judge, num: in
   """Generate and score every setting once (this call also compiles it). Returns (rows,
   calls: a zero-argument function per row that reruns its generation, samples per row)."""
   import jax
-  from sample import images
+  from evaluators import images
   rows, calls, samples = [], [], []
   data0 = data_key(contestants[0].config.data)
   for c in contestants:
     if data_key(c.config.data) != data0:
       log(f'warning: {c.name} trained on other data than {contestants[0].name} '
           f'({data_key(c.config.data)} vs {data0}); it is scored against the first run\'s')
-    gen = images.generator(c.config).generate
     n_params = int(sum(v.size for v in jax.tree.leaves(c.params)))
     for opts in c.settings:
-      call = lambda gen=gen, c=c, o=opts: gen(c.config, c.model, c.params, rng, num=num, cfg=cfg,
-                                              labels=ref['label'], **o)
+      call = lambda c=c, o=opts: images.generate(c.config, c.model, c.params, rng, num=num,
+                                                 cfg=cfg, labels=ref['label'],
+                                                 tokenizer=c.tokenizer, **o)
       t0 = time.perf_counter()
       x, nfe = call()
       row = {'name': c.name, 'paradigm': c.config.paradigm, **opts, 'nfe': nfe,
@@ -157,7 +158,7 @@ def measure(contestants: Sequence[Contestant], *, num: int, cfg: float = 1.0, se
   """The quality pass, then (unless quality_only) the timing pass, over all contestants with
   one rng, one judge and one reference set (the first contestant's held-out glyphs)."""
   import jax
-  from sample import images
+  from evaluators import images
   if not contestants:
     raise ValueError('measure needs at least one contestant')
   first = contestants[0].config

@@ -147,12 +147,11 @@ def reference_rows(vq_run, judge, ref: dict, num: int) -> tuple[list[dict], np.n
   [num, H, W, C] of ref's own images, for the tokenizer's sample grid)."""
   import jax
   from paradigms import vqvae
-  from train.image_data import eval_batches
+  from pipelines.images import eval_batches
 
   @jax.jit
   def recon(p, x):  # x [B, H, W, C] -> (decode(f_hat), decode(f)), both [B, H, W, C]
-    _, f, f_hat = vqvae.residual(vq_run.model, p, x)
-    return vqvae.decode(vq_run.model, p, f_hat), vqvae.decode(vq_run.model, p, f)
+    return vqvae.reconstruct(vq_run.model, p, x)[::-1]
 
   real = eval_batches(vq_run.config.data, batch_size=num, num_batches=2)[1]
   x_hat, x_f = recon(vq_run.params, real['image'])
@@ -185,7 +184,8 @@ def run(ctx) -> report.Section:
     r = runs[name]
     opts = (dit_settings if name == 'dit' else
             bench.settings(r.config, r.model, steps=m['shortcut'], head_steps=m['head_steps']))
-    contestants.append(bench.Contestant(name, r.config, r.model, r.params, opts))
+    tokenizer = (runs['vqvae'].model, runs['vqvae'].params) if r.config.data.tokenizer else None
+    contestants.append(bench.Contestant(name, r.config, r.model, r.params, opts, tokenizer))
   result = bench.measure(contestants, num=m['num'], cfg=m['cfg'], seed=ctx.seed,
                          repeats=m['repeats'], judge_steps=m['judge_steps'], keep_samples=True,
                          log=ctx.log)
@@ -237,7 +237,7 @@ def _draw(out, rows, refs, picks, result, vq_grid, grid: int, alphabet: str) -> 
   """The speed-FD plot, the legibility plot and one sample grid per model (+ the real glyphs
   and their VQ-VAE reconstructions);
   returns ({what: file name}, the grid's requested strings in reading order)."""
-  from sample.images import image_grid
+  from evaluators.images import image_grid
   plots = {}
   series, notes = {}, {}
   for name in MODELS:  # one line per model and sampler, points in NFE order

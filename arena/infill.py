@@ -46,7 +46,7 @@ def windows(tokens, *, span: int, context: int, count: int, seed: int):
   some non-whitespace; chosen without replacement, deterministic given `seed`, in corpus order.
   Returns int32 [count, 2 context + span]; the span is [:, context:context + span]."""
   import numpy as np
-  from train.data import ByteTokenizer
+  from pipelines.text import ByteTokenizer
   if min(span, context, count) < 1:
     raise ValueError(f'span, context and count must be >= 1, got {span}, {context}, {count}')
   tokens = np.asarray(tokens)
@@ -187,7 +187,7 @@ def _beats(a: dict, b: dict, key: str, sign: int) -> bool:
 
 def run(ctx) -> report.Section:
   import jax
-  from train.data import load_corpus
+  from pipelines.text import load_corpus
   knobs = INFILL[ctx.budget]
   S, P, K = knobs['span'], knobs['context'], knobs['count']
   runs = {'judge': ctx.run('judge', text_config('ar', JUDGE[ctx.budget])),
@@ -239,7 +239,7 @@ def run(ctx) -> report.Section:
       report.compute_line(named),
       f'![]({plot})',
       findings(rows, runs, K)])
-  from train.data import ByteTokenizer
+  from pipelines.text import ByteTokenizer
   tok = ByteTokenizer()
   examples = [{'prefix': tok.decode(prefix[j]), 'truth': tok.decode(truth[j]),
                'suffix': tok.decode(suffix[j]),

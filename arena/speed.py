@@ -133,7 +133,7 @@ def findings(rows: list[dict], ref: dict, batches) -> str:
 def run(ctx) -> report.Section:
   import jax
   import numpy as np
-  from train.data import ByteTokenizer, load_corpus
+  from pipelines.text import ByteTokenizer, load_corpus
   knobs = SPEED[ctx.budget]
   runs = contestants(ctx)
   N, batches = knobs['new_tokens'], knobs['batches']

@@ -25,7 +25,7 @@ Quality (`quality`) of the samples of the untimed call, new tokens [B, N]:
   bits_per_byte   -log2 p_judge(new tokens | prompt) under an AR judge, teacher-forced (one
                   forward pass over prompt + sample), summed over the batch / (B * N); byte
                   level, so one token is one byte (a sampled EOS counts as one token too);
-  parse_score     mean of `sample.code_quality.parse_prefix_score(prompt + sample)`, the sample
+  parse_score     mean of `evaluators.code_quality.parse_prefix_score(prompt + sample)`, the sample
                   cut at its first EOS (where `python -m sample` would stop);
   entropy_bits    unigram entropy in bits of the generated ids pooled over the batch. Low values
                   expose samplers that look likely to the judge by repeating themselves.
@@ -118,7 +118,7 @@ def make_run(row: dict, models: dict, prompt_ids, B: int, N: int):
   from paradigms import masked_diffusion as md
   from sample import masked_diffusion as mds
   from sample.autoregressive import generate
-  from train.data import ByteTokenizer
+  from pipelines.text import ByteTokenizer
   config, model, params = models[row['model']]
   P, kw = len(prompt_ids), dict(row['settings'])
   prompt = jnp.asarray(np.broadcast_to(prompt_ids, (B, P)), jnp.int32)  # [B, P]
@@ -156,8 +156,8 @@ def quality(new, prompt_ids, judge: Callable) -> dict:
   """Judge bits/byte, parser score and unigram entropy (module doc) of samples new [B, N]
   written after prompt_ids [P]; judge: tokens [B, P + N] -> nats [B, P + N - 1]."""
   import numpy as np
-  from sample.code_quality import parse_prefix_score
-  from train.data import ByteTokenizer
+  from evaluators.code_quality import parse_prefix_score
+  from pipelines.text import ByteTokenizer
   new = np.asarray(new)
   B, N = new.shape
   P = len(prompt_ids)
@@ -232,7 +232,7 @@ def held_out_continuations(tokens, prompt_ids, *, length: int, count: int, seed:
   chosen at random without replacement (deterministic given `seed`), in corpus order.
   Returns int32 [count, length]."""
   import numpy as np
-  from train.data import ByteTokenizer
+  from pipelines.text import ByteTokenizer
   tokens = np.asarray(tokens)
   P = len(prompt_ids)
   if len(tokens) < P + length:

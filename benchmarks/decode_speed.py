@@ -60,7 +60,7 @@ def load_model(args):
   config = config_lib.from_file(args.config)
   paradigm = paradigms.get(config.paradigm)
   model = paradigm.build(config_lib.model_config(config))
-  spec = paradigm.example_batch(1, config.data)
+  spec = paradigm.example_batch(1, config.data, model.cfg)
   batch = jax.tree.map(lambda a: jax.numpy.zeros(a.shape, a.dtype), spec)
   params = jax.jit(lambda r: nn.meta.unbox(paradigm.init(model, r, batch))['params'])(
       jax.random.key(args.seed))

@@ -87,7 +87,7 @@ def load_model(workdir, spec: str, seed: int):
   config = config_lib.from_file(spec)
   paradigm = paradigms.get(config.paradigm)
   model = paradigm.build(config_lib.model_config(config))
-  spec_batch = paradigm.example_batch(1, config.data)
+  spec_batch = paradigm.example_batch(1, config.data, model.cfg)
   batch = jax.tree.map(lambda a: jax.numpy.zeros(a.shape, a.dtype), spec_batch)
   params = jax.jit(lambda r: nn.meta.unbox(paradigm.init(model, r, batch))['params'])(
       jax.random.key(seed))
@@ -113,7 +113,7 @@ def main(argv=None):
   import numpy as np
 
   from arena.text_samplers import judge_nll
-  from train.data import ByteTokenizer
+  from pipelines.text import ByteTokenizer
 
   specs = {'ar': (args.ar_workdir, f'configs/ar_code.py:{args.preset}'),
            'mdlm': (args.mdlm_workdir, f'configs/mdlm_code.py:{args.preset}'),

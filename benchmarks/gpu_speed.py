@@ -27,7 +27,7 @@ median of `--repeats` timed calls closed by `jax.block_until_ready`:
              library's jitted samplers: AR `generate` with the KV cache, MDLM ancestral
              (configs/mdlm_code.py), BD3 block diffusion with a KV cache
              (configs/bd3lm_code.py:<preset>,4) through arena/text_samplers.make_run;
-             DiT through `sample.images.generate` at a few (sampler, steps); VAR
+             DiT through `evaluators.images.generate` at a few (sampler, steps); VAR
              (`sample.next_scale.sample`) and HART (`sample.hybrid.sample`) over a random-init
              VQ-VAE of configs/vqvae_glyphs.py:<preset> through the `Tokenizer` seam. No
              guidance, no EOS; text rows write `new_tokens` after the prompt 'def '.
@@ -85,9 +85,6 @@ PRESETS = {
                  new_tokens=16, mdlm_steps=(4, 16), bd3_steps=(4, 1), images=8,
                  dit=(('euler', 2), ('heun', 4)), head_steps=2, budget_s=240.0),
 }
-# paradigms whose example_batch reads a trained tokenizer run: the one init input they use
-INIT_BATCH = {'next_scale': lambda d: {'label': ((1, d.max_chars), jnp.int32)},
-              'hybrid': lambda d: {'label': ((1, d.max_chars), jnp.int32)}}
 
 
 def _parse(argv):
@@ -143,11 +140,8 @@ def random_model(spec: str, seed: int = 0):
   config = load_config(spec)
   paradigm = paradigms.get(config.paradigm)
   model = paradigm.build(config_lib.model_config(config))
-  if config.paradigm in INIT_BATCH:
-    batch = {k: jnp.zeros(*v) for k, v in INIT_BATCH[config.paradigm](config.data).items()}
-  else:
-    spec_batch = paradigm.example_batch(1, config.data)
-    batch = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), spec_batch)
+  spec_batch = paradigm.example_batch(1, config.data, model.cfg)
+  batch = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), spec_batch)
   params = jax.jit(lambda r: nn.meta.unbox(paradigm.init(model, r, batch))['params'])(
       jax.random.key(seed))
   return config, model, params
@@ -283,7 +277,7 @@ def _train_once(P: dict, args, spec: str, overrides) -> dict:
   s = setup(config, paradigm, make_mesh((1, 1, 1), devices=jax.devices()[:1]))
   rs = np.random.default_rng(0)
   batch = {k: rs.integers(0, cfg.vocab_size, a.shape).astype(a.dtype)  # token batches only
-           for k, a in paradigm.example_batch(d.batch_size, d).items()}
+           for k, a in paradigm.example_batch(d.batch_size, d, cfg).items()}
   batch = device_batch(batch, s.batch_sharding)
   box = {'state': s.init(jax.random.key(config.train.seed))}
   rng, n = jax.random.key(1), P['train_steps']
@@ -312,7 +306,7 @@ def _train_once(P: dict, args, spec: str, overrides) -> dict:
 
 def text_row(P: dict, args, kind: str, sampler: str, settings: dict) -> dict:
   """A token sampler (AR / MDLM / BD3) through arena.text_samplers.make_run: B x new_tokens."""
-  from train.data import ByteTokenizer
+  from pipelines.text import ByteTokenizer
   name = {'ar': 'ar_code', 'mdlm': 'mdlm_code', 'bd3': 'bd3lm_code'}[kind]
   spec = _spec(name, args.preset)
   config, model, params = random_model(spec)
@@ -336,8 +330,8 @@ def _image_row(config, model, spec, sampler, settings, num, t, nfe, **extra) -> 
 
 
 def dit_row(P: dict, args, sampler: str, steps: int) -> dict:
-  """DiT images through `sample.images.generate` (the run's noise grid for its objective)."""
-  from sample import images
+  """DiT images through `evaluators.images.generate` (the run's noise grid for its objective)."""
+  from evaluators import images
   spec = _spec('dit_glyphs', args.preset)
   config, model, params = random_model(spec)
   num, key = P['images'], jax.random.key(0)
@@ -351,7 +345,8 @@ def dit_row(P: dict, args, sampler: str, steps: int) -> dict:
 def scale_row(P: dict, args, name: str) -> dict:
   """VAR (`next_scale.sample`) or HART (`hybrid.sample`) over a random-init VQ-VAE tokenizer."""
   from paradigms.next_scale import check_tokenizer
-  from sample import hybrid, images, next_scale
+  from evaluators import images
+  from sample import hybrid, next_scale
   spec, vq_spec = _spec(name, args.preset), _spec('vqvae_glyphs', args.preset)
   config, model, params = random_model(spec)
   _, vq_model, vq_params = random_model(vq_spec)

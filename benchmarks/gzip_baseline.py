@@ -13,7 +13,7 @@ import os
 import sysconfig
 
 from train.config import from_file
-from train.data import is_held_out
+from pipelines.text import is_held_out
 
 
 def main():

@@ -6,7 +6,7 @@
       --samplers dpmpp_2m --steps 4,8,18 --cfg 3
   python benchmarks/image_samplers.py --workdir runs/dit_glyphs --quality-only   # skip timing
 
-Every --workdir is a trained run of an image paradigm (sample/images.py GENERATORS). Its
+Every --workdir is a trained run of an image paradigm (evaluators/images.py GENERATORS). Its
 settings come from the paradigm:
   image_diffusion  every sampler in --samplers x every step count N in --steps (NFE = N; heun
                    2N - 1). Shortcut runs (step-conditioned) take euler at the
@@ -19,7 +19,7 @@ For every setting, `--num` class-conditional images are drawn for the labels of 
 held-out glyphs (the run's EMA params, guidance weight --cfg, 1 = off), all runs with the same
 labels, reference images and seed:
   fd             Frechet distance of the glyph judge's features, samples vs those held-out images
-                 (sample/glyph_judge.py; with a few hundred images FD is biased upwards: compare
+                 (evaluators/glyph_judge.py; with a few hundred images FD is biased upwards: compare
                  rows of one invocation, not with published FIDs);
   accuracy       exact-string recognition rate of the requested text by the judge;
   char_accuracy  per-character recognition rate;
@@ -68,7 +68,7 @@ def main(argv=None):
   args = _parse(sys.argv[1:] if argv is None else argv)
   import jax
   from arena import image_samplers as bench
-  from train.checkpoint import load_run
+  from train.checkpoint import load_run, load_tokenizer
 
   contestants = []
   for workdir in args.workdir:
@@ -76,7 +76,8 @@ def main(argv=None):
     opts = bench.settings(config, model, samplers=args.samplers.split(','),
                           steps=_ints(args.steps), head_steps=_ints(args.head_steps),
                           top_k=args.top_k)
-    contestants.append(bench.Contestant(workdir, config, model, params, opts))
+    contestants.append(bench.Contestant(workdir, config, model, params, opts,
+                                        load_tokenizer(config)))
   result = bench.measure(contestants, num=args.num, cfg=args.cfg, seed=args.seed,
                          repeats=args.repeats, judge_steps=args.judge_steps,
                          quality_only=args.quality_only)

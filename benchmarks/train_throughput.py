@@ -99,7 +99,7 @@ def main(argv=None):
 
   import paradigms
   from train import config as config_lib
-  from train.data import load_corpus, train_dataset
+  from pipelines.text import load_corpus, train_dataset
   from train.state import device_batch, make_mesh, make_optimizer, setup
 
   config = config_lib.from_file(args.config)
@@ -124,7 +124,7 @@ def main(argv=None):
   # (a) bare: one device, no mesh, no logical rules (the activation constraints are no-ops).
   model = paradigm.build(cfg)
   tx, _ = make_optimizer(t)
-  spec = paradigm.example_batch(d.batch_size, d)
+  spec = paradigm.example_batch(d.batch_size, d, cfg)
   batch0 = jax.tree.map(lambda a: jax.numpy.zeros(a.shape, a.dtype), spec)
   params = jax.jit(lambda r: nn.meta.unbox(paradigm.init(model, r, batch0))['params'])(
       jax.random.key(t.seed))

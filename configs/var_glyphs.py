@@ -6,7 +6,7 @@
   python -m sample --workdir runs/var_glyphs --num 16 --out grid.png --label 7A --judge
 
 `data.tokenizer` names the tokenizer's workdir (default runs/vqvae_glyphs); the data pipeline
-encodes every image batch with it (train/sources.py). The tokenizer's shape fields
+encodes every image batch with it (pipelines/sources.py). The tokenizer's shape fields
 (model.scales, codebook_size, latent_dim; data.image_size, channels) are copied from the same
 preset of configs/vqvae_glyphs.py, so `var_glyphs.py:P` pairs with `vqvae_glyphs.py:P`; a
 tokenizer trained otherwise needs the matching --config.model.* flags (the error names them).

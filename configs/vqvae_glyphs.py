@@ -13,7 +13,7 @@ Presets:
          V = 256, 631k params, batch 32, 6000 steps. Measured (2-core CPU, ~2.3 steps/s, 50 min):
          held-out MSE 0.0066 per pixel (PSNR 28.3 dB), ||f - f_hat||^2 / ||f||^2 = 0.038, 92% of
          the codes used by each batch (perplexity 73); at 2000 steps MSE 0.0113, 95% used.
-         `python -m sample --workdir W --num 512 --judge` (sample/tokenizer.py) reads, of
+         `python -m sample --workdir W --num 512 --judge` reads, of
          strings (1 / 2 / 3 characters): decode(f_hat) 87.1% (99 / 90 / 70; 72.5% with triples
          at 42% after 2000 steps), decode(f) 95.3%, the real images 99.0%. A VAR or HART over
          it cannot read better than decode(f_hat).

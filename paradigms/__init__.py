@@ -2,14 +2,15 @@
 
 Each paradigm module exports the same surface: `Config` (the frozen dataclass its network is
 built from, filled from `config.model`), `build(model_cfg) -> nn.Module`,
-`example_batch(batch_size, data_cfg)` (shapes of one batch), `init(model, rng, batch)`,
+`example_batch(batch_size, data_cfg, model_cfg)` (shapes of one batch), `init(model, rng, batch)`,
 `loss(params, batch, rng, *, model, **loss_cfg) -> (scalar, metrics)` and
 `evaluate(params, batch, rng, *, model, **loss_cfg)` -> sums, either {'nats', 'tokens'} (bits
 per token) or {'<name>_sum', ..., 'count'} (means). Two optional hooks give a paradigm
 untrained state: `init_extra(model, params) -> pytree` (kept in the train state, checkpointed)
 and `after_update(params, extra, aux, rng, *, model, **loss_cfg) -> (params, extra, metrics)`,
 run after each optimiser update with `aux` = the loss metrics whose names start with '_' (not
-logged). The registry below is the only place that
+logged). A paradigm that trains on the tokens of a VQ-VAE run sets `TOKENIZED = True` (the
+trainer then loads `config.data.tokenizer` and maps image batches through it). The registry below is the only place that
 maps a paradigm's name to its module.
 """
 import importlib

@@ -16,7 +16,7 @@ with the flow objective (logit-normal t, paradigms/image_diffusion.py), each res
 then the image is decode(f_hat + r).
 
 Batch: VAR's {'tokens' [B, L], 'inputs' [B, L - s_1^2, Cz], 'label' [B, S]} plus 'residual'
-float32 [B, s_K^2, Cz] (train/sources.py with data.tokenizer_residual).
+float32 [B, s_K^2, Cz] (pipelines/sources.py with data.tokenizer_residual).
 """
 from __future__ import annotations
 
@@ -31,6 +31,9 @@ from paradigms import next_scale
 from paradigms.nn.attention import KVCache
 from paradigms.nn.layers import normal_init
 from paradigms.nn.residual_head import HeadConfig, ResidualHead
+
+
+TOKENIZED = True  # trains on the token batches of a VQ-VAE run (config.data.tokenizer)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,12 +129,12 @@ def build(cfg: HARTConfig) -> HART:
   return HART(cfg)
 
 
-def example_batch(batch_size: int, data) -> dict:
+def example_batch(batch_size: int, data, model_cfg: HARTConfig) -> dict:
   """VAR's batch, whose 'residual' [B, s_K^2, Cz] the head needs (data.tokenizer_residual)."""
   if not data.get('tokenizer_residual', False):
     raise ValueError('HART trains its head on the tokenizer residual f - f_hat: set '
                      '--config.data.tokenizer_residual=True')
-  return next_scale.example_batch(batch_size, data)
+  return next_scale.example_batch(batch_size, data, model_cfg)
 
 
 def init(model: HART, rng, batch) -> dict:

@@ -185,7 +185,7 @@ def build(cfg: DiTConfig) -> DiT:
   return DiT(cfg)
 
 
-def example_batch(batch_size: int, data) -> dict:
+def example_batch(batch_size: int, data, model_cfg) -> dict:
   """Shapes of one batch from the data config: every image source gives labels of
   `data.max_chars` slots (glyph strings; a class id in slot 0; all-null when unlabelled)."""
   label_len = data.max_chars

@@ -100,7 +100,7 @@ def build(cfg: TransformerConfig) -> Transformer:
   return Transformer(cfg)
 
 
-def example_batch(batch_size: int, data) -> dict:
+def example_batch(batch_size: int, data, model_cfg) -> dict:
   """Shapes and dtypes of one batch (`data` is config.data), for `jax.eval_shape` init."""
   return {'tokens': jax.ShapeDtypeStruct((batch_size, data.seq_len + 1), jnp.int32)}
 

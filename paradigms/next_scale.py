@@ -27,13 +27,11 @@ conditions on it), and `embed_latents` is W_word (HART's token embedding of a la
 
 Batch: {'tokens': int32 [B, L] (scale-major, raster within a scale), 'inputs': float32
 [B, L - s_1^2, Cz] (teacher-forcing inputs), 'label': int32 [B, S] (0 = null)}, made from image
-batches by `train/sources.py` when `data.tokenizer` names a trained VQ-VAE run.
+batches by `pipelines/sources.py` when `data.tokenizer` names a trained VQ-VAE run.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 
 import flax.linen as nn
 import jax
@@ -44,8 +42,8 @@ from paradigms.nn.attention import KVCache
 from paradigms.nn.layers import AdaLN, RMSNorm, modulate, normal_init, zeros_init
 from paradigms.nn.transformer import TransformerConfig, block_stack
 
-TOKENIZER_HELP = ('train one with `python -m train --config configs/vqvae_glyphs.py:small '
-                  '--workdir runs/vqvae_glyphs` and pass --config.data.tokenizer=runs/vqvae_glyphs')
+# a paradigm that trains on token batches of a VQ-VAE run (config.data.tokenizer)
+TOKENIZED = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -221,27 +219,6 @@ def build(cfg: VARConfig) -> VAR:
   return VAR(cfg)
 
 
-def tokenizer_spec(path: str) -> dict:
-  """{'scales', 'latent_dim', 'codebook_size', 'image_size', 'channels'} of the VQ-VAE run in
-  `path` (its saved config.json; plain JSON so this library never imports the trainer)."""
-  if not path:
-    raise ValueError('data.tokenizer is empty: next-scale prediction trains on the tokens of a '
-                     f'multi-scale VQ-VAE; {TOKENIZER_HELP}')
-  cfg_path = os.path.join(os.path.expanduser(path), 'config.json')
-  if not os.path.isfile(cfg_path):
-    raise FileNotFoundError(f'data.tokenizer={path!r} holds no trained VQ-VAE run ({cfg_path} '
-                            f'is missing); {TOKENIZER_HELP}')
-  with open(cfg_path) as f:
-    saved = json.load(f)
-  model = saved.get('model', {})
-  if 'scales' not in model or 'latent_dim' not in model:
-    raise ValueError(f'data.tokenizer={path!r} is a {saved.get("paradigm")!r} run, not a '
-                     f'multi-scale VQ-VAE (no model.scales / model.latent_dim); {TOKENIZER_HELP}')
-  return {'scales': tuple(int(s) for s in model['scales']), 'latent_dim': int(model['latent_dim']),
-          'codebook_size': int(model['codebook_size']),
-          'image_size': int(model.get('image_size', 0)), 'channels': int(model.get('channels', 0))}
-
-
 def check_tokenizer(cfg: VARConfig, spec: dict, path: str = 'data.tokenizer') -> None:
   """Fail loudly when the VAR's model fields differ from the tokenizer's, naming the flags."""
   mine = {'scales': cfg.scales, 'codebook_size': cfg.codebook_size, 'latent_dim': cfg.latent_dim}
@@ -251,11 +228,11 @@ def check_tokenizer(cfg: VARConfig, spec: dict, path: str = 'data.tokenizer') ->
                      f'size than this VAR ({mine}); set {" ".join(bad)}')
 
 
-def example_batch(batch_size: int, data) -> dict:
-  """Shapes of one batch: L and Cz come from the tokenizer run `data.tokenizer` (plus the
-  'residual' [B, h*w, Cz] the pipeline adds with data.tokenizer_residual; VAR ignores it)."""
-  spec = tokenizer_spec(data.tokenizer)
-  scales, Cz = spec['scales'], spec['latent_dim']
+def example_batch(batch_size: int, data, model_cfg: VARConfig) -> dict:
+  """Shapes of one batch: L and Cz from the model's (= the tokenizer's) scales and latent_dim,
+  plus the 'residual' [B, h*w, Cz] the pipeline adds with data.tokenizer_residual (VAR ignores
+  it)."""
+  scales, Cz = tuple(model_cfg.scales), model_cfg.latent_dim
   L = sum(s * s for s in scales)
   batch = {'tokens': jax.ShapeDtypeStruct((batch_size, L), jnp.int32),
            'inputs': jax.ShapeDtypeStruct((batch_size, L - scales[0] ** 2, Cz), jnp.float32),

@@ -355,6 +355,13 @@ def residual(model: VQVAE, params, x):
   return flatten_indices(indices), f, f_hat
 
 
+def reconstruct(model: VQVAE, params, x):
+  """x [B, H, W, C] -> (decode(f), decode(f_hat)), both [B, H, W, C]: the autoencoder alone and
+  through the multi-scale residual quantiser (the ceiling of any model sampling through it)."""
+  _, f, f_hat = residual(model, params, x)
+  return decode(model, params, f), decode(model, params, f_hat)
+
+
 # --- The paradigm contract ---------------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)

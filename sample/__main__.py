@@ -6,7 +6,7 @@ Masked / block diffusion runs take --strategy, --steps, --block-size, --threshol
 Next-scale (VAR) runs take --cfg (VAR's ramped guidance), --top-k, --top-p, --temperature,
 --label, --out and --judge; they decode with the tokenizer run named by data.tokenizer.
 Tokenizer (VQ-VAE) runs write held-out images beside their reconstructions (--out, --zoom) and
---judge reads both (sample/tokenizer.py).
+--judge reads both.
 
 Loads the saved config and the newest checkpoint of --workdir, then prints the samples (text)
 or writes the grid (images).
@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+
+import numpy as np
 
 
 def _parse(argv):
@@ -65,7 +67,6 @@ def _parse(argv):
 
 
 def _prompt_ids(args, config, tok):
-  import numpy as np
   if args.prompt_ids:
     ids = [int(x) for x in args.prompt_ids.split(',') if x.strip()]
   elif config.data.source in ('cpython', 'text'):
@@ -83,7 +84,7 @@ def _prompt_ids(args, config, tok):
 def _sample_autoregressive(args, config, model, params, prompt, rng):
   from paradigms.autoregressive import LogitsFn
   from sample.autoregressive import generate
-  from train.data import ByteTokenizer
+  from pipelines.text import ByteTokenizer
   total = prompt.shape[1] + args.max_new_tokens
   return generate(LogitsFn(model), params, prompt, rng, model.init_cache(args.num, total),
                   max_new_tokens=args.max_new_tokens, temperature=args.temperature or 1.0,
@@ -102,10 +103,9 @@ def _infill_ids(template: str, tok, mask_id: int):
 
 def _sample_masked_diffusion(args, config, model, params, prompt, rng):
   import jax.numpy as jnp
-  import numpy as np
   from paradigms.masked_diffusion import LogitsFn
   from sample import masked_diffusion as mds
-  from train.data import ByteTokenizer
+  from pipelines.text import ByteTokenizer
   mask_id, bd3 = config.loss.mask_id, 0 < config.loss.block_size < config.data.seq_len
   fn = LogitsFn(model, mask_id, config.loss.time_conditioning)
   strategy = args.strategy or ('block' if bd3 else 'ancestral')
@@ -145,7 +145,7 @@ def _sample_masked_diffusion(args, config, model, params, prompt, rng):
 def _text(sampler):
   """A token paradigm's entry point: build the prompt, sample, print the decoded texts."""
   def run(args, config, model, params, rng):
-    from train.data import ByteTokenizer
+    from pipelines.text import ByteTokenizer
     tok = ByteTokenizer()
     prompt = _prompt_ids(args, config, tok)
     t0 = time.perf_counter()
@@ -154,21 +154,119 @@ def _text(sampler):
   return run
 
 
-def _cli_of(module: str):
-  """The `cli(args, config, model, params, rng)` of a sample/ module, imported when used."""
-  def run(args, config, model, params, rng):
-    import importlib
-    importlib.import_module(module).cli(args, config, model, params, rng)
-  return run
+# --- Images: diffusion, VAR, HART, and a tokenizer's reconstructions ----------------------------
+
+def cli_labels(args, config) -> np.ndarray:
+  """The labels int32 [num, S]: --label texts / class ids, else those of `num` held-out
+  glyphs. Checks --judge first, so a run without a judge fails before any sampling."""
+  from evaluators import images
+  if args.judge and config.judge.name not in images.JUDGES:
+    sys.exit(f'--judge: this run has no glyph judge (config.judge.name={config.judge.name!r}); '
+             'drop --judge')
+  if args.label:
+    return images.parse_labels(config, args.label, args.num)
+  return images.reference(config, args.num)['label']
+
+
+def cli_judge(config, x, labels, nfe: int | None = None, reference_images=None) -> None:
+  """--judge: the run's judge on the grid's own samples x [N, H, W, C] and the labels they were
+  requested with [N, S]; FD against `reference_images` (default: N held-out images). Prints one
+  line of metrics (and the NFE when given) and one of the rates by string length."""
+  from evaluators import images
+  if reference_images is None:
+    reference_images = images.reference(config, len(x))['image']
+  m = images.score_samples(images.load_judge(config, config.judge.train_steps), x, labels,
+                           reference_images)
+  by = m.pop('by_length')
+  print(' '.join(f'{k}={v:.4f}' for k, v in m.items()) + ('' if nfe is None else f' nfe={nfe}'))
+  print('by length (strings / characters read, count): ' + ', '.join(
+      f'{n}: {v["accuracy"]:.3f} / {v["char_accuracy"]:.3f} ({v["count"]})'
+      for n, v in by.items() if v['count']))
+
+
+def image_cli(args, config, model, params, rng) -> None:
+  """An image-diffusion run: `--num 16 --out grid.png [--sampler --steps --cfg --label --judge]`."""
+  from evaluators import images
+  from sample import image_diffusion as sd
+  sampler = args.sampler or ('euler' if model.cfg.step_conditioning else config.judge.sampler)
+  steps = args.steps or (4 if model.cfg.step_conditioning else config.judge.steps)
+  interval = tuple(float(v) for v in args.cfg_interval.split(',')) if args.cfg_interval else None
+  if sampler not in sd.SAMPLERS:
+    sys.exit(f'--sampler {sampler!r}: choose one of {sorted(sd.SAMPLERS)}')
+  labels = cli_labels(args, config)
+  t0 = time.perf_counter()
+  x, nfe = images.generate(config, model, params, rng, num=args.num, sampler=sampler, steps=steps,
+                           cfg=args.cfg, cfg_interval=interval, labels=labels)
+  images.image_grid(x, zoom=args.zoom).save(args.out)
+  print(f'wrote {args.out}: {args.num} samples, {sampler} x {steps} steps, {nfe} network '
+        f'evaluations, {time.perf_counter() - t0:.2f}s including compilation', file=sys.stderr)
+  if args.judge:
+    cli_judge(config, x, labels, nfe)
+
+
+def scale_cli(args, config, model, params, rng) -> None:
+  """A VAR or HART run: `--num 16 --out grid.png [--cfg --top-k --top-p --label --judge]`, and
+  for HART `--steps` (the head's solver steps, default 8); decodes through data.tokenizer."""
+  from evaluators import images
+  from train.checkpoint import load_tokenizer
+  labels = cli_labels(args, config)
+  tokenizer = load_tokenizer(config)
+  t0 = time.perf_counter()
+  opts = dict(cfg=args.cfg, top_k=args.top_k, top_p=args.top_p, temperature=args.temperature)
+  if config.paradigm == 'hybrid':
+    opts['head_steps'] = args.steps or 8
+  x, nfe = images.generate(config, model, params, rng, num=args.num, labels=labels,
+                           tokenizer=tokenizer, **opts)
+  images.image_grid(x, zoom=args.zoom).save(args.out)
+  rows = args.num * (2 if args.cfg != 1.0 else 1)
+  print(f'wrote {args.out}: {args.num} samples, {len(model.cfg.scales)} scales, {nfe} network '
+        f'evaluations of {rows} rows, {time.perf_counter() - t0:.2f}s including compilation',
+        file=sys.stderr)
+  if args.judge:
+    cli_judge(config, x, labels, nfe)
+
+
+def tokenizer_cli(args, config, model, params, rng) -> None:
+  """A tokenizer (VQ-VAE) run: N held-out images beside their reconstructions decode(f_hat)
+  (VAR Algorithm 1 then 2), interleaved on the grid; --judge reads three sets of the same
+  images, the real ones, decode(f) (no quantisation) and decode(f_hat), each against its own
+  labels with the FD against the N real images (the generators' judge protocol). No VAR or
+  HART sample is read more often than decode(f_hat): check this first."""
+  del rng  # reconstruction is deterministic
+  import jax
+  from evaluators import images
+  from paradigms import vqvae
+  if args.label:
+    sys.exit('--label: a tokenizer run reconstructs held-out images, it does not draw labels; '
+             'drop --label')
+  if args.judge and config.data.source != 'glyphs':
+    sys.exit(f'--judge: the glyph judge reads glyph images; this tokenizer was trained on '
+             f'data.source={config.data.source!r}; drop --judge')
+  t0 = time.perf_counter()
+  ref = images.reference(config, args.num)
+  x, labels = ref['image'], ref['label']
+  recon = jax.jit(vqvae.reconstruct, static_argnums=0)(model, params, x)
+  x_f, x_fhat = (np.asarray(a) for a in jax.device_get(recon))
+  pairs = np.stack([x, x_fhat], 1).reshape(2 * args.num, *x.shape[1:])
+  cols = 2 * int(np.ceil(np.sqrt(args.num / 2)))
+  images.image_grid(pairs, cols=cols, zoom=args.zoom).save(args.out)
+  mse = float(np.mean((x_fhat - x) ** 2))
+  print(f'wrote {args.out}: {args.num} held-out images, each beside decode(f_hat); mse '
+        f'{mse:.5f} per pixel, {time.perf_counter() - t0:.2f}s including compilation',
+        file=sys.stderr)
+  if args.judge:
+    for name, xs in (('real', x), ('decode(f)', x_f), ('decode(f_hat)', x_fhat)):
+      print(f'{name}: ', end='')
+      cli_judge(config, xs, labels, reference_images=x)
 
 
 # paradigm name -> sampling entry point: the one place the CLI branches on the paradigm
 SAMPLERS = {'autoregressive': _text(_sample_autoregressive),
             'masked_diffusion': _text(_sample_masked_diffusion),
-            'image_diffusion': _cli_of('sample.images'),
-            'next_scale': _cli_of('sample.next_scale'),
-            'hybrid': _cli_of('sample.hybrid'),
-            'vqvae': _cli_of('sample.tokenizer')}
+            'image_diffusion': image_cli,
+            'next_scale': scale_cli,
+            'hybrid': scale_cli,
+            'vqvae': tokenizer_cli}
 
 
 def main(argv=None):

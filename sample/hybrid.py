@@ -65,23 +65,3 @@ def sample(model, params, vq_model, vq_params, label, rng, **options) -> HARTOut
   `sample_with`'s (cfg, top_k, top_p, temperature, head_sampler, head_steps, head_shift)."""
   tok = vq_model if isinstance(vq_model, next_scale.Tokenizer) else next_scale.Tokenizer(vq_model)
   return sample_with(model, params, tok, vq_params, jnp.asarray(label, jnp.int32), rng, **options)
-
-
-# --- Runs: the CLI and the trainer's judge (VAR's, with this sampler) ---------------------------
-
-def generate(config, model, params, rng, **options):
-  """`num` images of a trained HART run: `sample.next_scale.generate` with this sampler;
-  options add head_steps / head_sampler / head_shift. Returns (images, transformer NFE)."""
-  return next_scale.generate(config, model, params, rng, draw=sample, **options)
-
-
-def judge_options(judge) -> dict:
-  """The trainer's judge (config.judge): the head's solver steps from judge.steps."""
-  return {'head_steps': int(judge.steps)}
-
-
-def cli(args, config, model, params, rng) -> None:
-  """`python -m sample --workdir W --num 16 --out grid.png [--steps 8 --cfg --top-k --top-p
-  --label --judge]` for a HART run (--steps: the head's solver steps, default 8)."""
-  next_scale.cli(args, config, model, params, rng, generate_fn=generate,
-                 extra={'head_steps': args.steps or 8})

@@ -23,24 +23,21 @@ a KV cache of L = sum_k s_k^2 slots preallocated for the (doubled) batch; determ
 The tokenizer enters through a small seam, `Tokenizer` (start / add_scale / decode), whose
 default implementation calls `paradigms/vqvae.py`; tests substitute a closed-form one.
 
-    from train.checkpoint import load_run
+    from train.checkpoint import load_run, load_tokenizer
     from sample import next_scale
-    config, model, params = load_run('runs/var_glyphs')     # the tokenizer: data.tokenizer
-    x, nfe = next_scale.generate(config, model, params, jax.random.key(0), num=16,
-                                 labels=['7A'], cfg=2.5, top_k=100)      # [16, H, W, C], K
+    config, var_model, var_params = load_run('runs/var_glyphs')
+    vq_model, vq_params = load_tokenizer(config)              # the run named by data.tokenizer
+    out = next_scale.sample(var_model, var_params, vq_model, vq_params, labels, jax.random.key(0),
+                            cfg=2.5, top_k=100)              # out.images [B, H, W, C], out.nfe = K
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
-import os
-import sys
-import time
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import struct
 
 from sample.categorical import sample_categorical
@@ -138,73 +135,3 @@ def sample(var_model, var_params, vq_model, vq_params, label, rng, *, cfg: float
   return sample_with(var_model, var_params, tok, vq_params, jnp.asarray(label, jnp.int32), rng,
                      cfg=float(cfg), top_k=int(top_k), top_p=float(top_p),
                      temperature=float(temperature))
-
-
-# --- Runs: the CLI and the trainer's judge ------------------------------------------------------
-
-@functools.lru_cache(maxsize=2)
-def _load_tokenizer(path: str, stamp: tuple):
-  from train.checkpoint import load_run
-  del stamp  # part of the cache key only: a retrained tokenizer is reloaded
-  return load_run(path)
-
-
-def load_tokenizer(config, like=None):
-  """(vq_config, vq_model, vq_params) of `config.data.tokenizer`, checked against the VAR's
-  model fields; params placed like the array `like` (replicated on its devices) when given."""
-  from paradigms.next_scale import check_tokenizer, tokenizer_spec
-  from train.config import model_config
-  path = config.data.tokenizer
-  spec = tokenizer_spec(path)
-  check_tokenizer(model_config(config), spec, f'data.tokenizer={path!r}')
-  ckpt = os.path.join(path, 'checkpoints')
-  stamp = tuple(sorted(os.listdir(ckpt))) if os.path.isdir(ckpt) else ()
-  vq_config, vq_model, vq_params = _load_tokenizer(os.path.abspath(path), stamp)
-  sharding = getattr(like, 'sharding', None)
-  if isinstance(sharding, jax.sharding.NamedSharding):
-    rep = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
-    vq_params = jax.device_put(vq_params, rep)
-  return vq_config, vq_model, vq_params
-
-
-def generate(config, model, params, rng, *, num: int = 16, labels=None, cfg: float = 1.0,
-             top_k: int = 0, top_p: float = 1.0, temperature: float = 1.0, draw=None, **extra):
-  """`num` images of a trained VAR run (the tokenizer from config.data.tokenizer). labels:
-  int32 [num, S], texts / class ids, or None (labels of held-out examples). `draw` is the
-  sampling function (default `sample`; HART passes its own, with its options in `extra`).
-  Returns (images float32 [num, H, W, C], nfe int: transformer passes)."""
-  from sample import images
-  if labels is None:
-    labels = images.reference(config, num)['label']
-  elif not (isinstance(labels, np.ndarray) and labels.dtype.kind == 'i'):
-    labels = images.parse_labels(config, labels, num)
-  _, vq_model, vq_params = load_tokenizer(config, jax.tree.leaves(params)[0])
-  out = (draw or sample)(model, params, vq_model, vq_params, labels, rng, cfg=cfg, top_k=top_k,
-                         top_p=top_p, temperature=temperature, **extra)
-  return np.asarray(jax.device_get(out.images)), int(out.nfe)
-
-
-def judge_options(judge) -> dict:
-  """The sampler options the trainer's judge passes (config.judge): none beyond cfg (VAR samples
-  the full distribution unless top-k / top-p are given on the CLI)."""
-  del judge
-  return {}
-
-
-def cli(args, config, model, params, rng, *, generate_fn=None, extra=None) -> None:
-  """`python -m sample --workdir W --num 16 --out grid.png [--cfg --top-k --top-p --label
-  --judge]` for a next-scale run (HART passes its `generate` and head options)."""
-  from sample import images
-  labels = images.cli_labels(args, config)
-  t0 = time.perf_counter()
-  opts = dict(cfg=args.cfg, top_k=args.top_k, top_p=args.top_p, temperature=args.temperature,
-              **(extra or {}))
-  x, nfe = (generate_fn or generate)(config, model, params, rng, num=args.num, labels=labels,
-                                     **opts)
-  images.image_grid(x, zoom=args.zoom).save(args.out)
-  rows = args.num * (2 if args.cfg != 1.0 else 1)
-  print(f'wrote {args.out}: {args.num} samples, {len(model.cfg.scales)} scales, {nfe} network '
-        f'evaluations of {rows} rows, {time.perf_counter() - t0:.2f}s including compilation',
-        file=sys.stderr)
-  if args.judge:
-    images.cli_judge(config, x, labels, nfe)

@@ -50,7 +50,7 @@ def test_input_masking_hides_inputs_not_targets():
 
 
 def test_train_tokens_keeps_only_the_first_tokens(tmp_path):
-  from train import data
+  from pipelines import text as data
   corpus_dir = tmp_path / 'c'
   corpus_dir.mkdir()
   for i in range(40):

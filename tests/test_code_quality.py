@@ -1,4 +1,4 @@
-from sample.code_quality import mean_score, parse_prefix_score
+from evaluators.code_quality import mean_score, parse_prefix_score
 
 
 def test_valid_code_scores_one():

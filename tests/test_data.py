@@ -1,4 +1,4 @@
-"""Tests for train/data.py: corpora, hold-out, caching, seeded/resumable/sharded pipelines."""
+"""Tests for pipelines/text.py: corpora, hold-out, caching, seeded/resumable/sharded pipelines."""
 import hashlib
 import itertools
 import os
@@ -7,7 +7,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from train import data
+from pipelines import text as data
 
 
 def make_cfg(**overrides) -> ml_collections.ConfigDict:

@@ -1,11 +1,11 @@
-"""Tests for sample/glyph_judge.py: Fréchet distance oracles, accuracy counting, the cache."""
+"""Tests for evaluators/glyph_judge.py: Fréchet distance oracles, accuracy counting, the cache."""
 import jax
 import ml_collections
 import numpy as np
 import pytest
 
-from sample import glyph_judge
-from train import glyphs, image_data
+from evaluators import glyph_judge
+from pipelines import glyphs, images as image_data
 
 ALPHABET = '0AB'
 

@@ -1,4 +1,4 @@
-"""Tests for train/image_data.py: glyphs, folders, .npz arrays, resumable/sharded pipelines."""
+"""Tests for pipelines/images.py: glyphs, folders, .npz arrays, resumable/sharded pipelines."""
 import hashlib
 
 import ml_collections
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from train import glyphs, image_data
+from pipelines import glyphs, images as image_data
 
 
 def make_cfg(**overrides) -> ml_collections.ConfigDict:

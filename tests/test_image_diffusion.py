@@ -171,7 +171,7 @@ def test_tiny_config_trains_and_samples_through_the_cli(tmp_path):
 
 
 def test_image_grid_zoom_repeats_each_pixel():
-  from sample.images import image_grid
+  from evaluators.images import image_grid
   x = np.random.default_rng(0).uniform(-1, 1, (5, 4, 4, 3)).astype(np.float32)
   one = np.asarray(image_grid(x, cols=3))
   three = np.asarray(image_grid(x, cols=3, zoom=3))
@@ -189,8 +189,9 @@ def test_cli_judge_scores_the_grid_it_drew_with_the_requested_labels(monkeypatch
   import argparse
   import types
   import ml_collections
-  from sample import glyph_judge, images
-  from train.glyphs import encode_text
+  from evaluators import glyph_judge, images
+  from pipelines.glyphs import encode_text
+  from sample import __main__ as sample_cli
   alphabet, S = '01A7', 3
   seven_a = encode_text('7A', alphabet, S)
 
@@ -219,19 +220,19 @@ def test_cli_judge_scores_the_grid_it_drew_with_the_requested_labels(monkeypatch
   model = types.SimpleNamespace(cfg=types.SimpleNamespace(step_conditioning=False))
   args = argparse.Namespace(sampler='', steps=0, cfg_interval='', cfg=1.0, num=4, label=['7A'],
                             judge=True, zoom=1, out=str(tmp_path / 'g.png'))
-  images.cli(args, config, model, None, None)
+  sample_cli.image_cli(args, config, model, None, None)
   out = capsys.readouterr().out
   np.testing.assert_array_equal(asked['labels'], np.stack([seven_a] * 4))
   assert 'accuracy=1.0000' in out and 'char_accuracy=1.0000' in out and 'nfe=3' in out
   assert '2: 1.000 / 1.000 (4)' in out
   args.label = []  # no --label: the held-out labels are requested, and '7A' is misread
-  images.cli(args, config, model, None, None)
+  sample_cli.image_cli(args, config, model, None, None)
   assert 'accuracy=0.0000' in capsys.readouterr().out
   np.testing.assert_array_equal(asked['labels'], held['label'])
   config.judge.name = ''
   args.judge = True
   with pytest.raises(SystemExit, match='drop --judge'):
-    images.cli(args, config, model, None, None)
+    sample_cli.image_cli(args, config, model, None, None)
 
 
 def test_label_ids_past_the_embedding_table_are_refused(tmp_path):
@@ -246,7 +247,7 @@ def test_label_ids_past_the_embedding_table_are_refused(tmp_path):
                      f'--config.data.path={path}',
                      '--config.model.label_vocab=4'], check=False)
   assert proc.returncode != 0 and '--config.model.label_vocab=8' in proc.stderr
-  from sample.images import parse_labels
+  from evaluators.images import parse_labels
   import ml_collections
   cfg = ml_collections.ConfigDict({'data': {'source': 'npz', 'max_chars': 3},
                                    'model': {'label_vocab': 8}})

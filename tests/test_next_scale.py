@@ -223,13 +223,14 @@ def test_loss_metrics_and_label_dropout():
 
 
 def test_tokenizer_errors_name_the_fix(tmp_path):
+  from train.checkpoint import tokenizer_spec
   with pytest.raises(ValueError, match='vqvae_glyphs'):
-    ns.tokenizer_spec('')
+    tokenizer_spec('')
   with pytest.raises(FileNotFoundError, match='python -m train --config configs/vqvae_glyphs'):
-    ns.tokenizer_spec(str(tmp_path / 'missing'))
+    tokenizer_spec(str(tmp_path / 'missing'))
   (tmp_path / 'config.json').write_text(json.dumps(
       {'paradigm': 'vqvae', 'model': {'scales': [1, 2], 'latent_dim': 4, 'codebook_size': 9}}))
-  spec = ns.tokenizer_spec(str(tmp_path))
+  spec = tokenizer_spec(str(tmp_path))
   assert spec['scales'] == (1, 2)
   with pytest.raises(ValueError, match=r"--config.model.scales='\(1,2\)'"):
     ns.check_tokenizer(tiny_var(V=9), spec)
@@ -269,7 +270,7 @@ def test_tiny_tokenizer_var_and_cli_end_to_end(tmp_path, capsys):
   -> `python -m sample` (in-process: the same main()) writes the PNG grid. Also: the tokenized
   stream keeps grain's resumable state, and its eval batches carry the same mapping."""
   from sample.__main__ import main as sample_main
-  from train.sources import open_data
+  from pipelines.sources import open_data
   c, t2 = train_tiny_on_tokens(tmp_path, 'var_glyphs.py:tiny')
   rows = [json.loads(l) for l in open(os.path.join(t2, 'metrics.jsonl'))]
   assert any('eval_bits_per_token' in r for r in rows)
@@ -288,7 +289,7 @@ def test_tiny_tokenizer_var_and_cli_end_to_end(tmp_path, capsys):
 
   # the tokenizer run's CLI: held-out images beside decode(f_hat), which the judge reads
   from paradigms import vqvae
-  from sample.images import reference, to_uint8
+  from evaluators.images import reference, to_uint8
   from train.checkpoint import load_run
   tc, vq_model, vq_params = load_run(c.data.tokenizer)
   sample_main(['--workdir', c.data.tokenizer, '--num', '3', '--out', out, '--judge'])
@@ -308,7 +309,8 @@ def test_tiny_tokenizer_var_and_cli_end_to_end(tmp_path, capsys):
     sample_main(['--workdir', c.data.tokenizer, '--num', '3', '--out', out, '--label', '7A'])
 
   c.data.tokenizer_residual = True
-  data = open_data(c.data)
+  from train.checkpoint import load_tokenizer
+  data = open_data(c.data, load_tokenizer(c))
   it = iter(data.train_dataset(batch_size=4, seed=1))
   next(it)
   state = it.get_state()
@@ -340,8 +342,9 @@ def test_tiny_tokenizer_var_and_cli_end_to_end(tmp_path, capsys):
   for tree in (state.params, state.ema):
     jax.tree.map(np.testing.assert_array_equal, tree['var'], var_params)
     jax.tree.map(np.testing.assert_array_equal, tree['head'], fresh.params['head'])
-  from train.sources import open_data
+  from pipelines.sources import open_data
   from train.state import device_batch
-  batch = next(iter(open_data(h.data).train_dataset(batch_size=h.data.batch_size, seed=0)))
+  from train.checkpoint import load_tokenizer
+  batch = next(iter(open_data(h.data, load_tokenizer(h)).train_dataset(batch_size=h.data.batch_size, seed=0)))
   state, metrics = s.train_step(state, device_batch(batch, s.batch_sharding), jax.random.key(1))
   assert np.isfinite(float(metrics['loss']))  # params and EMA are donated: no shared buffers

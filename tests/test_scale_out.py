@@ -56,7 +56,7 @@ RESTORE = r'''
 import json, sys, jax, numpy as np, paradigms
 from train.checkpoint import Checkpointer
 from train.config import load
-from train.data import load_corpus, train_dataset
+from pipelines.text import load_corpus, train_dataset
 from train.state import make_mesh, setup
 wd, shape = sys.argv[1], tuple(int(v) for v in sys.argv[2].split(','))
 c = load(wd + '/config.json')

@@ -9,7 +9,7 @@ import json, jax, jax.numpy as jnp, numpy as np
 import paradigms
 from train.config import from_file
 from train.state import make_mesh, setup, device_batch
-from train.data import load_corpus, train_dataset
+from pipelines.text import load_corpus, train_dataset
 
 c = from_file('configs/ar_code.py:tiny')
 c.model.n_heads, c.model.n_kv_heads, c.model.d_model = 4, 2, 32

@@ -76,7 +76,8 @@ def compile_train_step(config, devices):
   paradigm = paradigms.get(config.paradigm)
   mesh = make_mesh(config.mesh.shape, list(devices))
   s = setup(config, paradigm, mesh)
-  spec = paradigm.example_batch(config.data.batch_size, config.data)
+  spec = paradigm.example_batch(config.data.batch_size, config.data,
+                                config_lib.model_config(config))
   batch = jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
                        spec, s.batch_sharding)
   key = jax.eval_shape(lambda: jax.random.key(0))

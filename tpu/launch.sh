@@ -7,7 +7,7 @@
 # config.json are written with plain file I/O, so a bare gs:// path is not supported yet.
 #
 # Each host runs `python -m train --multihost`, which calls jax.distributed.initialize() (the
-# TPU runtime supplies the coordinator), reads its own shard of the data (train/data.py) and
+# TPU runtime supplies the coordinator), reads its own shard of the data (pipelines/text.py) and
 # lets process 0 write logs. Rerunning the same command resumes from the newest checkpoint
 # (after a preemption too: SIGTERM saves one at the next step boundary). The checkout is the
 # one tpu/create.sh copied to ~/jax-paradigms. Multi-node GPUs: see tpu/README.md.

@@ -6,6 +6,7 @@ the batches an unbroken run would. Saves are asynchronous and the newest `keep` 
 """
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from typing import Any
@@ -115,7 +116,7 @@ def load_run(workdir: str, step: int | None = None, ema: bool | None = None):
   config = config_lib.load(os.path.join(workdir, 'config.json'))
   paradigm = paradigms.get(config.paradigm)
   model = paradigm.build(config_lib.model_config(config))
-  spec = paradigm.example_batch(1, config.data)
+  spec = paradigm.example_batch(1, config.data, model.cfg)
   batch = jax.tree.map(lambda a: jax.numpy.zeros(a.shape, a.dtype), spec)
   shapes = jax.eval_shape(lambda r: nn.meta.unbox(paradigm.init(model, r, batch))['params'],
                           jax.random.key(0))
@@ -128,6 +129,53 @@ def load_run(workdir: str, step: int | None = None, ema: bool | None = None):
   finally:
     ckpt.close()
   return config, model, params
+
+
+TOKENIZER_HELP = ('train one with `python -m train --config configs/vqvae_glyphs.py:small '
+                  '--workdir runs/vqvae_glyphs` and pass --config.data.tokenizer=runs/vqvae_glyphs')
+
+
+def tokenizer_spec(path: str) -> dict:
+  """{'scales', 'latent_dim', 'codebook_size', 'image_size', 'channels'} of the VQ-VAE run in
+  `path`, read from its saved config.json (no checkpoint is opened)."""
+  if not path:
+    raise ValueError('data.tokenizer is empty: next-scale prediction trains on the tokens of a '
+                     f'multi-scale VQ-VAE; {TOKENIZER_HELP}')
+  cfg_path = os.path.join(os.path.expanduser(path), 'config.json')
+  if not os.path.isfile(cfg_path):
+    raise FileNotFoundError(f'data.tokenizer={path!r} holds no trained VQ-VAE run ({cfg_path} '
+                            f'is missing); {TOKENIZER_HELP}')
+  with open(cfg_path) as f:
+    saved = json.load(f)
+  model = saved.get('model', {})
+  if 'scales' not in model or 'latent_dim' not in model:
+    raise ValueError(f'data.tokenizer={path!r} is a {saved.get("paradigm")!r} run, not a '
+                     f'multi-scale VQ-VAE (no model.scales / model.latent_dim); {TOKENIZER_HELP}')
+  return {'scales': tuple(int(s) for s in model['scales']), 'latent_dim': int(model['latent_dim']),
+          'codebook_size': int(model['codebook_size']),
+          'image_size': int(model.get('image_size', 0)), 'channels': int(model.get('channels', 0))}
+
+
+def load_tokenizer(config):
+  """The VQ-VAE run that `config.data.tokenizer` names, as `(vq_model, vq_params)` on one
+  device, checked against the config's model fields; None when the run needs no tokenizer
+  (its paradigm is not `TOKENIZED` and data.tokenizer is empty). The samplers and the data
+  pipeline take this pair as an argument (sample.next_scale.sample, pipelines.sources.open_data)."""
+  import paradigms
+  from paradigms.next_scale import check_tokenizer
+  from train.config import model_config
+  path = config.data.tokenizer
+  tokenized = getattr(paradigms.get(config.paradigm), 'TOKENIZED', False)
+  if not path and not tokenized:
+    return None
+  spec = tokenizer_spec(path)
+  if tokenized:
+    check_tokenizer(model_config(config), spec, f'data.tokenizer={path!r}')
+  vq_config, vq_model, vq_params = load_run(os.path.expanduser(path))
+  if vq_config.paradigm != 'vqvae':
+    raise ValueError(f"data.tokenizer={path!r} is a {vq_config.paradigm!r} run; it must be a "
+                     "'vqvae' run (configs/vqvae_glyphs.py)")
+  return vq_model, vq_params
 
 
 def graft(params, source, into: str = '', partial: bool = False):

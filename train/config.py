@@ -5,7 +5,7 @@ locked, so a misspelt key (`--config.train.stpes=10`) fails and names itself. Th
   paradigm  registry name (paradigms.PARADIGMS)
   model     fields of paradigms.nn.TransformerConfig (the module sees only these)
   loss      keyword arguments of the paradigm's loss() (e.g. z_loss)
-  data      corpus and windows (train/data.py)
+  data      corpus and windows (pipelines/text.py)
   train     optimiser, schedule, logging, evaluation, checkpoints
   mesh      device mesh shape and the logical-axis -> mesh-axis rules
 """
@@ -103,7 +103,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.init_partial = False  # True: new leaves the run lacks keep their init (flow -> shortcut)
 
   # Sample-based evaluation by an external judge (image paradigms): generate `num` samples with
-  # `sampler`/`steps`/`cfg` every `every` steps and score them (sample/images.py JUDGES).
+  # `sampler`/`steps`/`cfg` every `every` steps and score them (evaluators/images.py JUDGES).
   c.judge = ml_collections.ConfigDict()
   c.judge.name = ''  # '' = off | 'glyphs' (classifier FD + recognition accuracy)
   c.judge.every = 0  # 0 = only at the end of training (when name is set)

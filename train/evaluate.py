@@ -13,9 +13,9 @@ import time
 import jax
 
 import paradigms
-from train.checkpoint import load_run
-from train.sources import open_data
-from train.trainer import summarize
+from evaluators.likelihood import summarize
+from pipelines.sources import open_data
+from train.checkpoint import load_run, load_tokenizer
 
 
 def evaluate_run(workdir: str, batches: int = 0, step: int | None = None, ema: bool | None = None,
@@ -24,7 +24,7 @@ def evaluate_run(workdir: str, batches: int = 0, step: int | None = None, ema: b
   summarised; `loss` overrides keys of the saved config.loss (e.g. {'mask_all': True})."""
   config, model, params = load_run(workdir, step, ema)
   paradigm = paradigms.get(config.paradigm)
-  data = open_data(config.data)
+  data = open_data(config.data, load_tokenizer(config))
   evals = data.eval_batches(batch_size=config.data.batch_size, num_batches=batches)
   options = {**dict(config.loss), **(loss or {})}
   fn = jax.jit(lambda p, b, r: paradigm.evaluate(p, b, r, model=model, **options))

@@ -5,7 +5,7 @@
 
 Every process runs the same program. After `initialize`, `jax.devices()` lists the devices of
 all processes, the trainer's mesh spans them, each process feeds its own rows of the global
-batch (train/data.py shards by `jax.process_index()`), only process 0 writes metrics and
+batch (pipelines/text.py shards by `jax.process_index()`), only process 0 writes metrics and
 config.json, and orbax writes checkpoints collectively (the workdir must be a path every
 process sees). On CPU the cross-process collectives go through gloo.
 """

@@ -93,14 +93,15 @@ class Setup:
 def setup(config, paradigm, mesh) -> Setup:
   """Build the model, shardings and jitted functions for `config` on `mesh`."""
   rules = tuple(tuple(r) if isinstance(r, list) else r for r in config.mesh.rules)
-  model = paradigm.build(model_config(config))
+  model_cfg = model_config(config)
+  model = paradigm.build(model_cfg)
   t, d = config.train, config.data
   tx, schedule = make_optimizer(t)
   ema_on = keeps_ema(config)
-  batch_spec = paradigm.example_batch(d.batch_size, d)
+  batch_spec = paradigm.example_batch(d.batch_size, d, model_cfg)
 
   def init_boxed(rng):
-    one = paradigm.example_batch(1, d)  # shapes of params do not depend on the batch
+    one = paradigm.example_batch(1, d, model_cfg)  # shapes of params do not depend on the batch
     batch = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), one)
     params = paradigm.init(model, rng, batch)['params']  # boxed with logical names
     extra = paradigm.init_extra(model, params) if hasattr(paradigm, 'init_extra') else None

@@ -20,9 +20,11 @@ import jax
 import numpy as np
 
 import paradigms
+from evaluators.images import judge_metrics
+from evaluators.likelihood import summarize
+from pipelines.sources import open_data
 from train import config as config_lib
-from train.checkpoint import Checkpointer, warm_start
-from train.sources import open_data
+from train.checkpoint import Checkpointer, load_tokenizer, warm_start
 from train.metrics import MetricsWriter, progress_bar
 from train.state import Setup, device_batch, make_mesh, setup
 
@@ -41,7 +43,8 @@ def train(config, workdir: str, *, devices=None) -> dict:
 
   mesh = make_mesh(config.mesh.shape, devices)
   s = setup(config, paradigm, mesh)
-  data = open_data(d)
+  tokenizer = load_tokenizer(config)  # (vq_model, vq_params) of data.tokenizer, or None
+  data = open_data(d, tokenizer)
   _check_labels(config, data)
   pid, nproc = jax.process_index(), jax.process_count()
   iterator = iter(data.train_dataset(batch_size=d.batch_size, seed=d.seed, process_index=pid,
@@ -98,7 +101,7 @@ def train(config, workdir: str, *, devices=None) -> dict:
                                                if k.startswith('eval_')))
       j = config.judge
       if j.name and (finished or (j.every and step % j.every == 0)):
-        judged = _judge(config, s, state, rng)
+        judged = _judge(config, s, state, rng, tokenizer)
         last.update(judged)
         writer.write(step, judged)
         _say(bar, f'step {step}: ' + ', '.join(f'{k}={v:.4f}' for k, v in judged.items()))
@@ -153,33 +156,17 @@ def _evaluate(s: Setup, state, evals, bytes_per_token, rng) -> dict:
   return out
 
 
-def _judge(config, s: Setup, state, rng) -> dict:
-  """config.judge's sample-based metrics of the EMA params (else the raw ones), 'judge_*'."""
-  from sample.images import judge_metrics  # the sampling layer sits above the trainer's data
+def _judge(config, s: Setup, state, rng, tokenizer) -> dict:
+  """config.judge's sample-based metrics of the EMA params (else the raw ones), 'judge_*'; a
+  tokenizer's params are replicated on the run's mesh, beside the sharded params."""
   params = state.ema if state.ema is not None else state.params
+  if tokenizer is not None:
+    replicated = jax.sharding.NamedSharding(s.mesh, jax.sharding.PartitionSpec())
+    tokenizer = (tokenizer[0], jax.device_put(tokenizer[1], replicated))
   with jax.set_mesh(s.mesh):
-    m = judge_metrics(config, s.model, params, jax.random.fold_in(rng, 20_000))
+    m = judge_metrics(config, s.model, params, jax.random.fold_in(rng, 20_000),
+                      tokenizer=tokenizer)
   return {f'judge_{k}': float(v) for k, v in m.items()}
-
-
-def summarize(sums: dict, bytes_per_token: float | None, prefix: str = '') -> dict:
-  """Evaluation sums -> bits per token (and per byte); with a Monte-Carlo bound ('nats_sq',
-  'draws' from a stochastic evaluate), also its standard error. Sums '<name>_sum' over 'count'
-  items become means '<prefix><name>' (with or without 'nats')."""
-  means = {prefix + k[:-4]: v / sums['count'] for k, v in sums.items()
-           if k.endswith('_sum') and 'count' in sums}
-  if 'nats' not in sums:
-    return means
-  bits = sums['nats'] / sums['tokens'] / np.log(2)
-  out = {f'{prefix}bits_per_token': bits}
-  if 'nats_sq' in sums:
-    mean = sums['nats'] / sums['tokens']
-    var = max(sums['nats_sq'] / sums['draws'] - mean ** 2, 0.0)
-    out[f'{prefix}bits_per_token_se'] = float(np.sqrt(var / sums['draws']) / np.log(2))
-  if bytes_per_token:
-    for k in list(out):
-      out[k.replace('bits_per_token', 'bpb')] = out[k] / bytes_per_token
-  return {**out, **means}
 
 
 def _check_labels(config, data) -> None:

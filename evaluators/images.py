@@ -1,33 +1,36 @@
-"""Image generation from a trained image-diffusion run: notebooks, the CLI and the trainer's
-sample-based evaluation all come through here.
+"""Images of a trained run, and the judges' verdict on them: the bridge from a saved config to
+the pure samplers of sample/, used by notebooks, the CLI, the arena and the trainer's judge.
 
-    from train.checkpoint import load_run
-    from sample import images
+    from train.checkpoint import load_run, load_tokenizer
+    from evaluators import images
     config, model, params = load_run('runs/dit_glyphs')          # EMA params when kept
     x, nfe = images.generate(config, model, params, jax.random.key(0), num=16,
                              sampler='heun', steps=18, cfg=2.0, labels=['7A'])   # [16, H, W, C]
     images.image_grid(x)                                          # a PIL image (shows inline)
 
-The noise grid follows the run's objective: EDM -> Karras rho = 7; flow -> uniform t (SD3)
-from t = 80/81 (sigma 80);
-eps / v / x0 -> DDIM's strided DDPM timesteps. Shortcut runs (step-conditioned flow models)
-sample with Euler over `steps` uniform steps, conditioning on d = 1/steps (steps a power of 2).
-Heun on a flow run takes its correction in flow time t (`heun_step(flow_space=True)`).
-The glyph judge scores any image paradigm registered in GENERATORS (image diffusion here,
-VAR next-scale prediction in sample/next_scale.py) through its `generate`.
+VAR and HART runs decode through their tokenizer, which is an argument here (nothing below
+reads disk): `generate(..., tokenizer=load_tokenizer(config))`, a `(vq_model, vq_params)` pair.
+
+The noise grid of a diffusion run follows its objective: EDM -> Karras rho = 7; flow -> uniform
+t (SD3) from t = 80/81 (sigma 80); eps / v / x0 -> DDIM's strided DDPM timesteps. Shortcut runs
+(step-conditioned flow models) sample with Euler over `steps` uniform steps, conditioning on
+d = 1/steps (steps a power of 2). Heun on a flow run takes its correction in flow time t
+(`heun_step(flow_space=True)`).
 """
 from __future__ import annotations
 
 import math
-import sys
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from paradigms.image_diffusion import Denoiser, Options
+from pipelines.glyphs import encode_text
+from pipelines.images import eval_batches
+from sample import hybrid as hart
 from sample import image_diffusion as sd
+from sample import next_scale as var
 
 
 def options(config) -> Options:
@@ -63,7 +66,6 @@ def denoiser(config, model, steps: int | None = None, sampler: str = 'euler') ->
 
 def parse_labels(config, labels, num: int) -> np.ndarray:
   """Texts (glyph runs) or class ids -> int32 [num, max_chars]; one label is repeated."""
-  from train.glyphs import encode_text
   d = config.data
   rows = []
   for text in labels:
@@ -84,30 +86,73 @@ def parse_labels(config, labels, num: int) -> np.ndarray:
 def reference(config, num: int) -> dict:
   """`num` held-out examples {'image': [num, H, W, C], 'label': [num, S]} (FD reference and the
   labels to request)."""
-  from train.image_data import eval_batches
-  d = config.data
-  batches = eval_batches(d, batch_size=num, num_batches=1)
+  batches = eval_batches(config.data, batch_size=num, num_batches=1)
   return {k: np.asarray(v[:num]) for k, v in batches[0].items()}
 
 
-def generate(config, model, params, rng, *, num: int = 16, sampler: str = 'heun', steps: int = 18,
-             cfg: float = 1.0, cfg_interval=None, labels=None, **sampler_options):
-  """Draw `num` images. labels: int32 [num, S], a list of texts / class ids, or None (labels of
-  held-out examples). Returns (images float32 [num, H, W, C] in about [-1, 1], nfe int)."""
-  if labels is None:
-    labels = reference(config, num)['label']
-  elif not (isinstance(labels, np.ndarray) and labels.dtype.kind == 'i'):
-    labels = parse_labels(config, labels, num)
+def _diffusion(config, model, params, rng, labels, *, cfg: float = 1.0, tokenizer=None,
+               sampler: str = 'heun', steps: int = 18, cfg_interval=None, **sampler_options):
+  """image_diffusion: `sample.image_diffusion.sample` on the run's denoiser and grid."""
+  del tokenizer  # pixels: no tokenizer
   if sampler == 'heun' and options(config).objective == 'flow':
     sampler_options.setdefault('flow_space', True)  # Heun's correction in flow time t
   fn = denoiser(config, model, steps, sampler)
   if cfg != 1.0:
     fn = sd.cfg_denoiser(fn, cfg, 0, cfg_interval)
   d = config.data
-  shape = (num, d.image_size, d.image_size, d.channels)
+  shape = (len(labels), d.image_size, d.image_size, d.channels)
   out = sd.sample(sampler, fn, params, sigmas_for(config, steps), shape, jnp.asarray(labels), rng,
                   **sampler_options)
-  return np.asarray(jax.device_get(out.x)), int(out.nfe)
+  return out.x, out.nfe
+
+
+def _tokenized(draw):
+  """next_scale / hybrid: `draw(model, params, vq_model, vq_params, labels, rng, **options)`."""
+  def run(config, model, params, rng, labels, *, tokenizer=None, **options):
+    if tokenizer is None:
+      raise ValueError(f'a {config.paradigm!r} run decodes through its tokenizer: pass '
+                       'tokenizer=(vq_model, vq_params), e.g. train.checkpoint.load_tokenizer(config)')
+    vq_model, vq_params = tokenizer
+    out = draw(model, params, vq_model, vq_params, labels, rng, **options)
+    return out.images, out.nfe
+  return run
+
+
+# paradigm -> (generate(config, model, params, rng, labels, *, cfg, tokenizer, **options) ->
+# (images, nfe), the options the trainer's judge passes from config.judge)
+GENERATORS = {
+    'image_diffusion': (_diffusion, lambda j: {'sampler': j.sampler, 'steps': j.steps}),
+    'next_scale': (_tokenized(var.sample), lambda j: {}),  # the full distribution, cfg only
+    'hybrid': (_tokenized(hart.sample), lambda j: {'head_steps': int(j.steps)}),
+}
+
+
+def _generator(config):
+  if config.paradigm not in GENERATORS:
+    raise ValueError(f'no image generator for paradigm {config.paradigm!r}; known: '
+                     f'{sorted(GENERATORS)}')
+  return GENERATORS[config.paradigm]
+
+
+def generate(config, model, params, rng, *, num: int = 16, labels=None, cfg: float = 1.0,
+             tokenizer=None, **options):
+  """Draw `num` images of any image paradigm in GENERATORS. labels: int32 [num, S], a list of
+  texts / class ids, or None (labels of held-out examples); tokenizer: (vq_model, vq_params)
+  for VAR / HART runs. Options: diffusion `sampler`, `steps`, `cfg_interval` and the sampler's
+  own; VAR `top_k`, `top_p`, `temperature`; HART those and `head_steps`, `head_sampler`,
+  `head_shift`. Returns (images float32 [num, H, W, C] in about [-1, 1], nfe int)."""
+  if labels is None:
+    labels = reference(config, num)['label']
+  elif not (isinstance(labels, np.ndarray) and labels.dtype.kind == 'i'):
+    labels = parse_labels(config, labels, num)
+  x, nfe = _generator(config)[0](config, model, params, rng, labels, cfg=cfg,
+                                 tokenizer=tokenizer, **options)
+  return np.asarray(jax.device_get(x), np.float32), int(nfe)
+
+
+def judge_options(config) -> dict:
+  """The sampler options the trainer's judge passes to `generate` (from config.judge)."""
+  return _generator(config)[1](config.judge)
 
 
 def to_uint8(images) -> np.ndarray:
@@ -133,30 +178,10 @@ def image_grid(images, cols: int | None = None, pad: int = 2, zoom: int = 1):
   return Image.fromarray(grid[..., 0] if C == 1 else grid)
 
 
-def judge_options(judge) -> dict:
-  """The sampler options the trainer's judge passes to `generate` (from config.judge)."""
-  return dict(sampler=judge.sampler, steps=judge.steps)
-
-
-# paradigm -> module with `generate(config, model, params, rng, *, num, labels, cfg, **options)
-# -> (images [num, H, W, C], nfe)` and `judge_options(config.judge) -> options`
-GENERATORS = {'image_diffusion': 'sample.images', 'next_scale': 'sample.next_scale',
-              'hybrid': 'sample.hybrid'}
-
-
-def generator(config):
-  """The module that generates images for `config.paradigm` (see GENERATORS)."""
-  import importlib
-  if config.paradigm not in GENERATORS:
-    raise ValueError(f'no image generator for paradigm {config.paradigm!r}; known: '
-                     f'{sorted(GENERATORS)}')
-  return importlib.import_module(GENERATORS[config.paradigm])
-
-
 def load_judge(config, train_steps: int = 0):
-  """The glyph judge for ``config.data``'s glyph set (sample.glyph_judge: trained once, cached);
-  ``train_steps`` 0 = its default."""
-  from sample import glyph_judge
+  """The glyph judge for ``config.data``'s glyph set (evaluators.glyph_judge: trained once,
+  cached); ``train_steps`` 0 = its default."""
+  from evaluators import glyph_judge  # imported when used: the judge pulls in optax and its cache
   d = config.data
   return glyph_judge.load_judge(image_size=d.image_size, alphabet=d.alphabet,
                                 max_chars=d.max_chars, cache_dir=d.cache_dir,
@@ -169,19 +194,19 @@ def score_samples(judge, x, labels, reference_images) -> dict:
   {'fd': Frechet distance of the judge's features vs `reference_images` [M, H, W, C],
   'accuracy': exact-string rate, 'char_accuracy': per-character rate,
   'by_length': {n: {'count', 'accuracy', 'char_accuracy'}} for strings of n characters}."""
-  from sample import glyph_judge  # imported when used: the judge pulls in optax and its cache
+  from evaluators import glyph_judge
   return glyph_judge.glyph_metrics(judge, x, labels, reference_images)  # the judge clips x
 
 
 def glyph_judge_metrics(config, model, params, rng, *, num: int, cfg: float = 1.0,
-                        train_steps: int = 0, **sampler_options) -> dict:
+                        train_steps: int = 0, tokenizer=None, **sampler_options) -> dict:
   """The glyph judge on `num` class-conditional samples whose labels are those of `num`
   held-out glyphs: Frechet distance of the judge's features (samples vs those held-out images),
   exact-string recognition accuracy and per-character accuracy, plus the NFE. The samples come
-  from the paradigm's `generate` (GENERATORS) with `sampler_options`."""
+  from `generate` with `sampler_options`."""
   ref = reference(config, num)
-  x, nfe = generator(config).generate(config, model, params, rng, num=num, cfg=cfg,
-                                      labels=ref['label'], **sampler_options)
+  x, nfe = generate(config, model, params, rng, num=num, cfg=cfg, labels=ref['label'],
+                    tokenizer=tokenizer, **sampler_options)
   m = score_samples(load_judge(config, train_steps), x, ref['label'], ref['image'])
   del m['by_length']  # the trainer logs scalars
   return {**m, 'nfe': nfe}
@@ -191,55 +216,11 @@ def glyph_judge_metrics(config, model, params, rng, *, num: int, cfg: float = 1.
 JUDGES = {'glyphs': glyph_judge_metrics}
 
 
-def judge_metrics(config, model, params, rng, **overrides) -> dict:
+def judge_metrics(config, model, params, rng, *, tokenizer=None, **overrides) -> dict:
   """config.judge's metrics (the trainer's sample-based evaluation), for any paradigm in
   GENERATORS; `overrides` replace the judge's num / cfg / sampler options."""
   j = config.judge
   if j.name not in JUDGES:
     raise ValueError(f'judge.name={j.name!r}: choose one of {sorted(JUDGES)}')
-  kw = dict(num=j.num, cfg=j.cfg, train_steps=j.train_steps,
-            **generator(config).judge_options(j))
-  return JUDGES[j.name](config, model, params, rng, **{**kw, **overrides})
-
-
-def cli_labels(args, config) -> np.ndarray:
-  """The CLI's labels int32 [num, S]: --label texts / class ids, else those of `num` held-out
-  glyphs. Checks --judge first, so a run without a judge fails before any sampling."""
-  if args.judge and config.judge.name not in JUDGES:
-    sys.exit(f'--judge: this run has no glyph judge (config.judge.name={config.judge.name!r}); '
-             'drop --judge')
-  if args.label:
-    return parse_labels(config, args.label, args.num)
-  return reference(config, args.num)['label']
-
-
-def cli_judge(config, x, labels, nfe: int | None = None, reference_images=None) -> None:
-  """--judge: the run's judge on the grid's own samples x [N, H, W, C] and the labels they were
-  requested with [N, S]; FD against `reference_images` (default: N held-out images). Prints one
-  line of metrics (and the NFE when given) and one of the rates by string length."""
-  if reference_images is None:
-    reference_images = reference(config, len(x))['image']
-  m = score_samples(load_judge(config, config.judge.train_steps), x, labels, reference_images)
-  by = m.pop('by_length')
-  print(' '.join(f'{k}={v:.4f}' for k, v in m.items()) + ('' if nfe is None else f' nfe={nfe}'))
-  print('by length (strings / characters read, count): ' + ', '.join(
-      f'{n}: {v["accuracy"]:.3f} / {v["char_accuracy"]:.3f} ({v["count"]})'
-      for n, v in by.items() if v['count']))
-
-
-def cli(args, config, model, params, rng) -> None:
-  """`python -m sample --workdir W --num 16 --out grid.png [--sampler --steps --cfg --label]`."""
-  sampler = args.sampler or ('euler' if model.cfg.step_conditioning else config.judge.sampler)
-  steps = args.steps or (4 if model.cfg.step_conditioning else config.judge.steps)
-  interval = tuple(float(v) for v in args.cfg_interval.split(',')) if args.cfg_interval else None
-  if sampler not in sd.SAMPLERS:
-    sys.exit(f'--sampler {sampler!r}: choose one of {sorted(sd.SAMPLERS)}')
-  labels = cli_labels(args, config)
-  t0 = time.perf_counter()
-  x, nfe = generate(config, model, params, rng, num=args.num, sampler=sampler, steps=steps,
-                    cfg=args.cfg, cfg_interval=interval, labels=labels)
-  image_grid(x, zoom=args.zoom).save(args.out)
-  print(f'wrote {args.out}: {args.num} samples, {sampler} x {steps} steps, {nfe} network '
-        f'evaluations, {time.perf_counter() - t0:.2f}s including compilation', file=sys.stderr)
-  if args.judge:
-    cli_judge(config, x, labels, nfe)
+  kw = dict(num=j.num, cfg=j.cfg, train_steps=j.train_steps, **judge_options(config))
+  return JUDGES[j.name](config, model, params, rng, tokenizer=tokenizer, **{**kw, **overrides})

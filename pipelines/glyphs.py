@@ -8,7 +8,7 @@ only: random access, deterministic, and 'train'/'eval' are disjoint streams. Tex
 background differ in luminance by >= ``_MIN_CONTRAST``. Labels are per-slot ids:
 ``label[j] = 1 + alphabet.index(text[j])``, 0 = blank past the string.
 
-train/image_data.py serves these (and users' images) as datasets; sample/glyph_judge.py trains
+pipelines/images.py serves these (and users' images) as datasets; evaluators/glyph_judge.py trains
 its classifier on them.
 """
 from __future__ import annotations

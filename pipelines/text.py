@@ -184,7 +184,7 @@ def _load_documents(root: str, relpaths: Sequence[str], holdout_fraction: float,
   key = dict(key, format=_CACHE_FORMAT, holdout_fraction=holdout_fraction,
              files=hashlib.sha1(json.dumps(stats).encode()).hexdigest())
   digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
-  cache = Path(_cache_root(cfg)) / f"{key['source']}-{digest}"
+  cache = Path(cache_root(cfg)) / f"{key['source']}-{digest}"
   arrays = _read_cache(cache)
   if arrays is None:
     train = _encode_documents(root, train_files)
@@ -214,7 +214,8 @@ def _encode_documents(root: str, relpaths: Sequence[str]) -> np.ndarray:
   return np.concatenate(docs) if docs else np.zeros([0], np.uint16)
 
 
-def _cache_root(cfg) -> str:
+def cache_root(cfg) -> str:
+  """`cfg.cache_dir`, else $JAX_PARADIGMS_CACHE, else ~/.cache/jax_paradigms (built corpora, judges)."""
   cache_dir = _get(cfg, 'cache_dir', '')
   return cache_dir or os.environ.get('JAX_PARADIGMS_CACHE') or os.path.join(
       os.path.expanduser('~'), '.cache', 'jax_paradigms')

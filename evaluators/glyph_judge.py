@@ -34,8 +34,8 @@ import numpy as np
 import optax
 import PIL
 
-from train.data import _cache_root
-from train.glyphs import DEFAULT_ALPHABET, GLYPH_VERSION, check_alphabet, glyph_example
+from pipelines.text import cache_root
+from pipelines.glyphs import DEFAULT_ALPHABET, GLYPH_VERSION, check_alphabet, glyph_example
 
 JUDGE_VERSION = 1  # bump when GlyphNet or its training recipe changes (invalidates caches)
 DEFAULT_STEPS = 3000
@@ -126,7 +126,7 @@ def train_judge(*, image_size: int = 32, alphabet: str = DEFAULT_ALPHABET, max_c
                 steps: int = DEFAULT_STEPS, batch_size: int = DEFAULT_BATCH_SIZE, seed: int = 0,
                 learning_rate: float = 4e-3, stroke: float = 0.0) -> tuple[dict, dict]:
   """Trains ``GlyphNet`` on fresh train-split glyphs (never the same one twice, in practice)
-  of letter weight ``stroke`` (train.glyphs; the full size/position spread, jitter 1).
+  of letter weight ``stroke`` (pipelines.glyphs; the full size/position spread, jitter 1).
 
   Per-slot softmax cross-entropy, AdamW with warmup + cosine decay, one jitted step; the next
   batch is rendered by a worker thread while the step runs. Returns ``(params, info)``, info
@@ -270,7 +270,7 @@ def glyph_metrics(judge: Judge, samples, labels, reference_images) -> dict:
 
 def _cache_path(cache_dir: str, key: dict) -> Path:
   digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-  root = _cache_root(types.SimpleNamespace(cache_dir=cache_dir))
+  root = cache_root(types.SimpleNamespace(cache_dir=cache_dir))
   return Path(root) / 'glyph_judge' / f"{key['image_size']}px-{digest}.msgpack"
 
 

@@ -2,12 +2,12 @@
 
 Nothing here downloads. Three sources (``cfg.source``), one registry (``_SOURCES``):
 
-- ``'glyphs'`` (the default): the unbounded procedural set of rendered text of train/glyphs.py;
+- ``'glyphs'`` (the default): the unbounded procedural set of rendered text of pipelines/glyphs.py;
   image ``index`` of a split is a function of both only (random access, deterministic).
 - ``'images'``: the user's image files, ``cfg.files`` is a directory (searched recursively for
   .png/.jpg/.jpeg, any case) or a glob. Each image is converted to ``cfg.channels`` (alpha is
   composited over white), resized so its shorter side is ``image_size`` (LANCZOS) and
-  centre-cropped. Whole files are held out by ``train.data.is_held_out`` (sha1 of the relative
+  centre-cropped. Whole files are held out by ``pipelines.text.is_held_out`` (sha1 of the relative
   path). Unlabelled: every label is the null label ``[0]``. Decoded once per process and kept
   in memory as uint8 (meant for folders of up to ~100k small images).
 - ``'npz'``: ``cfg.path`` holds ``images`` (uint8 or integer in [0, 255], or float: read as
@@ -35,8 +35,8 @@ import grain
 import numpy as np
 from PIL import Image
 
-from train.data import is_held_out, random_stream
-from train.glyphs import (DEFAULT_ALPHABET, check_alphabet, check_stroke, render_glyph, to_float,
+from pipelines.text import is_held_out, random_stream
+from pipelines.glyphs import (DEFAULT_ALPHABET, check_alphabet, check_stroke, render_glyph, to_float,
                           to_gray)
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg')

@@ -1,10 +1,11 @@
 """The one seam between the trainer and its data: `open_data(config.data) -> Data`.
 
-Token sources ('cpython' | 'text' | 'tokens') live in train/data.py, image sources ('glyphs' |
-'images' | 'npz') in train/image_data.py. The trainer, `python -m train.evaluate` and the
+Token sources ('cpython' | 'text' | 'tokens') live in pipelines/text.py, image sources ('glyphs' |
+'images' | 'npz') in pipelines/images.py. The trainer, `python -m train.evaluate` and the
 benchmarks only see `Data`, so a new source is one loader plus one line in `SOURCES`.
 
-With `data.tokenizer` (a trained VQ-VAE workdir, `paradigms/vqvae.py`) every image batch, train
+With `data.tokenizer` (a trained VQ-VAE workdir, `paradigms/vqvae.py`, loaded by the caller and
+passed in as `open_data(cfg, tokenizer=(vq_model, vq_params))`) every image batch, train
 and eval alike, is mapped through the tokenizer (a jitted encode + quantise per batch on the
 default device, a grain `.map`, so the iterator stays resumable) to the token paradigms' batch
 {'tokens': int32 [B, L], 'inputs': float32 [B, L - s_1^2, Cz] (VAR's teacher-forcing inputs),
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 from typing import Callable
 
 import numpy as np
@@ -47,14 +47,16 @@ class Data:
   label_vocab: int | None = None
 
 
-def open_data(cfg) -> Data:
-  """The source that `cfg` (config.data) names, ready for the trainer."""
+def open_data(cfg, tokenizer=None) -> Data:
+  """The source that `cfg` (config.data) names, ready for the trainer. `tokenizer`: the loaded
+  VQ-VAE `(vq_model, vq_params)` named by `cfg.tokenizer` (train.checkpoint.load_tokenizer),
+  through which image batches become token batches."""
   source = cfg.source
   if source in IMAGE_SOURCES:
-    return _open_images(cfg)
+    return _open_images(cfg, tokenizer)
   if source not in TOKEN_SOURCES:
     raise ValueError(f'Unknown data.source={source!r}; use one of {SOURCES}.')
-  from train import data
+  from pipelines import text as data
   corpus = data.load_corpus(cfg)
   return Data(train_dataset=functools.partial(data.train_dataset, corpus.train, seq_len=cfg.seq_len),
               eval_batches=functools.partial(data.eval_batches, corpus.eval, seq_len=cfg.seq_len),
@@ -62,16 +64,16 @@ def open_data(cfg) -> Data:
               items_per_example=cfg.seq_len)
 
 
-def _open_images(cfg) -> Data:
+def _open_images(cfg, tokenizer) -> Data:
   """Image sources; labels are padded with the null id 0 to `data.max_chars` slots (the label
   length every image model is built with), e.g. a class id [id + 1] -> [id + 1, 0, 0]."""
-  from train import image_data
+  from pipelines import images as image_data
   L = image_data.label_len(cfg)
   if L > cfg.max_chars:
     raise ValueError(f'{image_data.describe(cfg)} has labels of {L} slots; set '
                      f'--config.data.max_chars={L} (the model takes that many label slots).')
   pad = _LabelPad(cfg.max_chars)
-  tokenize, what = _tokenizer(cfg)
+  tokenize, what = _tokenizer(cfg, tokenizer)
   prepare = pad if tokenize is None else (lambda b: tokenize(pad(b)))
 
   def train_dataset(**kw):
@@ -86,23 +88,18 @@ def _open_images(cfg) -> Data:
               label_vocab=image_data.label_vocab(cfg))
 
 
-def _tokenizer(cfg):
-  """(the batch mapping of `data.tokenizer`, a description) or (None, '') when it is unset."""
+def _tokenizer(cfg, tokenizer):
+  """(the batch mapping of the loaded `tokenizer`, a description) or (None, '') when
+  `data.tokenizer` is unset."""
   path = getattr(cfg, 'tokenizer', '') or ''
   if not path:
     return None, ''
+  if tokenizer is None:
+    raise ValueError(f'data.tokenizer={path!r}: pass the loaded tokenizer, '
+                     'open_data(config.data, tokenizer=train.checkpoint.load_tokenizer(config))')
   import jax
   from paradigms import vqvae
-  from train.checkpoint import load_run
-  if not os.path.isfile(os.path.join(os.path.expanduser(path), 'config.json')):
-    raise FileNotFoundError(
-        f'data.tokenizer={path!r} holds no trained run (no config.json); train the tokenizer with '
-        f'`python -m train --config configs/vqvae_glyphs.py:small --workdir {path}` or point '
-        'data.tokenizer at its workdir')
-  config, model, params = load_run(path)
-  if config.paradigm != 'vqvae':
-    raise ValueError(f"data.tokenizer={path!r} is a {config.paradigm!r} run; it must be a 'vqvae' "
-                     'run (configs/vqvae_glyphs.py)')
+  model, params = tokenizer
   c = model.cfg
   if (c.image_size, c.channels) != (cfg.image_size, cfg.channels):
     raise ValueError(f'data.tokenizer={path!r} was trained on {c.image_size}px images with '
