@@ -3,9 +3,9 @@
 Config files in configs/ start from `base_config()` and change what they need; the result is
 locked, so a misspelt key (`--config.train.stpes=10`) fails and names itself. The sections:
   paradigm  registry name (paradigms.PARADIGMS)
-  model     fields of paradigms.nn.TransformerConfig (the module sees only these)
+  model     fields of the paradigm's `Config` dataclass (the module sees only these)
   loss      keyword arguments of the paradigm's loss() (e.g. z_loss)
-  data      corpus and windows (pipelines/text.py)
+  data      the source and its windows or images (pipelines/: text.py, images.py, glyphs.py)
   train     optimiser, schedule, logging, evaluation, checkpoints
   mesh      device mesh shape and the logical-axis -> mesh-axis rules
 """

@@ -8,7 +8,7 @@ Mask forms (``mask`` field of the module, static):
 An optional explicit boolean ``attn_mask`` [B, 1|H, Lq, Lk] is AND-ed on top (e.g. BD3-LM).
 
 The cache is a plain pytree (`KVCache`) passed in and returned, so decoding is functional and
-the sampler seam is ``logits_fn(tokens, cache) -> (logits, cache)``. Empty cache slots carry the
+the sampler seam is ``logits_fn(params, tokens, cache) -> (logits, cache)``. Empty cache slots carry the
 id ``EMPTY`` and are masked whatever the form, so one rule covers prefill, decode and training.
 """
 from __future__ import annotations
