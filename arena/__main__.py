@@ -72,4 +72,5 @@ def main(argv=None) -> None:
 
 
 if __name__ == '__main__':
-  main()
+  from train.cli import run_main
+  run_main(main)

@@ -236,9 +236,8 @@ def eval_rows(workdir: str) -> list[dict]:
   path = os.path.join(workdir, 'metrics.jsonl')
   if not os.path.exists(path):
     return []
-  with open(path) as f:
-    rows = [json.loads(line) for line in f if line.strip()]
-  return [r for r in rows if any(k.startswith('eval_') for k in r)]
+  from train.metrics import read_rows
+  return [r for _, r in read_rows(path) if any(k.startswith('eval_') for k in r)]
 
 
 def _finished(workdir: str, steps: int) -> bool:

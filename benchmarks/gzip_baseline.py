@@ -16,10 +16,10 @@ from train.config import from_file
 from pipelines.text import is_held_out
 
 
-def main():
+def main(argv=None):
   p = argparse.ArgumentParser()
   p.add_argument('--config', default='configs/ar_code.py:small')
-  args = p.parse_args()
+  args = p.parse_args(argv)
   c = from_file(args.config).data
   if c.source != 'cpython':
     raise SystemExit('this baseline is defined for data.source=cpython')
@@ -44,4 +44,5 @@ def main():
 
 
 if __name__ == '__main__':
-  main()
+  from train.cli import run_main
+  run_main(main)

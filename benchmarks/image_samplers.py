@@ -87,4 +87,5 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-  main()
+  from train.cli import run_main
+  run_main(main)

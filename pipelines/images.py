@@ -222,17 +222,17 @@ def _decode_folder(pattern: str, root: str, stats: tuple, image_size: int, chann
       raise ValueError(f'Cannot decode image file {path!r} ({type(err).__name__}: {err}); '
                        'fix it or remove it from the folder.') from err
   held = np.array([is_held_out(p, holdout_fraction) for p, _ in stats])
-  rule = (f'holdout_fraction={holdout_fraction} holds out a file iff sha1(relpath) % 10000 < '
-          f'{holdout_fraction * 10_000:g}')
-  if not held.any() or held.all():
-    which = 'held-out' if not held.any() else 'train'
-    fix = 'raise' if not held.any() else 'lower'
-    raise ValueError(f'The {which} split is empty: {held.sum()} of the {len(stats)} images of '
-                     f'data.files={pattern!r} are held out ({rule}); {fix} '
-                     'data.holdout_fraction or add more images.')
+  how = ''
+  if len(stats) < 2:
+    raise ValueError(f'data.files={pattern!r} holds {len(stats)} image; a run needs at least 2 '
+                     '(one to train on, one held out).')
+  if not held.any() or held.all():  # too few files to hold out whole ones by their hash
+    held = np.zeros(len(stats), bool)
+    held[len(stats) - max(1, int(len(stats) * holdout_fraction)):] = True
+    how = ', too few to hold out by hash: the last ones in path order are held out'
   images = np.stack(images)  # [N, S, S, C]
   labels = np.zeros([len(images), 1], np.int32)  # unlabelled: the null label
-  what = f'folder {root!r} ({int((~held).sum())} train / {int(held.sum())} eval files)'
+  what = f'folder {root!r} ({int((~held).sum())} train / {int(held.sum())} eval files{how})'
   return _Arrays(images[~held], labels[~held], images[held], labels[held], 1, 1, what)
 
 

@@ -29,6 +29,7 @@ import os
 import sys
 import sysconfig
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -38,6 +39,7 @@ import numpy as np
 _CACHE_FORMAT = 1  # bump when the cached layout or the document encoding changes
 _EXCLUDED_DIRS = ('site-packages', 'dist-packages')
 _HOLDOUT_BUCKETS = 10_000
+_CONTROL = np.isin(np.arange(256), [*range(0, 9), *range(14, 27), *range(28, 32)])  # not \t\n\v\f\r, ESC
 _NUM_ELEMENTS = 2**40  # length of the random-window stream: infinite for any real run
 
 
@@ -51,9 +53,11 @@ class ByteTokenizer:
   MASK = 257
   vocab_size = 258
 
-  def encode(self, text: str) -> np.ndarray:
-    """UTF-8 bytes of ``text`` as ids, no EOS appended. Returns uint16 [N]."""
-    return np.frombuffer(text.encode('utf-8'), dtype=np.uint8).astype(np.uint16)
+  def encode(self, text: str | bytes) -> np.ndarray:
+    """UTF-8 bytes of ``text`` (or the raw ``bytes`` given, UTF-8 or not) as ids, no EOS
+    appended. Returns uint16 [N]."""
+    raw = text if isinstance(text, bytes) else text.encode('utf-8')
+    return np.frombuffer(raw, dtype=np.uint8).astype(np.uint16)
 
   def decode(self, ids) -> str:
     """Inverse of ``encode``: drops special ids (>= 256), decodes with errors='replace'."""
@@ -70,6 +74,7 @@ class Corpus:
   bytes_per_token: float | None  # 1.0 for byte-level text; None for token arrays (bits/token)
   train_files: tuple[str, ...]  # relative POSIX paths of training documents; () for arrays
   eval_files: tuple[str, ...]  # relative POSIX paths of held-out documents; () for arrays
+  holdout: str = 'files'  # 'files': whole files held out; 'tail': the last tokens of the stream
 
 
 # ---------------------------------------------------------------------------------------------
@@ -144,8 +149,12 @@ def _load_cpython(cfg, holdout_fraction: float) -> Corpus:
 def _load_text(cfg, holdout_fraction: float) -> Corpus:
   pattern = _get(cfg, 'files', '')
   if not pattern:
-    raise ValueError("data.source='text' needs data.files, a glob such as 'notes/**/*.md'.")
-  paths = [os.path.abspath(p) for p in glob.glob(os.path.expanduser(pattern), recursive=True)
+    raise ValueError("data.source='text' needs data.files, a glob such as 'notes/**/*.md', a "
+                     'folder or a file.')
+  expanded = os.path.expanduser(pattern)
+  if os.path.isdir(expanded):  # a folder: every (non-hidden) file under it
+    expanded = os.path.join(expanded, '**', '*')
+  paths = [os.path.abspath(p) for p in glob.glob(expanded, recursive=True)
            if os.path.isfile(p)]
   if not paths:
     raise ValueError(f'No files match data.files={pattern!r}; fix the glob (use ** with '
@@ -173,29 +182,38 @@ def _load_documents(root: str, relpaths: Sequence[str], holdout_fraction: float,
                      'point data.files at non-empty text files.')
   eval_files = tuple(p for p in relpaths if is_held_out(p, holdout_fraction))
   train_files = tuple(p for p in relpaths if not is_held_out(p, holdout_fraction))
-  rule = (f'holdout_fraction={holdout_fraction} holds out a file iff sha1(relpath) % '
-          f'{_HOLDOUT_BUCKETS} < {holdout_fraction * _HOLDOUT_BUCKETS:g}')
-  if not eval_files:
-    raise ValueError(f'The held-out split is empty: none of the {len(relpaths)} files of {what} '
-                     f'is held out ({rule}); raise data.holdout_fraction or add more files.')
-  if not train_files:
-    raise ValueError(f'The train split is empty: all {len(relpaths)} files of {what} are held '
-                     f'out ({rule}); lower data.holdout_fraction or add more files.')
+  tail = not eval_files or not train_files  # too few files to hold out whole ones
+  if tail:
+    train_files = eval_files = tuple(relpaths)
   key = dict(key, format=_CACHE_FORMAT, holdout_fraction=holdout_fraction,
-             files=hashlib.sha1(json.dumps(stats).encode()).hexdigest())
+             files=hashlib.sha1(json.dumps(stats).encode()).hexdigest(),
+             **({'split': 'tail'} if tail else {}))
   digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
   cache = Path(cache_root(cfg)) / f"{key['source']}-{digest}"
   arrays = _read_cache(cache)
   if arrays is None:
-    train = _encode_documents(root, train_files)
-    evals = _encode_documents(root, eval_files)
-    _write_cache(cache, train, evals, dict(key, train_files=train_files, eval_files=eval_files))
+    if tail:  # one stream; its last holdout_fraction of tokens (at least one) is held out
+      stream, odd = _encode_documents(root, relpaths)
+      n_eval = max(1, int(len(stream) * holdout_fraction))
+      train, evals = stream[:len(stream) - n_eval], stream[len(stream) - n_eval:]
+    else:
+      train, odd_train = _encode_documents(root, train_files)
+      evals, odd_eval = _encode_documents(root, eval_files)
+      odd = odd_train + odd_eval
+    _write_cache(cache, train, evals, dict(key, train_files=train_files, eval_files=eval_files,
+                                           nontext_files=odd))
     arrays = _read_cache(cache)
     if arrays is None:
       raise RuntimeError(f'Wrote the corpus cache {cache} but cannot read it back; delete it '
                          'or set data.cache_dir to a writable local directory.')
+  odd = json.loads((cache / 'meta.json').read_text()).get('nontext_files', [])
+  if odd:
+    warnings.warn(f'{len(odd)} of the {len(relpaths)} files of {what} do not look like text (NUL '
+                  f'or other control bytes), e.g. {odd[0]!r}; they are read as text with '
+                  'replacement characters. Narrow data.files to text files.', stacklevel=3)
   return Corpus(train=arrays[0], eval=arrays[1], vocab_size=vocab_size, bytes_per_token=1.0,
-                train_files=train_files, eval_files=eval_files)
+                train_files=train_files, eval_files=eval_files,
+                holdout='tail' if tail else 'files')
 
 
 def _size_mtime(path: str) -> tuple[int, int]:
@@ -203,15 +221,22 @@ def _size_mtime(path: str) -> tuple[int, int]:
   return st.st_size, st.st_mtime_ns
 
 
-def _encode_documents(root: str, relpaths: Sequence[str]) -> np.ndarray:
-  """Concatenates ``encode(text) + [EOS]`` over files. Returns uint16 [sum(len_i + 1)]."""
+def _encode_documents(root: str, relpaths: Sequence[str]) -> tuple[np.ndarray, list[str]]:
+  """Concatenates ``encode(text) + [EOS]`` over files (UTF-8, invalid bytes replaced). Returns
+  (uint16 [sum(len_i + 1)], the files that do not look like text: a NUL byte, or more than 5%
+  of their bytes control characters other than whitespace and escape)."""
   tokenizer = ByteTokenizer()
-  docs = []
+  docs, odd = [], []
   for relpath in relpaths:
-    with open(os.path.join(root, relpath), encoding='utf-8', errors='replace') as f:
-      docs.append(tokenizer.encode(f.read()))
+    with open(os.path.join(root, relpath), 'rb') as f:
+      raw = f.read()
+    text = raw.decode('utf-8', errors='replace').replace('\r\n', '\n').replace('\r', '\n')
+    control = int(_CONTROL[np.frombuffer(raw, np.uint8)].sum())
+    if b'\0' in raw or control > 0.05 * len(raw):  # binary (legacy 8-bit text is fine)
+      odd.append(relpath)
+    docs.append(tokenizer.encode(text))
     docs.append(np.array([ByteTokenizer.EOS], dtype=np.uint16))
-  return np.concatenate(docs) if docs else np.zeros([0], np.uint16)
+  return (np.concatenate(docs) if docs else np.zeros([0], np.uint16)), odd
 
 
 def cache_root(cfg) -> str:
@@ -329,8 +354,13 @@ _LOADERS: dict[str, Callable[[Any, float], Corpus]] = {
 
 def describe(corpus: Corpus) -> str:
   """One log line: files and tokens per split."""
-  files = (f'{len(corpus.train_files)} train / {len(corpus.eval_files)} eval files, '
-           if corpus.train_files else 'token arrays, ')
+  if corpus.holdout == 'tail':
+    n = len(corpus.train_files)
+    files = (f'{n} file{"s" if n > 1 else ""}, too few to hold out whole ones: the last '
+             f'{len(corpus.eval):,} tokens are held out, ')
+  else:
+    files = (f'{len(corpus.train_files)} train / {len(corpus.eval_files)} eval files, '
+             if corpus.train_files else 'token arrays, ')
   unit = 'byte-level' if corpus.bytes_per_token == 1.0 else (
       'bits/token' if corpus.bytes_per_token is None else f'{corpus.bytes_per_token} B/token')
   return (f'corpus: {files}{len(corpus.train):,} train / {len(corpus.eval):,} eval tokens, '

@@ -14,14 +14,17 @@ or writes the grid (images).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
 import numpy as np
 
+from train.cli import ArgumentParser, UserError, run_main
+
 
 def _parse(argv):
-  p = argparse.ArgumentParser(prog='python -m sample', description=__doc__,
+  p = ArgumentParser(prog='python -m sample', description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument('--workdir', required=True, help='run directory written by python -m train')
   p.add_argument('--prompt', default='', help="text prompt (byte-level corpora), e.g. 'def '")
@@ -61,23 +64,68 @@ def _parse(argv):
   i.add_argument('--judge', action='store_true',
                  help="also print the run's judge metrics (FD, recognition accuracy) of the samples")
   args = p.parse_args(argv)
-  if args.zoom < 1:
-    p.error(f'--zoom {args.zoom}: give a positive integer (1 = one pixel per pixel)')
+  checks = [(args.num >= 1, f'--num {args.num}: give at least 1 sample'),
+            (args.max_new_tokens >= 1, f'--max-new-tokens {args.max_new_tokens}: give at least 1'),
+            (args.temperature >= 0, f'--temperature {args.temperature}: give >= 0 (0 = greedy)'),
+            (args.top_k >= 0, f'--top-k {args.top_k}: give >= 0 (0 = off)'),
+            (0 < args.top_p <= 1, f'--top-p {args.top_p}: give a value in (0, 1] (1 = off)'),
+            (args.steps >= 0, f'--steps {args.steps}: give >= 0 (0 = the default)'),
+            (args.block_size >= 0, f'--block-size {args.block_size}: give >= 0 (0 = the default)'),
+            (0 < args.threshold <= 1, f'--threshold {args.threshold}: give a value in (0, 1]'),
+            (args.eta >= 0, f'--eta {args.eta}: give >= 0'),
+            (args.zoom >= 1, f'--zoom {args.zoom}: give a positive integer (1 = one pixel per pixel)'),
+            (args.step is None or args.step >= 0, f'--step {args.step}: give a saved step >= 0')]
+  for ok, msg in checks:
+    if not ok:
+      p.error(msg)
+  try:
+    args.prompt_ids = [int(x) for x in args.prompt_ids.split(',') if x.strip()]
+  except ValueError:
+    p.error(f'--prompt-ids {args.prompt_ids!r}: give comma-separated integers, e.g. 1,2,3')
+  if args.cfg_interval:
+    try:
+      lo, hi = (float(v) for v in args.cfg_interval.split(','))
+    except ValueError:
+      p.error(f"--cfg-interval {args.cfg_interval!r}: give 'lo,hi', two noise levels")
+    args.cfg_interval = (lo, hi)
+  args.given = {a.split('=', 1)[0] for a in (argv or []) if a.startswith('--')}
   return args
+
+
+# the flags each kind of run reads, beyond --workdir, --num, --seed, --step, --no-ema
+_TEXT = {'--prompt', '--prompt-ids', '--max-new-tokens', '--temperature', '--top-k', '--top-p'}
+_GRID = {'--label', '--out', '--zoom', '--judge', '--cfg'}
+FLAGS = {'autoregressive': _TEXT,
+         'masked_diffusion': _TEXT | {'--strategy', '--steps', '--block-size', '--threshold',
+                                      '--eta', '--infill'},
+         'image_diffusion': _GRID | {'--sampler', '--steps', '--cfg-interval'},
+         'next_scale': _GRID | {'--temperature', '--top-k', '--top-p'},
+         'hybrid': _GRID | {'--temperature', '--top-k', '--top-p', '--steps'},
+         'vqvae': {'--out', '--zoom', '--judge', '--label'}}
+_COMMON = {'--workdir', '--num', '--seed', '--step', '--no-ema', '--help'}
+
+
+def _check_flags(args, paradigm: str) -> None:
+  """Warn about flags given on the command line that this run's paradigm does not read."""
+  unused = sorted(args.given - _COMMON - FLAGS.get(paradigm, set()))
+  if unused:
+    print(f'warning: {", ".join(unused)} do{"es" if len(unused) == 1 else ""} not apply to a '
+          f'{paradigm!r} run and {"is" if len(unused) == 1 else "are"} ignored; it reads '
+          f'{", ".join(sorted(FLAGS.get(paradigm, set())))}', file=sys.stderr)
 
 
 def _prompt_ids(args, config, tok):
   if args.prompt_ids:
-    ids = [int(x) for x in args.prompt_ids.split(',') if x.strip()]
+    ids = list(args.prompt_ids)
   elif config.data.source in ('cpython', 'text'):
-    ids = tok.encode(args.prompt).tolist()
+    ids = tok.encode(os.fsencode(args.prompt)).tolist()  # the raw bytes, UTF-8 or not
   else:
-    sys.exit('this run was trained on a token array; pass the prompt as --prompt-ids 1,2,3')
+    raise UserError('this run was trained on a token array; pass the prompt as --prompt-ids 1,2,3')
   if not ids:  # an empty prompt starts a new document
     ids = [tok.EOS]
   bad = [i for i in ids if not 0 <= i < config.model.vocab_size]
   if bad:
-    sys.exit(f'prompt ids {bad} are outside the vocabulary [0, {config.model.vocab_size})')
+    raise UserError(f'prompt ids {bad} are outside the vocabulary [0, {config.model.vocab_size})')
   return np.asarray([ids] * args.num, np.int32)
 
 
@@ -97,7 +145,7 @@ def _infill_ids(template: str, tok, mask_id: int):
   import re
   ids, parts = [], re.split(r'\{mask:(\d+)\}', template)
   for i, part in enumerate(parts):
-    ids += [mask_id] * int(part) if i % 2 else tok.encode(part).tolist()
+    ids += [mask_id] * int(part) if i % 2 else tok.encode(os.fsencode(part)).tolist()
   return ids
 
 
@@ -148,6 +196,12 @@ def _text(sampler):
     from pipelines.text import ByteTokenizer
     tok = ByteTokenizer()
     prompt = _prompt_ids(args, config, tok)
+    length = len(_infill_ids(args.infill, tok, 0)) if args.infill and config.paradigm != \
+        'autoregressive' else prompt.shape[1] + args.max_new_tokens
+    if length > config.data.seq_len:
+      print(f'warning: {length} tokens (prompt + --max-new-tokens) is past the '
+            f'{config.data.seq_len}-token windows this model was trained on (data.seq_len); '
+            'expect worse samples beyond them', file=sys.stderr)
     t0 = time.perf_counter()
     out = sampler(args, config, model, params, prompt, rng)
     _print_texts(args, out, prompt, tok, t0)
@@ -161,7 +215,7 @@ def cli_labels(args, config) -> np.ndarray:
   glyphs. Checks --judge first, so a run without a judge fails before any sampling."""
   from evaluators import images
   if args.judge and config.judge.name not in images.JUDGES:
-    sys.exit(f'--judge: this run has no glyph judge (config.judge.name={config.judge.name!r}); '
+    raise UserError(f'--judge: this run has no glyph judge (config.judge.name={config.judge.name!r}); '
              'drop --judge')
   if args.label:
     return images.parse_labels(config, args.label, args.num)
@@ -190,9 +244,9 @@ def image_cli(args, config, model, params, rng) -> None:
   from sample import image_diffusion as sd
   sampler = args.sampler or ('euler' if model.cfg.step_conditioning else config.judge.sampler)
   steps = args.steps or (4 if model.cfg.step_conditioning else config.judge.steps)
-  interval = tuple(float(v) for v in args.cfg_interval.split(',')) if args.cfg_interval else None
+  interval = args.cfg_interval or None  # (lo, hi), parsed with the arguments
   if sampler not in sd.SAMPLERS:
-    sys.exit(f'--sampler {sampler!r}: choose one of {sorted(sd.SAMPLERS)}')
+    raise UserError(f'--sampler {sampler!r}: choose one of {sorted(sd.SAMPLERS)}')
   labels = cli_labels(args, config)
   t0 = time.perf_counter()
   x, nfe = images.generate(config, model, params, rng, num=args.num, sampler=sampler, steps=steps,
@@ -237,10 +291,10 @@ def tokenizer_cli(args, config, model, params, rng) -> None:
   from evaluators import images
   from paradigms import vqvae
   if args.label:
-    sys.exit('--label: a tokenizer run reconstructs held-out images, it does not draw labels; '
+    raise UserError('--label: a tokenizer run reconstructs held-out images, it does not draw labels; '
              'drop --label')
   if args.judge and config.data.source != 'glyphs':
-    sys.exit(f'--judge: the glyph judge reads glyph images; this tokenizer was trained on '
+    raise UserError(f'--judge: the glyph judge reads glyph images; this tokenizer was trained on '
              f'data.source={config.data.source!r}; drop --judge')
   t0 = time.perf_counter()
   ref = images.reference(config, args.num)
@@ -270,12 +324,14 @@ SAMPLERS = {'autoregressive': _text(_sample_autoregressive),
 
 
 def main(argv=None):
-  args = _parse(sys.argv[1:] if argv is None else argv)
+  argv = sys.argv[1:] if argv is None else argv
+  args = _parse(argv)
   import jax
   from train.checkpoint import load_run
   config, model, params = load_run(args.workdir, args.step, ema=False if args.no_ema else None)
   if config.paradigm not in SAMPLERS:
-    sys.exit(f'no sampler for paradigm {config.paradigm!r}; known: {sorted(SAMPLERS)}')
+    raise UserError(f'no sampler for paradigm {config.paradigm!r}; known: {sorted(SAMPLERS)}')
+  _check_flags(args, config.paradigm)
   SAMPLERS[config.paradigm](args, config, model, params, jax.random.key(args.seed))
 
 
@@ -291,4 +347,4 @@ def _print_texts(args, out, prompt, tok, t0):
 
 
 if __name__ == '__main__':
-  main()
+  run_main(main)

@@ -181,16 +181,17 @@ def test_empty_corpus(tmp_path):
     data.load_corpus(make_cfg(files=str(tmp_path / '*.txt'), cache_dir=str(tmp_path / 'c')))
 
 
-def test_empty_heldout_and_train_splits(tmp_path):
-  (tmp_path / 'only.txt').write_text('some text')  # sha1 bucket of 'only.txt' decides
+def test_too_few_files_hold_out_the_tail_of_the_stream(tmp_path):
+  """Whole-file hold-out leaves a split empty (here 'only.txt' alone, on either side of its sha1
+  bucket): the last holdout_fraction of the tokens is held out instead."""
+  (tmp_path / 'only.txt').write_text('some text ' * 40)  # sha1 bucket of 'only.txt' decides
   bucket = int(hashlib.sha1(b'only.txt').hexdigest(), 16) % 10_000
   cfg = make_cfg(files=str(tmp_path / '*.txt'), cache_dir=str(tmp_path / 'c'), seq_len=2)
-  cfg.holdout_fraction = (bucket - 1) / 10_000 if bucket > 1 else 0.5
-  with pytest.raises(ValueError, match=r'held-out split is empty.*holdout_fraction'):
-    data.load_corpus(cfg)
-  cfg.holdout_fraction = (bucket + 1) / 10_000
-  with pytest.raises(ValueError, match=r'train split is empty.*holdout_fraction'):
-    data.load_corpus(cfg)
+  for fraction in ((bucket - 1) / 10_000 if bucket > 1 else 0.5, (bucket + 1) / 10_000):
+    cfg.holdout_fraction = fraction
+    corpus = data.load_corpus(cfg)
+    n_eval = max(1, int(401 * fraction))  # 400 bytes and the EOS
+    assert corpus.holdout == 'tail' and (len(corpus.train), len(corpus.eval)) == (401 - n_eval, n_eval)
 
 
 def test_window_longer_than_split(marker_corpus):

@@ -231,7 +231,7 @@ def test_cli_judge_scores_the_grid_it_drew_with_the_requested_labels(monkeypatch
   np.testing.assert_array_equal(asked['labels'], held['label'])
   config.judge.name = ''
   args.judge = True
-  with pytest.raises(SystemExit, match='drop --judge'):
+  with pytest.raises(ValueError, match='drop --judge'):  # one line at the CLI (run_main)
     sample_cli.image_cli(args, config, model, None, None)
 
 

@@ -305,7 +305,7 @@ def test_tiny_tokenizer_var_and_cli_end_to_end(tmp_path, capsys):
   printed = capsys.readouterr().out
   assert printed.count('by length') == 3 and 'real: fd=0.0000' in printed
   assert 'decode(f): fd=' in printed and 'decode(f_hat): fd=' in printed
-  with pytest.raises(SystemExit, match='drop --label'):
+  with pytest.raises(ValueError, match='drop --label'):  # one line at the CLI (run_main)
     sample_main(['--workdir', c.data.tokenizer, '--num', '3', '--out', out, '--label', '7A'])
 
   c.data.tokenizer_residual = True

@@ -1,7 +1,11 @@
 """CLI: python -m train --config configs/ar_code.py:small --workdir runs/ar_code [--config.x=y ...]
 
 Rerunning the same command resumes from the newest checkpoint in --workdir.
+A mistake in the command (a misspelt --config key, an unwritable --workdir, data that does not
+fit the config) prints one line naming what to change and exits 2.
 """
+import sys
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -28,5 +32,19 @@ def main(argv):
   train(_CONFIG.value, _WORKDIR.value)
 
 
+def cli(argv=None) -> None:
+  """`python -m train ...`: --config.* overrides checked against the config file first (a typo
+  names its full dotted key and the closest real ones), then absl parses and runs `main`."""
+  from train.cli import check_overrides, config_arg, run_main
+
+  def checked(argv):
+    spec = config_arg(argv)
+    if spec:
+      from train.config import from_file
+      check_overrides(from_file(spec), argv)
+    app.run(main, argv=argv)
+  run_main(checked, sys.argv if argv is None else argv)
+
+
 if __name__ == '__main__':
-  app.run(main)
+  cli()

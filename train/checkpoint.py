@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import warnings
 from typing import Any
 
@@ -21,19 +22,34 @@ class Checkpointer:
 
   def __init__(self, workdir: str, keep: int = 3, async_save: bool = True):
     self.directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                           enable_async_checkpointing=async_save)
+    # directories made on the calling thread: a failure raises here, at once (made
+    # asynchronously, a PermissionError left the saving thread waiting on a signal for minutes)
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, create=True, enable_async_checkpointing=async_save,
+        async_options=ocp.AsyncOptions(create_directories_asynchronously=False))
     self.manager = ocp.CheckpointManager(self.directory, item_names=('state', 'data'),
                                          options=options)
+    self.failed = False  # a save failed: close() must not wait on it
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
   def save(self, step: int, state, data_iterator) -> None:
-    """Start saving `state` and the iterator position at `step` (returns before it is written)."""
-    self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state),
-        data=grain.checkpoint.CheckpointSave(data_iterator)), force=True)
+    """Start saving `state` and the iterator position at `step` (returns before it is written).
+    A save that cannot be written (no permission, a full disk) raises an OSError naming the
+    directory and the newest complete checkpoint, which stays valid."""
+    try:
+      self.manager.wait_until_finished()  # the previous save's write errors surface here
+      self.manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state),
+          data=grain.checkpoint.CheckpointSave(data_iterator)), force=True)
+    except OSError as err:
+      self.failed = True
+      good = [s for s in self.manager.all_steps() if s != step]
+      kept = f'step {max(good)} is the newest complete one' if good else 'none is complete yet'
+      raise OSError(err.errno, f'cannot write the checkpoint of step {step} in '
+                    f'{self.directory} ({err.strerror or err}); {kept}. Free disk space or fix '
+                    'the permissions, then rerun the same command to resume') from None
 
   def restore(self, abstract_state, data_iterator, step: int | None = None) -> tuple[Any, int]:
     """Restore into the shardings of `abstract_state` (which may come from another mesh than
@@ -47,7 +63,7 @@ class Checkpointer:
     failed = []  # (step, error) of newer checkpoints that did not read back
     for s in sorted(self.manager.all_steps(), reverse=True):
       try:
-        state = self._restore(s, abstract_state, data_iterator)
+        state = _attempt(self._restore, s, abstract_state, data_iterator)
       except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise many types here
         failed.append((s, e))
         continue
@@ -58,7 +74,13 @@ class Checkpointer:
                       f'from step {s} instead', stacklevel=2)
       return state, s
     if failed:  # none reads (a changed config?): leave them all in place
-      raise failed[0][1]
+      step, err = failed[0]
+      raise ValueError(
+          f'all {len(failed)} checkpoints in {self.directory} are unreadable (steps '
+          f'{", ".join(str(s) for s, _ in failed)}; the newest, {step}: {type(err).__name__}: '
+          f'{" ".join(str(err).split())[:200]}). If the config changed since they were written, '
+          f'rerun with the saved one ({os.path.dirname(self.directory)}/config.json); otherwise '
+          'move checkpoints/ aside or choose a new --workdir') from err
     raise FileNotFoundError(f'no checkpoint in {self.directory}')
 
   def _restore(self, step: int, abstract_state, data_iterator):
@@ -82,10 +104,34 @@ class Checkpointer:
     return dst
 
   def restore_params(self, abstract_params, step: int | None = None, ema: bool = False):
-    """Only the params (or EMA params) of a saved state, e.g. for sampling."""
-    step = self.latest_step() if step is None else step
-    if step is None:
+    """Only the params (or EMA params) of a saved state, e.g. for sampling: those of `step`, or
+    of the newest checkpoint that reads back (a newer unreadable one is skipped with a warning
+    and left in place). Returns (params, step)."""
+    steps = sorted(self.manager.all_steps(), reverse=True)
+    if not steps:
       raise FileNotFoundError(f'no checkpoint in {self.directory}; train first (python -m train ...)')
+    if step is not None and step not in steps:
+      raise ValueError(f'--step {step}: no checkpoint of that step in {self.directory}; the saved '
+                       f'steps are {sorted(steps)}')
+    failed = []
+    for s in ([step] if step is not None else steps):
+      try:
+        params = _attempt(self._restore_params, s, abstract_params, ema)
+      except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise many types here
+        failed.append((s, e))
+        continue
+      for bad, e in failed:
+        warnings.warn(f'checkpoint step {bad} in {self.directory} cannot be read '
+                      f'({type(e).__name__}: {" ".join(str(e).split())[:200]}); using step {s}',
+                      stacklevel=2)
+      return params, s
+    bad, e = failed[0]
+    raise ValueError(f'{"the checkpoint of step " + str(bad) if step is not None else "no checkpoint"}'
+                     f' in {self.directory} reads back (steps {", ".join(str(s) for s, _ in failed)}'
+                     f'; {type(e).__name__}: {" ".join(str(e).split())[:200]}); was it written by '
+                     'another model (config.json changed)?') from e
+
+  def _restore_params(self, step: int, abstract_params, ema: bool):
     key = 'ema' if ema else 'params'
     restored = self.manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.PyTreeRestore(
@@ -93,16 +139,36 @@ class Checkpointer:
             restore_args={key: jax.tree.map(
                 lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding), abstract_params)},
             partial_restore=True)))
-    return restored.state[key], step
+    return restored.state[key]
 
   def wait(self) -> None:
     """Block until pending async saves are on disk."""
     self.manager.wait_until_finished()
 
-  def close(self) -> None:
-    self.manager.wait_until_finished()
+  def close(self, wait: bool = True) -> None:
+    """Wait for pending saves (unless a save already failed), then release the manager."""
+    if wait:
+      self.manager.wait_until_finished()
     self.manager.close()
 
+
+def _attempt(fn, *args):
+  """`fn(*args)` (an orbax restore). When it fails, tensorstore's callbacks of the abandoned read
+  later find orbax's event loop closed and report 'RuntimeError: Event loop is closed' through
+  sys.unraisablehook, a traceback each: noise (the caller reports the failure), so from then on
+  the hook drops exactly that error and passes every other one on."""
+  try:
+    return fn(*args)
+  except Exception:
+    if getattr(sys.unraisablehook, '__name__', '') != '_drop_closed_loop':
+      previous = sys.unraisablehook
+
+      def _drop_closed_loop(unraisable):
+        if not (isinstance(unraisable.exc_value, RuntimeError) and
+                'Event loop is closed' in str(unraisable.exc_value)):
+          previous(unraisable)
+      sys.unraisablehook = _drop_closed_loop
+    raise
 
 def load_run(workdir: str, step: int | None = None, ema: bool | None = None):
   """(config, model, params) of a trained run, on one device, for sampling or analysis.
@@ -113,7 +179,13 @@ def load_run(workdir: str, step: int | None = None, ema: bool | None = None):
   import flax.linen as nn
   import paradigms
   from train import config as config_lib
-  config = config_lib.load(os.path.join(workdir, 'config.json'))
+  path = os.path.join(os.path.expanduser(workdir), 'config.json')
+  if not os.path.isfile(path):
+    raise FileNotFoundError(
+        f'{workdir} is not a training run: ' + ('it has no config.json' if os.path.isdir(workdir)
+                                                 else 'no such directory') +
+        '; pass the --workdir given to `python -m train`')
+  config = config_lib.load(path)
   paradigm = paradigms.get(config.paradigm)
   model = paradigm.build(config_lib.model_config(config))
   spec = paradigm.example_batch(1, config.data, model.cfg)

@@ -6,7 +6,6 @@ Prints one JSON object with bits per token (and per byte for byte-level corpora)
 """
 from __future__ import annotations
 
-import argparse
 import json
 import time
 
@@ -16,6 +15,7 @@ import paradigms
 from evaluators.likelihood import summarize
 from pipelines.sources import open_data
 from train.checkpoint import load_run, load_tokenizer
+from train.cli import ArgumentParser, run_main
 
 
 def evaluate_run(workdir: str, batches: int = 0, step: int | None = None, ema: bool | None = None,
@@ -39,14 +39,14 @@ def evaluate_run(workdir: str, batches: int = 0, step: int | None = None, ema: b
   return out
 
 
-def main():
-  p = argparse.ArgumentParser(prog='python -m train.evaluate', description=__doc__)
+def main(argv=None):
+  p = ArgumentParser(prog='python -m train.evaluate', description=__doc__)
   p.add_argument('--workdir', required=True)
   p.add_argument('--batches', type=int, default=0, help='0 = the whole held-out split')
   p.add_argument('--step', type=int, default=None)
-  args = p.parse_args()
+  args = p.parse_args(argv)
   print(json.dumps(evaluate_run(args.workdir, args.batches, args.step)))
 
 
 if __name__ == '__main__':
-  main()
+  run_main(main)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 
 import jax
 
@@ -22,8 +23,7 @@ class MetricsWriter:
     if not self.enabled:
       return
     if os.path.exists(self.path):  # drop rows a killed run logged after its last checkpoint
-      with open(self.path) as f:
-        rows = [line for line in f if line.strip() and json.loads(line)['step'] <= resume_step]
+      rows = [line for line, row in read_rows(self.path) if row['step'] <= resume_step]
       with open(self.path, 'w') as f:
         f.writelines(rows)
     self.tb = _tensorboard(os.path.join(workdir, 'tensorboard'))
@@ -43,6 +43,28 @@ class MetricsWriter:
   def close(self) -> None:
     if self.tb is not None:
       self.tb.close()
+
+
+def read_rows(path: str) -> list[tuple[str, dict]]:
+  """(line, row) of every readable line of a metrics.jsonl. A torn line (a kill or a full disk in
+  the middle of a write) is skipped with a warning naming it, so it never blocks a resume."""
+  out, torn = [], []
+  with open(path, errors='replace') as f:
+    for i, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        row = json.loads(line)
+        if not isinstance(row, dict) or 'step' not in row:
+          raise ValueError('no step')
+      except ValueError:
+        torn.append(i)
+        continue
+      out.append((line if line.endswith('\n') else line + '\n', row))
+  if torn:
+    warnings.warn(f'{path}: skipped {len(torn)} unreadable line(s) (line {", ".join(map(str, torn[:5]))}'
+                  '; a write cut short by a kill or a full disk)', stacklevel=2)
+  return out
 
 
 def _py(v):

@@ -25,6 +25,7 @@ from evaluators.likelihood import summarize
 from pipelines.sources import open_data
 from train import config as config_lib
 from train.checkpoint import Checkpointer, load_tokenizer, warm_start
+from train.cli import writable_dir
 from train.metrics import MetricsWriter, progress_bar
 from train.state import Setup, device_batch, make_mesh, setup
 
@@ -37,9 +38,11 @@ def train(config, workdir: str, *, devices=None) -> dict:
   """Train (or resume) the run in `workdir`. Returns the last logged train and eval metrics."""
   config_lib.validate(config)
   paradigm = paradigms.get(config.paradigm)
-  os.makedirs(workdir, exist_ok=True)
+  workdir = writable_dir(workdir)  # before any compilation: an unwritable workdir fails now
   t, d = config.train, config.data
   _check_saved_config(config, workdir)
+  judge = _judge_name(config)
+  watch = DivergenceWatch()
 
   mesh = make_mesh(config.mesh.shape, devices)
   s = setup(config, paradigm, mesh)
@@ -54,7 +57,11 @@ def train(config, workdir: str, *, devices=None) -> dict:
   ckpt = Checkpointer(workdir, keep=t.keep, async_save=t.async_checkpoint)
   init_rng, rng = jax.random.split(jax.random.key(t.seed))
   if ckpt.latest_step() is not None:
-    state, step = ckpt.restore(s.abstract_state, iterator)
+    try:
+      state, step = ckpt.restore(s.abstract_state, iterator)
+    except Exception:
+      ckpt.close(wait=False)
+      raise
     _log(f'resumed from {ckpt.directory}/{step}')
   else:
     state, step = s.init(init_rng), 0
@@ -90,32 +97,41 @@ def train(config, workdir: str, *, devices=None) -> dict:
         rows = jax.device_get([m for _, m in pending])  # waits for the interval's steps
         toc = time.perf_counter()
         rate = items_per_step * (step - tic_step) / max(toc - tic, 1e-9)
-        last = _flush(pending, rows, writer, ckpt, rate if step > tic_step else None, data.unit)
+        last = _flush(pending, rows, writer, ckpt, rate if step > tic_step else None, data.unit,
+                      watch)
         pending, tic, tic_step = [], toc, step
         bar.set_postfix({'loss': f"{last['loss']:.4f}", f'{data.unit[:3]}_s': f'{rate:,.0f}'},
                         refresh=False)
+      if step % t.ckpt_every == 0 or at_end:  # first: a failing evaluation costs no checkpoint
+        _save(ckpt, step, state, iterator)
+        saved = step
       if step % t.eval_every == 0 or finished:
         last.update(_evaluate(s, state, evals, data.bytes_per_token, rng))
         writer.write(step, {k: v for k, v in last.items() if k.startswith('eval_')})
         _say(bar, f'step {step}: ' + ', '.join(f'{k}={v:.4f}' for k, v in last.items()
                                                if k.startswith('eval_')))
       j = config.judge
-      if j.name and (finished or (j.every and step % j.every == 0)):
-        judged = _judge(config, s, state, rng, tokenizer)
-        last.update(judged)
-        writer.write(step, judged)
-        _say(bar, f'step {step}: ' + ', '.join(f'{k}={v:.4f}' for k, v in judged.items()))
-      if step % t.ckpt_every == 0 or at_end:
-        ckpt.save(step, state, iterator)
-        saved = step
+      if judge and (finished or (j.every and step % j.every == 0)):
+        try:
+          judged = _judge(config, s, state, rng, tokenizer)
+        except Exception as err:  # noqa: BLE001 - reported; training and its checkpoints go on
+          _say(bar, f'warning: judge {judge!r} failed at step {step} ({type(err).__name__}: '
+                    f'{str(err)[:300]}); training goes on without it (set judge.name=\'\' to '
+                    'turn it off)')
+          judge = ''
+          judged = {}
+        if judged:
+          last.update(judged)
+          writer.write(step, judged)
+          _say(bar, f'step {step}: ' + ', '.join(f'{k}={v:.4f}' for k, v in judged.items()))
       if step % t.eval_every == 0 or step % t.ckpt_every == 0 or (j.every and step % j.every == 0):
         tic = time.perf_counter()  # keep evaluation and checkpoint time out of the throughput
       bar.update(step - bar.n)
     if stop.requested and saved != step:  # the signal came after this step's checkpoint check
-      ckpt.save(step, state, iterator)
+      _save(ckpt, step, state, iterator)
   finally:
     bar.close()
-    ckpt.close()
+    ckpt.close(wait=not ckpt.failed)
     writer.close()
     stop.restore()
   if stop.requested:
@@ -123,7 +139,7 @@ def train(config, workdir: str, *, devices=None) -> dict:
   return last
 
 
-def _flush(pending, rows, writer, ckpt, rate, unit: str) -> dict:
+def _flush(pending, rows, writer, ckpt, rate, unit: str, watch) -> dict:
   """Check the interval's fetched metrics `rows`: stop on a non-finite loss, write one mean row."""
   for (step, _), row in zip(pending, rows):
     if not np.isfinite(row['loss']):
@@ -135,10 +151,61 @@ def _flush(pending, rows, writer, ckpt, rate, unit: str) -> dict:
           f'check the data, or raise train.warmup_steps; rerunning resumes from that checkpoint.')
   mean = {k: float(np.mean([r[k] for r in rows])) for k in rows[-1]}
   mean['lr'] = float(rows[-1]['lr'])
+  watch(pending[-1][0], mean['loss'], mean['lr'])
   if rate is not None:
     mean[f'{unit}_per_s'] = rate
   writer.write(pending[-1][0], mean)
   return mean
+
+
+def _save(ckpt, step: int, state, iterator) -> None:
+  """Checkpoint `state` unless it holds a non-finite value (the last update wrecked the params
+  even when the loss it logged was finite): then stop, naming the last finite checkpoint."""
+  if not bool(_all_finite(state)):
+    ckpt.wait()
+    good = ckpt.latest_step()
+    where = f'step {good} in {ckpt.directory}' if good is not None else 'none (no checkpoint yet)'
+    raise NonFiniteLoss(
+        f'NaN/Inf in the parameters or optimiser state (not saved) at step {step}. Last good '
+        f'checkpoint: {where}. Lower train.lr, check the data, or raise train.warmup_steps; '
+        'rerunning resumes from that checkpoint.')
+  ckpt.save(step, state, iterator)
+
+
+@jax.jit
+def _all_finite(state):
+  """Whether every float leaf of the train state is finite: [] bool."""
+  leaves = [x for x in jax.tree.leaves(state) if jax.numpy.issubdtype(x.dtype, jax.numpy.inexact)]
+  return jax.numpy.all(jax.numpy.asarray([jax.numpy.isfinite(x).all() for x in leaves]))
+
+
+class DivergenceWatch:
+  """Warns once when the training loss climbs above `factor` x its first logged value: a run
+  diverging without NaN (e.g. lr=30 reached 65,073 bits per byte and exited cleanly)."""
+
+  def __init__(self, factor: float = 2.0):
+    self.factor, self.first, self.warned = factor, None, False
+
+  def __call__(self, step: int, loss: float, lr: float) -> None:
+    if self.first is None:
+      self.first = loss
+    elif not self.warned and self.first > 0 and loss > self.factor * self.first:
+      self.warned = True
+      _log(f'warning: the training loss is {loss:.4g} at step {step}, {loss / self.first:.1f}x '
+           f'its first logged value {self.first:.4g}: the run is diverging. Lower train.lr (now '
+           f'{lr:.3g} at this step) or raise train.warmup_steps.')
+
+
+def _judge_name(config) -> str:
+  """config.judge.name, or '' with a note when the judge cannot read this run's data (the glyph
+  judge reads only the procedural glyphs)."""
+  name = config.judge.name
+  if name == 'glyphs' and config.data.source != 'glyphs':
+    _log(f"note: judge.name='glyphs' reads rendered glyphs only; data.source="
+         f"{config.data.source!r} has none, so the sample-based judge is off (judge.name='' "
+         'silences this)')
+    return ''
+  return name
 
 
 def _evaluate(s: Setup, state, evals, bytes_per_token, rng) -> dict:
