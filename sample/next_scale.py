@@ -23,8 +23,7 @@ a KV cache of L = sum_k s_k^2 slots preallocated for the (doubled) batch; determ
 The tokenizer enters through a small seam, `Tokenizer` (start / add_scale / decode), whose
 default implementation calls `paradigms/vqvae.py`; tests substitute a closed-form one.
 
-    from train.checkpoint import load_run, load_tokenizer
-    from sample import next_scale
+    # a trained run (train.checkpoint.load_run / load_tokenizer read it from disk):
     config, var_model, var_params = load_run('runs/var_glyphs')
     vq_model, vq_params = load_tokenizer(config)              # the run named by data.tokenizer
     out = next_scale.sample(var_model, var_params, vq_model, vq_params, labels, jax.random.key(0),
