@@ -45,23 +45,27 @@ class Data:
   unit: str = 'tokens'
   items_per_example: int = 1
   label_vocab: int | None = None
+  text_tokenizer: object = None  # text sources: the ByteTokenizer or subword TextTokenizer used
 
 
-def open_data(cfg, tokenizer=None) -> Data:
+def open_data(cfg, tokenizer=None, text_tokenizer=None) -> Data:
   """The source that `cfg` (config.data) names, ready for the trainer. `tokenizer`: the loaded
   VQ-VAE `(vq_model, vq_params)` named by `cfg.tokenizer` (train.checkpoint.load_tokenizer),
-  through which image batches become token batches."""
+  through which image batches become token batches. `text_tokenizer` encodes text sources
+  (default: the one `cfg.text_tokenizer` names, pipelines.text.resolve_tokenizer)."""
   source = cfg.source
   if source in IMAGE_SOURCES:
     return _open_images(cfg, tokenizer)
   if source not in TOKEN_SOURCES:
     raise ValueError(f'Unknown data.source={source!r}; use one of {SOURCES}.')
   from pipelines import text as data
-  corpus = data.load_corpus(cfg)
+  if text_tokenizer is None and source != 'tokens':
+    text_tokenizer = data.resolve_tokenizer(cfg)
+  corpus = data.load_corpus(cfg, text_tokenizer)
   return Data(train_dataset=functools.partial(data.train_dataset, corpus.train, seq_len=cfg.seq_len),
               eval_batches=functools.partial(data.eval_batches, corpus.eval, seq_len=cfg.seq_len),
               description=data.describe(corpus), bytes_per_token=corpus.bytes_per_token,
-              items_per_example=cfg.seq_len)
+              items_per_example=cfg.seq_len, text_tokenizer=text_tokenizer)
 
 
 def _open_images(cfg, tokenizer) -> Data:

@@ -2,10 +2,15 @@
 
 Nothing here downloads. Three sources (``cfg.source``), one registry (``_LOADERS``):
 
-- ``'cpython'``: byte-level text of the CPython standard library's ``.py`` sources found at
+- ``'cpython'``: text of the CPython standard library's ``.py`` sources found at
   ``sysconfig.get_paths()['stdlib']`` (``site-packages``/``dist-packages`` excluded). The
   default corpus: code, present on every machine that runs this project.
-- ``'text'``: byte-level text of the user's files, ``cfg.files`` is a (recursive) glob.
+- ``'text'``: text of the user's files, ``cfg.files`` is a (recursive) glob.
+
+Text is byte-level by default; ``cfg.text_tokenizer`` picks another (``resolve_tokenizer``):
+``'bpe:N'`` trains a byte-level BPE of N ids on the training files (pipelines/subword.py),
+``'hf:DIR'`` reads DIR/tokenizer.json. Bits per byte stay comparable across tokenizers:
+``bytes_per_token`` is the held-out split's UTF-8 bytes (one per document break) per token.
 - ``'tokens'``: a pre-tokenized 1-D token array, nanoGPT ``.bin`` (raw ``cfg.token_dtype``) or
   ``.npy``; held out is ``cfg.eval_path`` or else the last ``cfg.holdout_fraction`` of it.
 
@@ -36,7 +41,7 @@ from typing import Any, Callable, Sequence
 import grain
 import numpy as np
 
-_CACHE_FORMAT = 1  # bump when the cached layout or the document encoding changes
+_CACHE_FORMAT = 2  # bump when the cached layout or the document encoding changes
 _EXCLUDED_DIRS = ('site-packages', 'dist-packages')
 _HOLDOUT_BUCKETS = 10_000
 _CONTROL = np.isin(np.arange(256), [*range(0, 9), *range(14, 27), *range(28, 32)])  # not \t\n\v\f\r, ESC
@@ -52,12 +57,18 @@ class ByteTokenizer:
   EOS = 256
   MASK = 257
   vocab_size = 258
+  eos_id, mask_id, bos_id, pad_id = EOS, MASK, None, None  # the TextTokenizer names
+  name = 'bytes'
 
   def encode(self, text: str | bytes) -> np.ndarray:
     """UTF-8 bytes of ``text`` (or the raw ``bytes`` given, UTF-8 or not) as ids, no EOS
     appended. Returns uint16 [N]."""
     raw = text if isinstance(text, bytes) else text.encode('utf-8')
     return np.frombuffer(raw, dtype=np.uint8).astype(np.uint16)
+
+  def encode_prompt(self, text: str | bytes) -> list[int]:
+    """A prompt's ids: its bytes (no BOS; the byte tokenizer has none)."""
+    return self.encode(os.fsencode(text) if isinstance(text, str) else text).tolist()
 
   def decode(self, ids) -> str:
     """Inverse of ``encode``: drops special ids (>= 256), decodes with errors='replace'."""
@@ -71,7 +82,7 @@ class Corpus:
   train: np.ndarray  # [N_train] token ids (np.memmap or ndarray, uint16 or uint32)
   eval: np.ndarray  # [N_eval] held-out token ids
   vocab_size: int  # every id is < this
-  bytes_per_token: float | None  # 1.0 for byte-level text; None for token arrays (bits/token)
+  bytes_per_token: float | None  # held-out bytes per token (1.0 byte-level); None: token arrays
   train_files: tuple[str, ...]  # relative POSIX paths of training documents; () for arrays
   eval_files: tuple[str, ...]  # relative POSIX paths of held-out documents; () for arrays
   holdout: str = 'files'  # 'files': whole files held out; 'tail': the last tokens of the stream
@@ -80,7 +91,7 @@ class Corpus:
 # ---------------------------------------------------------------------------------------------
 # Corpus loading.
 
-def load_corpus(cfg) -> Corpus:
+def load_corpus(cfg, tokenizer=None) -> Corpus:
   """Loads the corpus that ``cfg`` (the ``data`` ConfigDict, or any attribute object) names.
 
   Fields: ``source`` ('cpython' | 'text' | 'tokens'), ``files`` (glob, 'text'), ``path``,
@@ -88,6 +99,7 @@ def load_corpus(cfg) -> Corpus:
   ``vocab_size``, ``seq_len`` (checked: a window of seq_len + 1 tokens must fit in both
   splits), ``train_tokens`` (> 0 keeps only the first that many training tokens: a
   data-constrained run repeats them for steps x batch x seq_len / train_tokens epochs), ``cache_dir`` ('' = $JAX_PARADIGMS_CACHE or ~/.cache/jax_paradigms).
+  `tokenizer` encodes text sources (default: ``resolve_tokenizer(cfg)``).
   Raises ValueError, saying what to change, for any bad input.
   """
   source = _get(cfg, 'source', 'cpython')
@@ -96,7 +108,12 @@ def load_corpus(cfg) -> Corpus:
   holdout_fraction = float(_get(cfg, 'holdout_fraction', 0.05))
   if not 0.0 < holdout_fraction < 1.0:
     raise ValueError(f'data.holdout_fraction={holdout_fraction} must be in (0, 1), e.g. 0.05.')
-  corpus = _LOADERS[source](cfg, holdout_fraction)
+  if source == 'tokens':
+    corpus = _load_tokens(cfg, holdout_fraction)
+  else:
+    if tokenizer is None:
+      tokenizer = resolve_tokenizer(cfg)
+    corpus = _load_documents(*_LOADERS[source](cfg), holdout_fraction, cfg, tokenizer)
   unique = int(_get(cfg, 'train_tokens', 0))
   if unique < 0:
     raise ValueError(f'data.train_tokens={unique} must be >= 0 (0 = the whole training split).')
@@ -121,17 +138,61 @@ def _get(cfg, name: str, default: Any) -> Any:
   return default if value is None else value
 
 
-def _text_vocab_size(cfg) -> int:
-  vocab_size = int(_get(cfg, 'vocab_size', ByteTokenizer.vocab_size))
-  if vocab_size < ByteTokenizer.vocab_size:
-    raise ValueError(
-        f'Byte-level text uses ids up to {ByteTokenizer.vocab_size - 1} (256 bytes + EOS + '
-        f'MASK) but vocab_size={vocab_size}; raise model.vocab_size/data.vocab_size to '
-        f'{ByteTokenizer.vocab_size}.')
+def _text_vocab_size(cfg, tokenizer) -> int:
+  vocab_size = int(_get(cfg, 'vocab_size', tokenizer.vocab_size))
+  if vocab_size < tokenizer.vocab_size:
+    what = ('Byte-level text uses ids up to 257 (256 bytes + EOS + MASK)'
+            if isinstance(tokenizer, ByteTokenizer) else
+            f'The tokenizer {tokenizer.name!r} has {tokenizer.vocab_size} ids')
+    raise ValueError(f'{what} but model.vocab_size={vocab_size}; raise model.vocab_size (and '
+                     f'data.vocab_size) to at least {tokenizer.vocab_size}, or use a tokenizer '
+                     'whose ids fit the model.')
   return vocab_size
 
 
-def _load_cpython(cfg, holdout_fraction: float) -> Corpus:
+def resolve_tokenizer(cfg):
+  """The text tokenizer `cfg.text_tokenizer` names: '' -> ByteTokenizer; 'bpe:N' -> a byte-level
+  BPE of N ids trained on the training files of the source (cached by files and N);
+  'hf:DIR' (or a folder) -> DIR/tokenizer.json."""
+  spec = _get(cfg, 'text_tokenizer', '')
+  if not spec:
+    return ByteTokenizer()
+  from pipelines import subword
+  if spec.startswith('bpe:'):
+    try:
+      size = int(spec[4:])
+    except ValueError:
+      raise ValueError(f'data.text_tokenizer={spec!r}: give bpe:N with N the vocabulary size, '
+                       'e.g. bpe:4096') from None
+    source = _get(cfg, 'source', 'cpython')
+    if source == 'tokens':
+      raise ValueError("data.text_tokenizer=bpe:N trains on text; data.source='tokens' is "
+                       'already tokenized (set data.text_tokenizer=\'\')')
+    root, relpaths, key, _ = _LOADERS[source](cfg)
+    train = [p for p in relpaths if not is_held_out(p, float(_get(cfg, 'holdout_fraction', 0.05)))]
+    train = train or list(relpaths)
+    stats = [(p, *_size_mtime(os.path.join(root, p))) for p in train]
+    digest = hashlib.sha1(json.dumps(dict(key, files=stats, size=size), sort_keys=True).encode())
+    cache = Path(cache_root(cfg)) / f'bpe{size}-{digest.hexdigest()[:20]}'
+    if (cache / 'tokenizer.json').exists():
+      return subword.load_tokenizer_folder(str(cache))
+    tok = subword.train_bpe((_read_text(os.path.join(root, p))[0] for p in train), size)
+    tmp = Path(tempfile.mkdtemp(dir=cache.parent if cache.parent.exists() else None))
+    tok.save(str(tmp))
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    try:
+      os.replace(tmp, cache)
+    except OSError:  # another process won the race: use its copy
+      pass
+    return subword.load_tokenizer_folder(str(cache))
+  folder = os.path.expanduser(spec[3:] if spec.startswith('hf:') else spec)
+  if not os.path.isdir(folder):
+    raise ValueError(f"data.text_tokenizer={spec!r}: use '' (bytes), 'bpe:N' or 'hf:DIR' with "
+                     'DIR a folder holding tokenizer.json')
+  return subword.load_tokenizer_folder(folder)
+
+
+def _load_cpython(cfg):
   root = sysconfig.get_paths()['stdlib']
   relpaths = []
   for dirpath, dirnames, filenames in os.walk(root):
@@ -142,11 +203,10 @@ def _load_cpython(cfg, holdout_fraction: float) -> Corpus:
     raise ValueError(f'No *.py files found under the stdlib root {root!r}; this Python has no '
                      "standard-library sources, use data.source='text' or 'tokens'.")
   key = {'source': 'cpython', 'python': sys.version, 'root': root}
-  return _load_documents(root, sorted(relpaths), holdout_fraction, cfg, key,
-                         what=f'the stdlib at {root}')
+  return root, sorted(relpaths), key, f'the stdlib at {root}'
 
 
-def _load_text(cfg, holdout_fraction: float) -> Corpus:
+def _load_text(cfg):
   pattern = _get(cfg, 'files', '')
   if not pattern:
     raise ValueError("data.source='text' needs data.files, a glob such as 'notes/**/*.md', a "
@@ -162,8 +222,7 @@ def _load_text(cfg, holdout_fraction: float) -> Corpus:
   root = os.path.commonpath([os.path.dirname(p) for p in paths])
   relpaths = sorted(Path(p).relative_to(root).as_posix() for p in paths)
   key = {'source': 'text', 'glob': pattern, 'root': root}
-  return _load_documents(root, relpaths, holdout_fraction, cfg, key,
-                         what=f'data.files={pattern!r}')
+  return root, relpaths, key, f'data.files={pattern!r}'
 
 
 def is_held_out(relpath: str, holdout_fraction: float) -> bool:
@@ -172,10 +231,10 @@ def is_held_out(relpath: str, holdout_fraction: float) -> bool:
   return bucket < holdout_fraction * _HOLDOUT_BUCKETS
 
 
-def _load_documents(root: str, relpaths: Sequence[str], holdout_fraction: float, cfg,
-                    key: dict, what: str) -> Corpus:
+def _load_documents(root: str, relpaths: Sequence[str], key: dict, what: str,
+                    holdout_fraction: float, cfg, tokenizer) -> Corpus:
   """Splits files by hold-out, then loads (or builds and caches) their token streams."""
-  vocab_size = _text_vocab_size(cfg)
+  vocab_size = _text_vocab_size(cfg, tokenizer)
   stats = [(p, *_size_mtime(os.path.join(root, p))) for p in relpaths]
   if all(size == 0 for _, size, _ in stats):
     raise ValueError(f'The corpus is empty: all {len(relpaths)} files of {what} are empty; '
@@ -187,33 +246,45 @@ def _load_documents(root: str, relpaths: Sequence[str], holdout_fraction: float,
     train_files = eval_files = tuple(relpaths)
   key = dict(key, format=_CACHE_FORMAT, holdout_fraction=holdout_fraction,
              files=hashlib.sha1(json.dumps(stats).encode()).hexdigest(),
-             **({'split': 'tail'} if tail else {}))
+             **({'split': 'tail'} if tail else {}), **_tokenizer_key(tokenizer))
   digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
   cache = Path(cache_root(cfg)) / f"{key['source']}-{digest}"
   arrays = _read_cache(cache)
   if arrays is None:
     if tail:  # one stream; its last holdout_fraction of tokens (at least one) is held out
-      stream, odd = _encode_documents(root, relpaths)
+      stream, odd, counts = _encode_documents(root, relpaths, tokenizer)
       n_eval = max(1, int(len(stream) * holdout_fraction))
       train, evals = stream[:len(stream) - n_eval], stream[len(stream) - n_eval:]
+      eval_bytes = counts[1] * n_eval / max(len(stream), 1)  # the stream's mean bytes per token
     else:
-      train, odd_train = _encode_documents(root, train_files)
-      evals, odd_eval = _encode_documents(root, eval_files)
+      train, odd_train, _ = _encode_documents(root, train_files, tokenizer)
+      evals, odd_eval, (_, eval_bytes) = _encode_documents(root, eval_files, tokenizer)
       odd = odd_train + odd_eval
     _write_cache(cache, train, evals, dict(key, train_files=train_files, eval_files=eval_files,
-                                           nontext_files=odd))
+                                           nontext_files=odd, eval_bytes=eval_bytes))
     arrays = _read_cache(cache)
     if arrays is None:
       raise RuntimeError(f'Wrote the corpus cache {cache} but cannot read it back; delete it '
                          'or set data.cache_dir to a writable local directory.')
-  odd = json.loads((cache / 'meta.json').read_text()).get('nontext_files', [])
+  meta = json.loads((cache / 'meta.json').read_text())
+  odd = meta.get('nontext_files', [])
   if odd:
     warnings.warn(f'{len(odd)} of the {len(relpaths)} files of {what} do not look like text (NUL '
                   f'or other control bytes), e.g. {odd[0]!r}; they are read as text with '
                   'replacement characters. Narrow data.files to text files.', stacklevel=3)
-  return Corpus(train=arrays[0], eval=arrays[1], vocab_size=vocab_size, bytes_per_token=1.0,
+  bpt = meta['eval_bytes'] / max(len(arrays[1]), 1)
+  return Corpus(train=arrays[0], eval=arrays[1], vocab_size=vocab_size,
+                bytes_per_token=1.0 if isinstance(tokenizer, ByteTokenizer) else bpt,
                 train_files=train_files, eval_files=eval_files,
                 holdout='tail' if tail else 'files')
+
+
+def _tokenizer_key(tokenizer) -> dict:
+  """What identifies the tokenizer in a corpus cache key ({} for bytes: old caches stay valid)."""
+  if isinstance(tokenizer, ByteTokenizer):
+    return {}
+  return {'tokenizer': hashlib.sha1(tokenizer.tokenizer.to_str().encode()).hexdigest(),
+          'eos': tokenizer.eos_id}
 
 
 def _size_mtime(path: str) -> tuple[int, int]:
@@ -221,22 +292,35 @@ def _size_mtime(path: str) -> tuple[int, int]:
   return st.st_size, st.st_mtime_ns
 
 
-def _encode_documents(root: str, relpaths: Sequence[str]) -> tuple[np.ndarray, list[str]]:
-  """Concatenates ``encode(text) + [EOS]`` over files (UTF-8, invalid bytes replaced). Returns
-  (uint16 [sum(len_i + 1)], the files that do not look like text: a NUL byte, or more than 5%
-  of their bytes control characters other than whitespace and escape)."""
-  tokenizer = ByteTokenizer()
-  docs, odd = [], []
+def _read_text(path: str) -> tuple[str, bool]:
+  """(the file as text, UTF-8 with invalid bytes replaced and newlines normalised; whether it
+  does not look like text: a NUL byte, or more than 5% of its bytes control characters other
+  than whitespace and escape)."""
+  with open(path, 'rb') as f:
+    raw = f.read()
+  text = raw.decode('utf-8', errors='replace').replace('\r\n', '\n').replace('\r', '\n')
+  control = int(_CONTROL[np.frombuffer(raw, np.uint8)].sum())
+  return text, b'\0' in raw or control > 0.05 * len(raw)  # legacy 8-bit text is fine
+
+
+def _encode_documents(root: str, relpaths: Sequence[str], tokenizer):
+  """Concatenates ``encode(text) + [EOS]`` over files. Returns (ids [sum(len_i + 1)] in the
+  cache dtype, the files that do not look like text, (tokens, bytes) where bytes counts the
+  UTF-8 bytes of the texts plus one per EOS)."""
+  docs, odd, n_bytes = [], [], 0
+  eos = np.array([tokenizer.EOS], dtype=np.uint32)
   for relpath in relpaths:
-    with open(os.path.join(root, relpath), 'rb') as f:
-      raw = f.read()
-    text = raw.decode('utf-8', errors='replace').replace('\r\n', '\n').replace('\r', '\n')
-    control = int(_CONTROL[np.frombuffer(raw, np.uint8)].sum())
-    if b'\0' in raw or control > 0.05 * len(raw):  # binary (legacy 8-bit text is fine)
+    text, binary = _read_text(os.path.join(root, relpath))
+    if binary:
       odd.append(relpath)
-    docs.append(tokenizer.encode(text))
-    docs.append(np.array([ByteTokenizer.EOS], dtype=np.uint16))
-  return (np.concatenate(docs) if docs else np.zeros([0], np.uint16)), odd
+    docs += [np.asarray(tokenizer.encode(text), np.uint32), eos]
+    n_bytes += len(text.encode('utf-8')) + 1
+  ids = np.concatenate(docs) if docs else np.zeros([0], np.uint32)
+  return ids.astype(_cache_dtype(tokenizer.vocab_size)), odd, (len(ids), n_bytes)
+
+
+def _cache_dtype(vocab_size: int):
+  return np.uint16 if vocab_size <= 1 << 16 else np.uint32
 
 
 def cache_root(cfg) -> str:
@@ -247,15 +331,17 @@ def cache_root(cfg) -> str:
 
 
 def _read_cache(cache: Path) -> tuple[np.ndarray, np.ndarray] | None:
-  """Returns (train [N_train], eval [N_eval]) uint16 memmaps, or None if the cache is absent."""
+  """Returns (train [N_train], eval [N_eval]) uint16 (uint32 past 65,536 ids) memmaps, or None
+  if the cache is absent."""
   try:
     meta = json.loads((cache / 'meta.json').read_text())
+    dtype = np.dtype(meta.get('dtype', 'uint16'))
     arrays = []
     for split in ('train', 'eval'):
-      path = cache / f'{split}.u16'
-      if path.stat().st_size != 2 * meta[f'num_{split}_tokens']:
+      path = cache / f'{split}.tok'
+      if path.stat().st_size != dtype.itemsize * meta[f'num_{split}_tokens']:
         return None
-      arrays.append(np.memmap(path, dtype=np.uint16, mode='r'))
+      arrays.append(np.memmap(path, dtype=dtype, mode='r'))
     return arrays[0], arrays[1]
   except (OSError, ValueError, KeyError):
     return None
@@ -264,9 +350,10 @@ def _read_cache(cache: Path) -> tuple[np.ndarray, np.ndarray] | None:
 def _write_cache(cache: Path, train: np.ndarray, evals: np.ndarray, meta: dict) -> None:
   """Writes each file to a temp name then ``os.replace``s it: safe for parallel writers."""
   cache.mkdir(parents=True, exist_ok=True)
-  meta = dict(meta, num_train_tokens=len(train), num_eval_tokens=len(evals))
-  payloads = {'train.u16': train.astype(np.uint16).tobytes(),
-              'eval.u16': evals.astype(np.uint16).tobytes(),
+  meta = dict(meta, num_train_tokens=len(train), num_eval_tokens=len(evals),
+              dtype=str(train.dtype))
+  payloads = {'train.tok': train.tobytes(),
+              'eval.tok': evals.astype(train.dtype).tobytes(),
               'meta.json': json.dumps(meta, indent=1).encode()}  # last: marks completion
   for name, payload in payloads.items():
     fd, tmp = tempfile.mkstemp(dir=cache, prefix=f'.{name}.')
@@ -348,8 +435,9 @@ def _check_ids(tokens: np.ndarray, vocab_size: int, where: str, offset: int,
                        f'is outside [0, vocab_size={vocab_size}); {fix}.')
 
 
-_LOADERS: dict[str, Callable[[Any, float], Corpus]] = {
-    'cpython': _load_cpython, 'text': _load_text, 'tokens': _load_tokens}
+# text sources: cfg -> (root, relative paths, cache key, what to call them in messages)
+_LOADERS: dict[str, Callable[[Any], tuple]] = {'cpython': _load_cpython, 'text': _load_text,
+                                               'tokens': None}
 
 
 def describe(corpus: Corpus) -> str:
@@ -362,7 +450,8 @@ def describe(corpus: Corpus) -> str:
     files = (f'{len(corpus.train_files)} train / {len(corpus.eval_files)} eval files, '
              if corpus.train_files else 'token arrays, ')
   unit = 'byte-level' if corpus.bytes_per_token == 1.0 else (
-      'bits/token' if corpus.bytes_per_token is None else f'{corpus.bytes_per_token} B/token')
+      'bits/token' if corpus.bytes_per_token is None else
+      f'{corpus.bytes_per_token:.3f} held-out bytes/token')
   return (f'corpus: {files}{len(corpus.train):,} train / {len(corpus.eval):,} eval tokens, '
           f'vocab {corpus.vocab_size} ({unit})')
 

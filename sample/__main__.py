@@ -1,4 +1,11 @@
 """CLI: python -m sample --workdir runs/ar_code --prompt 'def ' --num 4 --max-new-tokens 256
+     python -m sample --hf DIR --prompt 'def ' --max-new-tokens 64 [--chat] [--json]
+
+--hf takes a Hugging Face-format folder (Llama, Mistral, Qwen2/3: autoregressive; LLaDA, Dream:
+masked diffusion with every strategy below) and its tokenizer.json. --json prints one JSON object
+per sample ({"tokens": generated ids, prompt excluded, "text": their text, ...}). --prompt-ids
+are used exactly as given; --prompt follows the tokenizer's own BOS rule; --chat wraps --prompt
+in the folder's chat template as one user message.
 
 Masked / block diffusion runs take --strategy, --steps, --block-size, --threshold, --eta and
 --infill (a template with {mask:N} holes). Image diffusion runs take --sampler, --steps, --cfg,
@@ -26,8 +33,16 @@ from train.cli import ArgumentParser, UserError, run_main
 def _parse(argv):
   p = ArgumentParser(prog='python -m sample', description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument('--workdir', required=True, help='run directory written by python -m train')
-  p.add_argument('--prompt', default='', help="text prompt (byte-level corpora), e.g. 'def '")
+  src = p.add_mutually_exclusive_group(required=True)
+  src.add_argument('--workdir', help='run directory written by python -m train')
+  src.add_argument('--hf', help='a Hugging Face-format folder (config.json, *.safetensors, '
+                   'tokenizer.json)')
+  p.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16'],
+                 help='--hf: param and compute dtype')
+  p.add_argument('--json', action='store_true', help='one JSON object per sample on stdout')
+  p.add_argument('--chat', action='store_true', help="--prompt as a user message in the model's "
+                 'chat template')
+  p.add_argument('--prompt', default='', help="text prompt, e.g. 'def '")
   p.add_argument('--prompt-ids', default='', help='comma-separated token ids (token-array corpora)')
   p.add_argument('--num', type=int, default=4, help='number of samples (the batch)')
   p.add_argument('--max-new-tokens', type=int, default=256)
@@ -102,7 +117,8 @@ FLAGS = {'autoregressive': _TEXT,
          'next_scale': _GRID | {'--temperature', '--top-k', '--top-p'},
          'hybrid': _GRID | {'--temperature', '--top-k', '--top-p', '--steps'},
          'vqvae': {'--out', '--zoom', '--judge', '--label'}}
-_COMMON = {'--workdir', '--num', '--seed', '--step', '--no-ema', '--help'}
+_COMMON = {'--workdir', '--hf', '--dtype', '--json', '--chat', '--num', '--seed', '--step',
+           '--no-ema', '--help'}
 
 
 def _check_flags(args, paradigm: str) -> None:
@@ -116,28 +132,30 @@ def _check_flags(args, paradigm: str) -> None:
 
 def _prompt_ids(args, config, tok):
   if args.prompt_ids:
-    ids = list(args.prompt_ids)
-  elif config.data.source in ('cpython', 'text'):
-    ids = tok.encode(os.fsencode(args.prompt)).tolist()  # the raw bytes, UTF-8 or not
+    ids = list(args.prompt_ids)  # exactly as given
+  elif tok is None or config.data.source not in ('cpython', 'text'):
+    raise UserError('this model has no text tokenizer (a token-array run, or a folder without '
+                    'tokenizer.json); pass the prompt as --prompt-ids 1,2,3')
+  elif args.chat:
+    ids = tok.encode(tok.apply_chat_template([{'role': 'user', 'content': args.prompt}])).tolist()
   else:
-    raise UserError('this run was trained on a token array; pass the prompt as --prompt-ids 1,2,3')
+    ids = tok.encode_prompt(args.prompt)  # the tokenizer's own BOS rule; bytes: the raw bytes
   if not ids:  # an empty prompt starts a new document
-    ids = [tok.EOS]
+    ids = [tok.bos_id if tok.bos_id is not None else tok.eos_id]
   bad = [i for i in ids if not 0 <= i < config.model.vocab_size]
   if bad:
     raise UserError(f'prompt ids {bad} are outside the vocabulary [0, {config.model.vocab_size})')
   return np.asarray([ids] * args.num, np.int32)
 
 
-def _sample_autoregressive(args, config, model, params, prompt, rng):
+def _sample_autoregressive(args, config, model, params, prompt, rng, tok):
   from paradigms.autoregressive import LogitsFn
   from sample.autoregressive import generate
-  from pipelines.text import ByteTokenizer
   total = prompt.shape[1] + args.max_new_tokens
   return generate(LogitsFn(model), params, prompt, rng, model.init_cache(args.num, total),
                   max_new_tokens=args.max_new_tokens, temperature=args.temperature or 1.0,
                   greedy=args.temperature == 0, top_k=args.top_k, top_p=args.top_p,
-                  eos_id=ByteTokenizer.EOS)
+                  eos_id=None if tok is None else tok.eos_id)
 
 
 def _infill_ids(template: str, tok, mask_id: int):
@@ -149,11 +167,10 @@ def _infill_ids(template: str, tok, mask_id: int):
   return ids
 
 
-def _sample_masked_diffusion(args, config, model, params, prompt, rng):
+def _sample_masked_diffusion(args, config, model, params, prompt, rng, tok):
   import jax.numpy as jnp
   from paradigms.masked_diffusion import LogitsFn
   from sample import masked_diffusion as mds
-  from pipelines.text import ByteTokenizer
   mask_id, bd3 = config.loss.mask_id, 0 < config.loss.block_size < config.data.seq_len
   fn = LogitsFn(model, mask_id, config.loss.time_conditioning)
   strategy = args.strategy or ('block' if bd3 else 'ancestral')
@@ -162,14 +179,17 @@ def _sample_masked_diffusion(args, config, model, params, prompt, rng):
   if strategy == 'block':
     B = args.block_size or config.loss.block_size or 4
     pad = (-prompt.shape[1]) % B  # the prompt must fill whole blocks: pad with document breaks
-    prompt = np.concatenate([np.full((args.num, pad), ByteTokenizer.EOS, np.int32), prompt], 1)
+    fill = tok.eos_id if tok is not None else 0
+    prompt = np.concatenate([np.full((args.num, pad), fill, np.int32), prompt], 1)
     n_blocks = -(-args.max_new_tokens // B)
     total = prompt.shape[1] + n_blocks * B
     return mds.block_diffusion(fn, params, jnp.asarray(prompt), rng, model.init_cache(args.num, total),
                                block_size=B, num_blocks=n_blocks, steps_per_block=args.steps or B,
                                schedule=config.loss.schedule, **common)
   if args.infill:
-    x = np.asarray([_infill_ids(args.infill, ByteTokenizer(), mask_id)] * args.num, np.int32)
+    if tok is None:
+      raise UserError('--infill needs a text tokenizer; this model has none')
+    x = np.asarray([_infill_ids(args.infill, tok, mask_id)] * args.num, np.int32)
   else:
     x = np.concatenate([prompt, np.full((args.num, args.max_new_tokens), mask_id, np.int32)], 1)
   x, n_masked = jnp.asarray(x), int((x[0] == mask_id).sum())
@@ -191,20 +211,21 @@ def _sample_masked_diffusion(args, config, model, params, prompt, rng):
 
 
 def _text(sampler):
-  """A token paradigm's entry point: build the prompt, sample, print the decoded texts."""
+  """A token paradigm's entry point: build the prompt, sample, print the decoded texts.
+  `args.tokenizer` is the run's text tokenizer (None: ids only)."""
   def run(args, config, model, params, rng):
-    from pipelines.text import ByteTokenizer
-    tok = ByteTokenizer()
+    tok = args.tokenizer
     prompt = _prompt_ids(args, config, tok)
-    length = len(_infill_ids(args.infill, tok, 0)) if args.infill and config.paradigm != \
-        'autoregressive' else prompt.shape[1] + args.max_new_tokens
+    infill = bool(args.infill) and config.paradigm != 'autoregressive'
+    length = len(_infill_ids(args.infill, tok, 0)) if infill and tok is not None else \
+        prompt.shape[1] + args.max_new_tokens
     if length > config.data.seq_len:
       print(f'warning: {length} tokens (prompt + --max-new-tokens) is past the '
             f'{config.data.seq_len}-token windows this model was trained on (data.seq_len); '
             'expect worse samples beyond them', file=sys.stderr)
     t0 = time.perf_counter()
-    out = sampler(args, config, model, params, prompt, rng)
-    _print_texts(args, out, prompt, tok, t0)
+    out = sampler(args, config, model, params, prompt, rng, tok)
+    _print_texts(args, out, 0 if infill else prompt.shape[1], tok, t0)
   return run
 
 
@@ -327,22 +348,40 @@ def main(argv=None):
   argv = sys.argv[1:] if argv is None else argv
   args = _parse(argv)
   import jax
-  from train.checkpoint import load_run
-  config, model, params = load_run(args.workdir, args.step, ema=False if args.no_ema else None)
+  if args.hf:
+    from train.hf import load_hf_run
+    if args.step is not None or args.no_ema:
+      raise UserError('--step and --no-ema apply to --workdir runs, not to --hf folders')
+    model, params, args.tokenizer, config = load_hf_run(args.hf, dtype=args.dtype)
+  else:
+    from train.checkpoint import load_run, load_text_tokenizer
+    config, model, params = load_run(args.workdir, args.step, ema=False if args.no_ema else None)
+    args.tokenizer = None
+    if config.paradigm in ('autoregressive', 'masked_diffusion') and \
+        config.data.source != 'tokens':
+      args.tokenizer = load_text_tokenizer(config, args.workdir)
   if config.paradigm not in SAMPLERS:
     raise UserError(f'no sampler for paradigm {config.paradigm!r}; known: {sorted(SAMPLERS)}')
   _check_flags(args, config.paradigm)
   SAMPLERS[config.paradigm](args, config, model, params, jax.random.key(args.seed))
 
 
-def _print_texts(args, out, prompt, tok, t0):
+def _print_texts(args, out, P: int, tok, t0):
+  """Each sample's text (prompt included), or with --json one object per line:
+  {"tokens": the P: ids up to the sample's length, "text": their text, "sample": i, "nfe"}."""
+  import json
   import jax
   tokens = jax.device_get(out.tokens)
   lengths = jax.device_get(getattr(out, 'lengths', [tokens.shape[1]] * args.num))
   dt = time.perf_counter() - t0
+  decode = tok.decode if tok is not None else (lambda ids: ' '.join(map(str, ids)))
   for i in range(args.num):
-    text = tok.decode(tokens[i, :lengths[i]])
-    print(f'===== sample {i} ({lengths[i] - prompt.shape[1]} new tokens) =====\n{text}')
+    new = [int(x) for x in tokens[i, P:lengths[i]]]
+    if args.json:
+      print(json.dumps({'sample': i, 'tokens': new, 'text': decode(new),
+                        'prompt_tokens': [int(x) for x in tokens[i, :P]], 'nfe': int(out.nfe)}))
+    else:
+      print(f'===== sample {i} ({len(new)} new tokens) =====\n{decode(tokens[i, :lengths[i]])}')
   print(f'[{int(out.nfe)} network evaluations, {dt:.2f}s including compilation]', file=sys.stderr)
 
 

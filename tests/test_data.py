@@ -217,7 +217,7 @@ def test_token_id_out_of_vocab(tmp_path):
 def test_text_needs_byte_vocab(marker_corpus):
   cfg, _ = marker_corpus
   cfg.vocab_size = 256
-  with pytest.raises(ValueError, match='raise model.vocab_size/data.vocab_size to 258'):
+  with pytest.raises(ValueError, match=r'raise model.vocab_size \(and data.vocab_size\) to at least 258'):
     data.load_corpus(cfg)
 
 

@@ -5,6 +5,7 @@
   2   sample: jitted samplers (sample/__main__.py is an entry point, layer 5)
   3a  pipelines: data
   3b  evaluators: judges (3b may import 3a, 3a may not import 3b)
+  3a  interop: checkpoint formats (Hugging Face folders), beside pipelines
   4   train
   5   entry points, may import anything: configs, arena, benchmarks, tpu, examples and
       sample/__main__.py
@@ -21,7 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 # top-level dir -> (rank, label); 3a < 3b, so pipelines may not import evaluators
-LAYERS = {'paradigms': (1, '1'), 'sample': (2, '2'), 'pipelines': (3, '3a'),
+LAYERS = {'paradigms': (1, '1'), 'sample': (2, '2'), 'pipelines': (3, '3a'), 'interop': (3, '3a'),
           'evaluators': (4, '3b'), 'train': (5, '4')}
 ENTRY_POINTS = ('configs', 'arena', 'benchmarks', 'tpu', 'examples')
 LAYERS.update({d: (6, '5') for d in ENTRY_POINTS})

@@ -250,6 +250,26 @@ def load_tokenizer(config):
   return vq_model, vq_params
 
 
+TOKENIZER_DIR = 'tokenizer'  # a run's subword tokenizer, saved by the trainer
+
+
+def save_text_tokenizer(tokenizer, workdir: str) -> None:
+  """Keep a subword tokenizer in the run (`workdir/tokenizer/`), so sampling and export reload
+  the one the run trained with; the byte tokenizer needs nothing."""
+  if hasattr(tokenizer, 'save'):
+    tokenizer.save(os.path.join(workdir, TOKENIZER_DIR))
+
+
+def load_text_tokenizer(config, workdir: str | None = None):
+  """The text tokenizer of a run: the copy in `workdir/tokenizer/` when the trainer saved one,
+  else the one `config.data.text_tokenizer` names (pipelines.text.resolve_tokenizer)."""
+  from pipelines import subword, text
+  saved = os.path.join(workdir or '', TOKENIZER_DIR)
+  if workdir and os.path.exists(os.path.join(saved, 'tokenizer.json')):
+    return subword.load_tokenizer_folder(saved)
+  return text.resolve_tokenizer(config.data)
+
+
 def graft(params, source, into: str = '', partial: bool = False):
   """``params`` with the subtree at module path ``into`` ('' = all of it, 'a/b' = params['a']['b'])
   replaced by ``source``, leaf for leaf: every name and shape must match (the error names the
@@ -289,10 +309,21 @@ def graft(params, source, into: str = '', partial: bool = False):
   return put(params, 0)
 
 
-def warm_start(state, workdir: str, into: str = '', partial: bool = False):
+def warm_start(state, workdir: str, into: str = '', partial: bool = False, model_cfg=None):
   """``state`` (a fresh TrainState) with the params of the trained run in ``workdir`` (its EMA
   params when it kept them) grafted at ``into`` (``graft``), in both the params and the EMA;
-  the optimiser state stays fresh. E.g. HART from a trained VAR: into='var'."""
+  the optimiser state stays fresh. E.g. HART from a trained VAR: into='var'. `workdir` may be
+  'hf:DIR', a Hugging Face folder (the config's model must already be its architecture,
+  train.hf.apply_init_from_hf): its tensors are read straight into the state's shardings."""
+  if workdir.startswith('hf:'):
+    from train.hf import load_into
+    if into or partial:
+      raise ValueError('train.init_into / train.init_partial do not apply to a Hugging Face '
+                       'checkpoint (train.init_from=hf:DIR loads the whole model)')
+    params = load_into(state.params, workdir, model_cfg)
+    ema = None if state.ema is None else jax.tree.map(lambda p: jax.numpy.array(p, copy=True),
+                                                        params)
+    return state.replace(params=params, ema=ema)
   _, _, source = load_run(workdir)
   put = lambda tree: None if tree is None else graft(tree, source, into, partial)
   return state.replace(params=put(state.params), ema=put(state.ema))

@@ -20,7 +20,7 @@ import sysconfig
 from pathlib import Path
 
 _ROOT = Path(__file__).resolve().parents[1]  # the folder holding train/, sample/, ...
-_PACKAGES = ('paradigms', 'sample', 'pipelines', 'evaluators', 'train', 'configs', 'arena',
+_PACKAGES = ('paradigms', 'sample', 'pipelines', 'evaluators', 'interop', 'train', 'configs', 'arena',
              'benchmarks', 'tpu', 'examples')
 _USER_ERRORS = (ValueError, KeyError, OSError, FloatingPointError)  # the last: a NaN stop
 _STDLIB = Path(sysconfig.get_paths()['stdlib']).resolve()

@@ -61,6 +61,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.holdout_fraction = 0.05
   c.data.train_tokens = 0  # > 0: train on only the first N training tokens (data-constrained)
   c.data.vocab_size = c.model.get_ref('vocab_size')  # token ids must stay below this
+  c.data.text_tokenizer = ''  # text: '' = bytes | 'bpe:N' (trained on the corpus) | 'hf:DIR'
   c.data.seq_len = 256
   c.data.batch_size = 32  # global batch (sequences per optimiser step)
   c.data.seed = 0
@@ -98,7 +99,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.async_checkpoint = True
   c.train.progress = True  # tqdm progress bar
   c.train.stop_at = 0  # > 0: checkpoint and stop at this step without ending the schedule
-  c.train.init_from = ''  # a trained run's workdir: a fresh run starts from its (EMA) params
+  c.train.init_from = ''  # a trained run's workdir (its EMA params), or hf:DIR (a Hugging Face
+  #                          folder: the model's architecture and tokenizer become the folder's)
   c.train.init_into = ''  # where they go: '' = the whole tree, 'var' = HART's VAR, 'a/b' nested
   c.train.init_partial = False  # True: new leaves the run lacks keep their init (flow -> shortcut)
 

@@ -24,8 +24,9 @@ from evaluators.images import judge_metrics
 from evaluators.likelihood import summarize
 from pipelines.sources import open_data
 from train import config as config_lib
-from train.checkpoint import Checkpointer, load_tokenizer, warm_start
+from train.checkpoint import Checkpointer, load_tokenizer, save_text_tokenizer, warm_start
 from train.cli import writable_dir
+from train.hf import HF_PREFIX, apply_init_from_hf
 from train.metrics import MetricsWriter, progress_bar
 from train.state import Setup, device_batch, make_mesh, setup
 
@@ -36,6 +37,8 @@ class NonFiniteLoss(FloatingPointError):
 
 def train(config, workdir: str, *, devices=None) -> dict:
   """Train (or resume) the run in `workdir`. Returns the last logged train and eval metrics."""
+  if config.train.init_from.startswith(HF_PREFIX):  # the architecture becomes the folder's
+    apply_init_from_hf(config)
   config_lib.validate(config)
   paradigm = paradigms.get(config.paradigm)
   workdir = writable_dir(workdir)  # before any compilation: an unwritable workdir fails now
@@ -66,11 +69,12 @@ def train(config, workdir: str, *, devices=None) -> dict:
   else:
     state, step = s.init(init_rng), 0
     if t.init_from:
-      state = warm_start(state, t.init_from, t.init_into, t.init_partial)
+      state = warm_start(state, t.init_from, t.init_into, t.init_partial, s.model.cfg)
       where = f' as {t.init_into!r}' if t.init_into else ''
       _log(f'started from the params of {t.init_from}{where}')
   if pid == 0:
     config_lib.save(config, os.path.join(workdir, 'config.json'))
+    save_text_tokenizer(data.text_tokenizer, workdir)
   n_params = sum(x.size for x in jax.tree.leaves(state.params))
   _log(f'{config.paradigm}: {n_params:,} params | mesh {dict(mesh.shape)} | {data.description}')
 

@@ -6,6 +6,11 @@ Mask forms (``mask`` field of the module, static):
   sees every key in its own and earlier blocks (VAR's level mask, block-causal decoding).
 - ``'bidirectional'``: every valid key.
 An optional explicit boolean ``attn_mask`` [B, 1|H, Lq, Lk] is AND-ed on top (e.g. BD3-LM).
+A ``window`` W > 0 (causal form only; Mistral v0.1's sliding window) also requires
+id_i - id_j < W: a query sees itself and the W - 1 keys before it.
+
+Options of the imported families (each off by default): biases on q, k and v (Qwen2), RMSNorm
+over head_dim on q and k before RoPE (Qwen3), and RoPE frequency scaling (`RopeScaling`).
 
 The cache is a plain pytree (`KVCache`) passed in and returned, so decoding is functional and
 the sampler seam is ``logits_fn(params, tokens, cache) -> (logits, cache)``. Empty cache slots carry the
@@ -18,7 +23,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 from flax import struct
 
-from paradigms.nn.layers import normal_init, rope
+from paradigms.nn.layers import RMSNorm, RopeScaling, normal_init, rope, zeros_init
 
 EMPTY = jnp.iinfo(jnp.int32).max  # id of an unwritten cache slot
 MASK_FORMS = ('causal', 'block_causal', 'bidirectional')
@@ -48,13 +53,17 @@ class KVCache:
                    index=self.index + k.shape[1])
 
 
-def mask_from_ids(form: str, q_ids, k_ids):
+def mask_from_ids(form: str, q_ids, k_ids, window: int = 0):
   """Boolean mask [B, 1, Lq, Lk] from query ids [B, Lq] and key ids [B, Lk] (see module doc)."""
   valid = (k_ids != EMPTY)[:, None, :]  # [B, 1, Lk]
   if form == 'bidirectional':
     allowed = jnp.broadcast_to(valid, (q_ids.shape[0], q_ids.shape[1], k_ids.shape[1]))
   else:
     allowed = valid & (k_ids[:, None, :] <= q_ids[:, :, None])  # [B, Lq, Lk]
+  if window:
+    if form != 'causal':
+      raise ValueError(f'a sliding window needs the causal mask form, got {form!r}')
+    allowed = allowed & (q_ids[:, :, None] - k_ids[:, None, :] < window)
   return allowed[:, None]
 
 
@@ -72,6 +81,11 @@ class Attention(nn.Module):
   implementation: str | None = 'xla'  # 'xla' | 'cudnn' | None (let JAX choose)
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
+  qkv_bias: bool = False  # Qwen2: q, k, v projections carry a bias
+  qk_norm: bool = False  # Qwen3: RMSNorm over head_dim on q and k, before RoPE
+  norm_eps: float = 1e-6  # of the q/k norms
+  window: int = 0  # > 0: sliding-window attention (module doc)
+  rope_scaling: RopeScaling = RopeScaling()
 
   @nn.compact
   def __call__(self, x, positions, ids, cache: KVCache | None = None, attn_mask=None):
@@ -90,9 +104,17 @@ class Attention(nn.Module):
     c = lambda w: w.astype(self.dtype)
     q = jnp.einsum('bld,dhk->blhk', x, c(wq))  # [B, L, H, Dh]
     k = jnp.einsum('bld,dhk->blhk', x, c(wk))  # [B, L, K, Dh]
-    if self.rope_base > 0:  # 0: positions enter elsewhere (e.g. DiT's absolute embedding)
-      q, k = rope(q, positions, self.rope_base), rope(k, positions, self.rope_base)
     v = jnp.einsum('bld,dhk->blhk', x, c(wv))  # [B, L, K, Dh]
+    if self.qkv_bias:
+      q = q + c(self.param('q_bias', zeros_init(('heads', 'head_dim')), (H, Dh), self.param_dtype))
+      k = k + c(self.param('k_bias', zeros_init(('kv_heads', 'head_dim')), (K, Dh), self.param_dtype))
+      v = v + c(self.param('v_bias', zeros_init(('kv_heads', 'head_dim')), (K, Dh), self.param_dtype))
+    if self.qk_norm:
+      norm = lambda name: RMSNorm(self.norm_eps, self.dtype, self.param_dtype, 'head_dim', name=name)
+      q, k = norm('q_norm')(q), norm('k_norm')(k)
+    if self.rope_base > 0:  # 0: positions enter elsewhere (e.g. DiT's absolute embedding)
+      q = rope(q, positions, self.rope_base, self.rope_scaling)
+      k = rope(k, positions, self.rope_base, self.rope_scaling)
     q = nn.with_logical_constraint(q, ('batch', 'length', 'act_heads', None))
     k = nn.with_logical_constraint(k, ('batch', 'length', 'act_kv_heads', None))
     v = nn.with_logical_constraint(v, ('batch', 'length', 'act_kv_heads', None))
@@ -101,13 +123,13 @@ class Attention(nn.Module):
     if cache is not None:
       cache = cache.update(k, v, ids)
       k, v = cache.k.astype(self.dtype), cache.v.astype(self.dtype)
-      mask = mask_from_ids(self.mask, ids, cache.ids)
-    elif self.mask == 'causal' and attn_mask is None:
+      mask = mask_from_ids(self.mask, ids, cache.ids, self.window)
+    elif self.mask == 'causal' and attn_mask is None and not self.window:
       mask, is_causal = None, True  # index order == position order; lets cuDNN use flash attention
     elif self.mask == 'bidirectional':
       mask = None
     else:
-      mask = mask_from_ids(self.mask, ids, ids)
+      mask = mask_from_ids(self.mask, ids, ids, self.window)
     if attn_mask is not None:
       mask = attn_mask if mask is None else mask & attn_mask
     y = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal,

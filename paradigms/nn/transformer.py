@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from paradigms.nn.attention import Attention, KVCache, MASK_FORMS
-from paradigms.nn.layers import AdaLN, Embed, RMSNorm, SwiGLU, modulate
+from paradigms.nn.layers import AdaLN, Embed, RMSNorm, RopeScaling, SwiGLU, modulate
 
 REMAT_POLICIES = {
     'none': None,  # no rematerialisation
@@ -50,6 +50,18 @@ class TransformerConfig:
   attention_impl: str = 'xla'  # 'xla' | 'cudnn' | '' (JAX chooses)
   dropout: float = 0.0  # residual dropout (GPT-2) on each block's attention and MLP outputs;
   #                       active only when the caller passes a 'dropout' rng (training)
+  # Options of imported model families (interop/hf.py), each off by default:
+  qkv_bias: bool = False  # biases on the q, k, v projections (Qwen2/2.5)
+  qk_norm: bool = False  # RMSNorm over head_dim on q and k before RoPE (Qwen3)
+  rope_scaling: str = ''  # '' | 'linear' | 'llama3' (RopeScaling; 'yarn' is refused)
+  rope_factor: float = 1.0
+  rope_low_freq_factor: float = 1.0  # llama3 only
+  rope_high_freq_factor: float = 4.0  # llama3 only
+  rope_original_max_len: int = 8192  # llama3 only: the pre-training context C
+  sliding_window: int = 0  # > 0: a query sees only itself and the W - 1 keys before it (Mistral)
+  vocab_multiple: int = 1  # embedding rows padded to a multiple of this (128 shards well);
+  #                          the padding rows' logits are masked (layers.PAD_LOGIT)
+  shift_logits: bool = False  # Dream: the logit at i predicts token i + 1 (`shift_logits_right`)
 
   def __post_init__(self):
     if self.mask not in MASK_FORMS:
@@ -66,6 +78,12 @@ class TransformerConfig:
       raise ValueError(f'model.rope_base={self.rope_base} must be >= 0 (0 = no RoPE)')
     if self.head_size % 2:
       raise ValueError(f'head_dim={self.head_size} must be even for RoPE')
+    self.rope  # validates the scaling fields
+    if self.sliding_window < 0 or (self.sliding_window and self.mask != 'causal'):
+      raise ValueError(f'model.sliding_window={self.sliding_window} needs model.mask=\'causal\' '
+                       'and a value >= 0 (0 = full attention)')
+    if self.vocab_multiple < 1:
+      raise ValueError(f'model.vocab_multiple={self.vocab_multiple} must be >= 1 (1 = no padding)')
     for name in ('dtype', 'param_dtype'):
       if getattr(self, name) not in ('float32', 'bfloat16', 'float16'):
         raise ValueError(f'model.{name}={getattr(self, name)!r}: use float32 or bfloat16')
@@ -83,6 +101,16 @@ class TransformerConfig:
     return self.d_ff or 64 * -(-(8 * self.d_model // 3) // 64)
 
   @property
+  def padded_vocab(self) -> int:
+    """Rows of the embedding table: vocab_size rounded up to a multiple of vocab_multiple."""
+    return -(-self.vocab_size // self.vocab_multiple) * self.vocab_multiple
+
+  @property
+  def rope(self) -> RopeScaling:
+    return RopeScaling(self.rope_scaling, self.rope_factor, self.rope_low_freq_factor,
+                       self.rope_high_freq_factor, self.rope_original_max_len)
+
+  @property
   def compute_dtype(self):
     return jnp.dtype(self.dtype)
 
@@ -90,9 +118,10 @@ class TransformerConfig:
     """Exact parameter count (tested against the initialised tree)."""
     d, h, k, dh, f = self.d_model, self.n_heads, self.kv_heads, self.head_size, self.ff_size
     block = d * dh * (2 * h + 2 * k) + 3 * d * f + 2 * d
+    block += (h + 2 * k) * dh * self.qkv_bias + 2 * dh * self.qk_norm
     if self.cond_dim:
       block += 6 * d * (self.cond_dim + 1)
-    emb = self.vocab_size * d * (1 if self.tie_embeddings else 2)
+    emb = self.padded_vocab * d * (1 if self.tie_embeddings else 2)
     return self.n_layers * block + d + (emb if embeddings else 0)
 
   def flops_per_token(self, seq_len: int, causal: bool = True) -> float:
@@ -128,8 +157,9 @@ class Block(nn.Module):
       g1 = g2 = 1.0
     h = modulate(RMSNorm(cfg.norm_eps, dt, pdt, name='attn_norm')(x), b1, s1)
     a, cache = Attention(cfg.n_heads, cfg.kv_heads, cfg.head_size, cfg.mask, cfg.rope_base, out_std,
-                         cfg.attention_impl or None, dt, pdt, name='attn')(
-                             h, positions, ids, cache, attn_mask)
+                         cfg.attention_impl or None, dt, pdt, qkv_bias=cfg.qkv_bias,
+                         qk_norm=cfg.qk_norm, norm_eps=cfg.norm_eps, window=cfg.sliding_window,
+                         rope_scaling=cfg.rope, name='attn')(h, positions, ids, cache, attn_mask)
     drop = lambda y: y
     if cfg.dropout:  # residual dropout, only under a 'dropout' rng (so sampling is deterministic)
       drop = nn.Dropout(cfg.dropout, deterministic=not self.has_rng('dropout'))
@@ -186,9 +216,22 @@ class Transformer(nn.Module):
       if cfg.mask == 'block_causal':
         raise ValueError("mask='block_causal' needs per-position `ids` (segment or level ids)")
       ids = positions
-    embed = Embed(cfg.vocab_size, cfg.d_model, cfg.tie_embeddings, dt, pdt, name='embed')
+    if cfg.shift_logits and cache is not None:
+      raise ValueError('model.shift_logits=True (Dream) predicts position i from hidden state i - 1, '
+                       'which a KV-cached chunk does not hold for its first position; sample '
+                       'without the block cache')
+    embed = Embed(cfg.vocab_size, cfg.d_model, cfg.tie_embeddings, dt, pdt, cfg.padded_vocab,
+                  name='embed')
     x = nn.with_logical_constraint(embed(tokens), ('batch', 'length', 'act_embed'))
 
     x, cache = block_stack(cfg)(x, cache, positions, ids, cond, attn_mask)
     x = RMSNorm(cfg.norm_eps, dt, pdt, name='final_norm')(x)
-    return embed.attend(x), cache
+    logits = embed.attend(x)
+    return (shift_logits_right(logits) if cfg.shift_logits else logits), cache
+
+
+def shift_logits_right(logits):
+  """Dream's convention in ours (Ye et al. 2025; its generation_utils): Dream is trained so that
+  the logit at position i predicts token i + 1, so the logit for token i is the one at i - 1;
+  position 0 keeps its own. [B, L, V] -> [B, L, V]. The one place the shift happens."""
+  return jnp.concatenate([logits[:, :1], logits[:, :-1]], axis=1)
