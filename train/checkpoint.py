@@ -195,12 +195,33 @@ def load_run(workdir: str, step: int | None = None, ema: bool | None = None):
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), shapes)
   ema = config_lib.keeps_ema(config) if ema is None else ema
+  lc = config.lora
+  if lc.rank:  # the checkpoint holds the adapters; the base is rebuilt as the trainer built it
+    from paradigms.nn import lora
+    adapters = jax.eval_shape(lambda p: lora.init_adapters(p, lc.rank, jax.random.key(0),
+                                                           lc.targets), shapes)
+    full, abstract = abstract, jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), adapters)
   ckpt = Checkpointer(workdir, async_save=False)
   try:
     params, _ = ckpt.restore_params(abstract, step, ema=ema)
   finally:
     ckpt.close()
+  if lc.rank:
+    params = lora.merge(lora.quantize_base(_base_params(config, paradigm, model, batch, full),
+                                           lc.base_dtype, lc.targets),
+                        params, alpha=lc.alpha, rank=lc.rank, shapes=full)
   return config, model, params
+
+
+def _base_params(config, paradigm, model, batch, abstract):
+  """A LoRA run's frozen base: train.init_from's params, else the seeded init (the trainer's
+  `init_rng`)."""
+  import flax.linen as nn
+  if config.train.init_from:
+    return source_params(config.train.init_from, abstract, model.cfg)
+  init_rng = jax.random.split(jax.random.key(config.train.seed))[0]
+  return nn.meta.unbox(paradigm.init(model, init_rng, batch))['params']
 
 
 TOKENIZER_HELP = ('train one with `python -m train --config configs/vqvae_glyphs.py:small '
@@ -309,21 +330,25 @@ def graft(params, source, into: str = '', partial: bool = False):
   return put(params, 0)
 
 
-def warm_start(state, workdir: str, into: str = '', partial: bool = False, model_cfg=None):
-  """``state`` (a fresh TrainState) with the params of the trained run in ``workdir`` (its EMA
-  params when it kept them) grafted at ``into`` (``graft``), in both the params and the EMA;
-  the optimiser state stays fresh. E.g. HART from a trained VAR: into='var'. `workdir` may be
-  'hf:DIR', a Hugging Face folder (the config's model must already be its architecture,
-  train.hf.apply_init_from_hf): its tensors are read straight into the state's shardings."""
-  if workdir.startswith('hf:'):
+def source_params(spec: str, abstract_params, model_cfg=None):
+  """The params `train.init_from` names, in the shardings and dtypes of `abstract_params` (the
+  model's): a trained run's workdir (its EMA params when kept) or 'hf:DIR', a Hugging Face
+  folder read straight into those shardings (the model must already be its architecture,
+  train.hf.apply_init_from_hf)."""
+  if spec.startswith('hf:'):
     from train.hf import load_into
-    if into or partial:
-      raise ValueError('train.init_into / train.init_partial do not apply to a Hugging Face '
-                       'checkpoint (train.init_from=hf:DIR loads the whole model)')
-    params = load_into(state.params, workdir, model_cfg)
-    ema = None if state.ema is None else jax.tree.map(lambda p: jax.numpy.array(p, copy=True),
-                                                        params)
-    return state.replace(params=params, ema=ema)
-  _, _, source = load_run(workdir)
+    return load_into(abstract_params, spec, model_cfg)
+  _, _, source = load_run(spec)
+  return source
+
+
+def warm_start(state, workdir: str, into: str = '', partial: bool = False, model_cfg=None):
+  """``state`` (a fresh TrainState) with the params ``source_params`` reads grafted at ``into``
+  (``graft``), in both the params and the EMA; the optimiser state stays fresh. E.g. HART from
+  a trained VAR: into='var'."""
+  if workdir.startswith('hf:') and (into or partial):
+    raise ValueError('train.init_into / train.init_partial do not apply to a Hugging Face '
+                     'checkpoint (train.init_from=hf:DIR loads the whole model)')
+  source = source_params(workdir, state.params, model_cfg)
   put = lambda tree: None if tree is None else graft(tree, source, into, partial)
   return state.replace(params=put(state.params), ema=put(state.ema))

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 
 import paradigms
+from paradigms.nn.lora import DEFAULT_TARGETS, QUANT
 from paradigms.nn.transformer import TransformerConfig
 
 MESH_AXES = ('data', 'fsdp', 'tensor')
@@ -115,6 +116,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.judge.cfg = 1.0  # classifier-free guidance weight (1 = none)
   c.judge.train_steps = 0  # the judge classifier's training steps; 0 = its default
 
+  # LoRA / QLoRA (paradigms/nn/lora.py): rank > 0 trains low-rank adapters on the kernels
+  # `targets` matches, the base frozen (from train.init_from, or the seeded init) and never saved
+  c.lora = ml_collections.ConfigDict()
+  c.lora.rank = 0  # 0 = full training
+  c.lora.alpha = 16.0  # W' = W + alpha / rank * A B
+  c.lora.dropout = 0.0  # rank dropout of A's components during training
+  c.lora.targets = DEFAULT_TARGETS  # regex over '/'-joined param paths (attention + MLP)
+  c.lora.base_dtype = ''  # QLoRA: '' (the param dtype) | 'int8' | 'nf4' for the frozen base
+
   c.mesh = ml_collections.ConfigDict()
   c.mesh.shape = (-1, 1, 1)  # sizes of (data, fsdp, tensor); one -1 takes the remaining devices
   c.mesh.rules = DEFAULT_RULES
@@ -150,6 +160,15 @@ def validate(c: ml_collections.ConfigDict) -> None:
   if (t.init_into or t.init_partial) and not t.init_from:
     raise ValueError('train.init_into / train.init_partial need train.init_from (a trained '
                      'workdir)')
+  lc = c.lora
+  if lc.rank < 0 or not 0 <= lc.dropout < 1 or lc.base_dtype not in QUANT:
+    raise ValueError(f'lora.rank must be >= 0, lora.dropout in [0, 1) and lora.base_dtype one of '
+                     f'{QUANT}; got {lc.rank}, {lc.dropout}, {lc.base_dtype!r}')
+  if not lc.rank and (lc.base_dtype or lc.dropout):
+    raise ValueError('lora.base_dtype / lora.dropout need lora.rank > 0')
+  if lc.rank and t.init_into:
+    raise ValueError('lora.rank > 0 takes the whole base from train.init_from; '
+                     'train.init_into does not apply')
   model_config(c)  # the paradigm's model dataclass validates its own fields
 
 

@@ -24,7 +24,8 @@ from evaluators.images import judge_metrics
 from evaluators.likelihood import summarize
 from pipelines.sources import open_data
 from train import config as config_lib
-from train.checkpoint import Checkpointer, load_tokenizer, save_text_tokenizer, warm_start
+from train.checkpoint import (Checkpointer, load_tokenizer, save_text_tokenizer, source_params,
+                              warm_start)
 from train.cli import writable_dir
 from train.hf import HF_PREFIX, apply_init_from_hf
 from train.metrics import MetricsWriter, progress_bar
@@ -61,22 +62,29 @@ def train(config, workdir: str, *, devices=None) -> dict:
   init_rng, rng = jax.random.split(jax.random.key(t.seed))
   if ckpt.latest_step() is not None:
     try:
-      state, step = ckpt.restore(s.abstract_state, iterator)
+      state, step = ckpt.restore(s.abstract_state.replace(base=None), iterator)
     except Exception:
       ckpt.close(wait=False)
       raise
+    if config.lora.rank:  # the frozen base is never saved: rebuilt exactly as at the start
+      state = state.replace(base=_initial_state(config, s, init_rng).base)
     _log(f'resumed from {ckpt.directory}/{step}')
   else:
-    state, step = s.init(init_rng), 0
+    state, step = _initial_state(config, s, init_rng), 0
     if t.init_from:
-      state = warm_start(state, t.init_from, t.init_into, t.init_partial, s.model.cfg)
       where = f' as {t.init_into!r}' if t.init_into else ''
-      _log(f'started from the params of {t.init_from}{where}')
+      _log(f'started from the params of {t.init_from}{where}'
+           + (f' (frozen; LoRA rank {config.lora.rank})' if config.lora.rank else ''))
   if pid == 0:
     config_lib.save(config, os.path.join(workdir, 'config.json'))
     save_text_tokenizer(data.text_tokenizer, workdir)
   n_params = sum(x.size for x in jax.tree.leaves(state.params))
-  _log(f'{config.paradigm}: {n_params:,} params | mesh {dict(mesh.shape)} | {data.description}')
+  trained = ''
+  if config.lora.rank:
+    n_base = sum(x.size for x in jax.tree.leaves(s.abstract_params))
+    trained = f' trained (LoRA) on a frozen base of {n_base:,}'
+  _log(f'{config.paradigm}: {n_params:,} params{trained} | mesh {dict(mesh.shape)} | '
+       f'{data.description}')
 
   writer = MetricsWriter(workdir, resume_step=step)
   bar = progress_bar(t.steps, step, t.progress)
@@ -143,6 +151,19 @@ def train(config, workdir: str, *, devices=None) -> dict:
   return last
 
 
+def _initial_state(config, s: Setup, init_rng):
+  """The state a fresh run starts from: the seeded init, with train.init_from's params grafted
+  in (or, with LoRA, as the frozen base)."""
+  t = config.train
+  state = s.init(init_rng)
+  if not t.init_from:
+    return state
+  if config.lora.rank:
+    return state.replace(base=s.make_base(source_params(t.init_from, s.abstract_params,
+                                                        s.model.cfg)))
+  return warm_start(state, t.init_from, t.init_into, t.init_partial, s.model.cfg)
+
+
 def _flush(pending, rows, writer, ckpt, rate, unit: str, watch) -> dict:
   """Check the interval's fetched metrics `rows`: stop on a non-finite loss, write one mean row."""
   for (step, _), row in zip(pending, rows):
@@ -173,7 +194,7 @@ def _save(ckpt, step: int, state, iterator) -> None:
         f'NaN/Inf in the parameters or optimiser state (not saved) at step {step}. Last good '
         f'checkpoint: {where}. Lower train.lr, check the data, or raise train.warmup_steps; '
         'rerunning resumes from that checkpoint.')
-  ckpt.save(step, state, iterator)
+  ckpt.save(step, state.replace(base=None), iterator)  # a LoRA base is rebuilt, never saved
 
 
 @jax.jit
@@ -215,9 +236,10 @@ def _judge_name(config) -> str:
 def _evaluate(s: Setup, state, evals, bytes_per_token, rng) -> dict:
   """Held-out bits per token (and per byte for byte-level text), summed over fixed batches."""
   out = {}
-  for name, params in (('eval', state.params), ('eval_ema', state.ema)):
-    if params is None:
+  for name, ema in (('eval', False), ('eval_ema', True)):
+    if (state.ema if ema else state.params) is None:
       continue
+    params = s.model_params(state, ema)
     sums = {}
     for i, b in enumerate(evals):
       r = jax.device_get(s.eval_step(params, device_batch(b, s.batch_sharding),
@@ -230,7 +252,7 @@ def _evaluate(s: Setup, state, evals, bytes_per_token, rng) -> dict:
 def _judge(config, s: Setup, state, rng, tokenizer) -> dict:
   """config.judge's sample-based metrics of the EMA params (else the raw ones), 'judge_*'; a
   tokenizer's params are replicated on the run's mesh, beside the sharded params."""
-  params = state.ema if state.ema is not None else state.params
+  params = s.model_params(state, ema=state.ema is not None)
   if tokenizer is not None:
     replicated = jax.sharding.NamedSharding(s.mesh, jax.sharding.PartitionSpec())
     tokenizer = (tokenizer[0], jax.device_put(tokenizer[1], replicated))
