@@ -22,6 +22,10 @@ JSON object:
                                               a lower bound; prefer the model's own count:
   model_flops_per_step                        6 N tokens + attention (the model's own count,
                                               AR configs), for MFU
+With --mode decode it compiles one bf16 sampling step instead of the train step: for an
+autoregressive model one KV-cached token for --decode-batch sequences with a cache of
+--decode-len positions (the cache donated), for a masked-diffusion model one denoising forward
+over --decode-batch x --decode-len tokens; params bf16, sharded by the config's mesh and rules.
 A program whose buffers exceed HBM is refused by XLA; the report then has fits=false, the
 memory XLA asked for, and the error line. Raise train.grad_accum (smaller micro-batches), a
 stronger model.remat_policy, or a bigger slice.
@@ -46,6 +50,11 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'config file and preset, e.g. '
                                           'configs/ar_code.py:1b', lock_config=True)
 _TOPOLOGY = flags.DEFINE_string('topology', 'v5p:2x2x1', 'TPU slice, TYPE:AxB[xC]')
+_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'decode'], 'the train step, or one bf16 '
+                          'sampling step')
+_DECODE_BATCH = flags.DEFINE_integer('decode_batch', 1, '--mode decode: sequences')
+_DECODE_LEN = flags.DEFINE_integer('decode_len', 4096, '--mode decode: cache (AR) or sequence '
+                                   '(masked diffusion) length')
 flags.mark_flags_as_required(['config'])
 
 GIB = 2 ** 30
@@ -85,7 +94,54 @@ def compile_train_step(config, devices):
   return s.train_step.lower(s.abstract_state, batch, rng).compile(), s
 
 
-def report(config, topology: str) -> dict:
+def compile_decode_step(config, devices, batch: int, length: int):
+  """(compiled, n_params, mesh) of one bf16 sampling step (see the module doc)."""
+  import dataclasses
+  import flax.linen as nn
+  import jax
+  import jax.numpy as jnp
+  import paradigms
+  from jax.sharding import NamedSharding, PartitionSpec as P
+  from train import config as config_lib
+  from train.state import make_mesh
+  config_lib.validate(config)
+  mesh = make_mesh(config.mesh.shape, list(devices))
+  rules = tuple(tuple(r) if isinstance(r, list) else r for r in config.mesh.rules)
+  cfg = dataclasses.replace(config_lib.model_config(config), dtype='bfloat16',
+                            param_dtype='bfloat16', remat_policy='none')
+  model = paradigms.get(config.paradigm).build(cfg)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32)))
+    shard = nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed), mesh, rules)['params']
+  params = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                        nn.meta.unbox(boxed)['params'], shard)
+  n_params = sum(math.prod(a.shape) for a in jax.tree.leaves(params))
+  rows = P(('data', 'fsdp')) if batch % (mesh.shape['data'] * mesh.shape['fsdp']) == 0 else P()
+  run = lambda fn: (lambda *a: _in_rules(fn, mesh, rules, *a))
+  if config.paradigm == 'autoregressive':
+    cache = jax.eval_shape(lambda: model.init_cache(batch, length))
+    heads = 'tensor' if cfg.kv_heads % mesh.shape['tensor'] == 0 else None
+    kv = NamedSharding(mesh, P(None, rows[0] if rows else None, None, heads, None))
+    cache = jax.tree.map(lambda a: jax.ShapeDtypeStruct(
+        a.shape, a.dtype, sharding=kv if a.ndim == 5 else NamedSharding(mesh, P())), cache)
+    tokens = jax.ShapeDtypeStruct((batch, 1), jnp.int32, sharding=NamedSharding(mesh, rows))
+    step = jax.jit(run(lambda p, t, c: model.apply({'params': p}, t, cache=c)),
+                   donate_argnums=(2,))
+    return step.lower(params, tokens, cache).compile(), n_params, mesh
+  tokens = jax.ShapeDtypeStruct((batch, length), jnp.int32, sharding=NamedSharding(mesh, rows))
+  step = jax.jit(run(lambda p, t: model.apply({'params': p}, t)[0]))
+  return step.lower(params, tokens).compile(), n_params, mesh
+
+
+def _in_rules(fn, mesh, rules, *args):
+  import flax.linen as nn
+  import jax
+  with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), nn.logical_axis_rules(rules):
+    return fn(*args)
+
+
+def report(config, topology: str, mode: str = 'train', decode_batch: int = 1,
+           decode_len: int = 4096) -> dict:
   """Compile for `topology` and measure (see the module doc)."""
   import jax
   from train import config as config_lib
@@ -101,10 +157,21 @@ def report(config, topology: str) -> dict:
          'dtype': config.model.get('dtype', 'float32'),
          'remat_policy': config.model.get('remat_policy', 'none'), 'hbm_per_device_gib': hbm_dev}
   mcfg = config_lib.model_config(config)
-  if hasattr(mcfg, 'flops_per_token') and 'seq_len' in d:
+  if mode == 'decode':
+    out.update(mode='decode', decode_batch=decode_batch, decode_len=decode_len, dtype='bfloat16',
+               lora_rank=0)
+    out.pop('global_batch'), out.pop('grad_accum')
+  else:
+    out['lora_rank'] = int(config.lora.rank)
+  if mode == 'train' and hasattr(mcfg, 'flops_per_token') and 'seq_len' in d:
     out['model_flops_per_step'] = float(mcfg.flops_per_token(d.seq_len)) * d.batch_size * d.seq_len
   try:
-    compiled, s = compile_train_step(config, devices)
+    if mode == 'decode':
+      compiled, n_params, mesh = compile_decode_step(config, devices, decode_batch, decode_len)
+    else:
+      compiled, s = compile_train_step(config, devices)
+      n_params = sum(math.prod(a.shape) for a in jax.tree.leaves(s.abstract_params))
+      mesh = s.mesh
   except Exception as e:  # XLA refuses a program whose buffers exceed HBM
     if 'RESOURCE_EXHAUSTED' not in str(e):
       raise
@@ -116,9 +183,8 @@ def report(config, topology: str) -> dict:
           + mem.temp_size_in_bytes + mem.generated_code_size_in_bytes)
   cost = compiled.cost_analysis() or {}
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  n_params = sum(math.prod(a.shape) for a in jax.tree.leaves(s.abstract_state.params))
   return {
-      **out, 'mesh': dict(s.mesh.shape), 'params': int(n_params),
+      **out, 'mesh': dict(mesh.shape), 'params': int(n_params),
       'memory_per_device_gib': peak / GIB,
       'memory_breakdown_gib': {k: getattr(mem, f'{k}_size_in_bytes') / GIB
                                for k in ('argument', 'output', 'alias', 'temp', 'generated_code')},
@@ -131,7 +197,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   try:
-    out = report(_CONFIG.value, _TOPOLOGY.value)
+    out = report(_CONFIG.value, _TOPOLOGY.value, _MODE.value, _DECODE_BATCH.value,
+                 _DECODE_LEN.value)
   except RuntimeError as e:
     sys.exit(str(e))
   print(json.dumps(out, indent=1))
