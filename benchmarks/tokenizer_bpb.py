@@ -28,7 +28,7 @@ sys.path.insert(0, ROOT)
 
 
 def _config(tokenizer: str, sets: list[str]):
-  from pipelines.text import resolve_tokenizer
+  from pipelines.subword import resolve_tokenizer
   from train.config import from_file
   c = from_file(os.path.join(ROOT, 'configs', 'ar_code.py:small'))
   c.data.text_tokenizer = tokenizer

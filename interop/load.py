@@ -3,8 +3,9 @@
 `load_params` never holds the model twice: each param leaf is created directly with its
 sharding by `jax.make_array_from_callback`, whose callback reads from the safetensors files only
 the slice one device holds, layer by layer, converts it to the param dtype and fills a buffer
-of that device's shard. Peak host memory beyond the placed params is one layer's slice in the
-stored dtype plus its converted copy (measured by benchmarks/hf_load_memory.py).
+of that device's shard (an unstacked tensor, the embedding or head, in chunks of rows). Peak
+host memory beyond the placed params is the shard being filled plus one layer's (or chunk's)
+slice in the stored dtype and its converted copy (benchmarks/hf_load_memory.py measures it).
 """
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ import numpy as np
 
 from interop.hf import Family, check_folder, layout
 from interop.safetensors_io import SafetensorsFolder
+
+
+CHUNK = 1 << 22  # elements read at a time from an unstacked tensor (16 MiB of float32)
 
 
 def _get(tree, path):
@@ -49,11 +53,14 @@ def load_params(folder: str, cfg, family: Family, shardings=None, dtype=None) ->
       def callback(index, spec=spec, shape=shape):
         idx = tuple(slice(*s.indices(n)[:2]) for s, n in zip(index, shape))
         out = np.empty([s.stop - s.start for s in idx], dtype)
-        if not spec.layered:
-          out[...] = spec.read_slice(lambda h: f.read(spec.name(), h), idx)
+        if spec.layered:  # one layer at a time
+          for j, i in enumerate(range(idx[0].start, idx[0].stop)):
+            out[j] = spec.read_slice(lambda h, i=i: f.read(spec.name(i), h), idx[1:])
           return out
-        for j, i in enumerate(range(idx[0].start, idx[0].stop)):
-          out[j] = spec.read_slice(lambda h, i=i: f.read(spec.name(i), h), idx[1:])
+        rows = max(1, CHUNK // max(1, int(np.prod(out.shape[1:]))))  # an embedding or head
+        for r in range(0, out.shape[0], rows):  # in chunks of rows of ours
+          part = slice(idx[0].start + r, min(idx[0].stop, idx[0].start + r + rows))
+          out[r:r + rows] = spec.read_slice(lambda h: f.read(spec.name(), h), (part,) + idx[1:])
         return out
 
       _put(params, spec.path, jax.make_array_from_callback(shape, sharding, callback))

@@ -52,15 +52,15 @@ def open_data(cfg, tokenizer=None, text_tokenizer=None) -> Data:
   """The source that `cfg` (config.data) names, ready for the trainer. `tokenizer`: the loaded
   VQ-VAE `(vq_model, vq_params)` named by `cfg.tokenizer` (train.checkpoint.load_tokenizer),
   through which image batches become token batches. `text_tokenizer` encodes text sources
-  (default: the one `cfg.text_tokenizer` names, pipelines.text.resolve_tokenizer)."""
+  (default: the one `cfg.text_tokenizer` names, pipelines.subword.resolve_tokenizer)."""
   source = cfg.source
   if source in IMAGE_SOURCES:
     return _open_images(cfg, tokenizer)
   if source not in TOKEN_SOURCES:
     raise ValueError(f'Unknown data.source={source!r}; use one of {SOURCES}.')
-  from pipelines import text as data
+  from pipelines import subword, text as data
   if text_tokenizer is None and source != 'tokens':
-    text_tokenizer = data.resolve_tokenizer(cfg)
+    text_tokenizer = subword.resolve_tokenizer(cfg)
   corpus = data.load_corpus(cfg, text_tokenizer)
   return Data(train_dataset=functools.partial(data.train_dataset, corpus.train, seq_len=cfg.seq_len),
               eval_batches=functools.partial(data.eval_batches, corpus.eval, seq_len=cfg.seq_len),

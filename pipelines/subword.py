@@ -12,8 +12,11 @@ data cache keyed by both, and saved in the run's workdir so sampling reloads the
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import tempfile
+from pathlib import Path
 
 import numpy as np
 
@@ -165,3 +168,47 @@ def train_bpe(texts, vocab_size: int) -> TextTokenizer:
   tok.train_from_iterator(texts, trainer)
   return TextTokenizer(tok, eos_id=tok.token_to_id(EOS_TOKEN), mask_id=tok.token_to_id(MASK_TOKEN),
                        name=f'bpe:{vocab_size}')
+
+
+def resolve_tokenizer(cfg):
+  """The text tokenizer `cfg.text_tokenizer` names: '' -> ByteTokenizer; 'bpe:N' -> a byte-level
+  BPE of N ids trained on the training files of the source (cached by files and N);
+  'hf:DIR' (or a folder) -> DIR/tokenizer.json."""
+  from pipelines import text
+  spec = getattr(cfg, 'text_tokenizer', '') or ''
+  if not spec:
+    return text.ByteTokenizer()
+  if spec.startswith('bpe:'):
+    try:
+      size = int(spec[4:])
+    except ValueError:
+      raise ValueError(f'data.text_tokenizer={spec!r}: give bpe:N with N the vocabulary size, '
+                       'e.g. bpe:4096') from None
+    source = getattr(cfg, 'source', None) or 'cpython'
+    if source == 'tokens':
+      raise ValueError("data.text_tokenizer=bpe:N trains on text; data.source='tokens' is "
+                       'already tokenized (set data.text_tokenizer=\'\')')
+    root, relpaths, key, _ = text._LOADERS[source](cfg)
+    holdout = float(getattr(cfg, 'holdout_fraction', None) or 0.05)
+    train = [p for p in relpaths if not text.is_held_out(p, holdout)]
+    train = train or list(relpaths)
+    stats = [(p, *text._size_mtime(os.path.join(root, p))) for p in train]
+    digest = hashlib.sha1(json.dumps(dict(key, files=stats, size=size), sort_keys=True).encode())
+    cache = Path(text.cache_root(cfg)) / f'bpe{size}-{digest.hexdigest()[:20]}'
+    if (cache / 'tokenizer.json').exists():
+      return load_tokenizer_folder(str(cache))
+    tok = train_bpe((text._read_text(os.path.join(root, p))[0] for p in train), size)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=cache.parent, prefix=f'.{cache.name}.'))
+    tok.save(str(tmp))
+    try:
+      os.replace(tmp, cache)  # atomic: a reader sees all of it or none
+    except OSError:  # another process won the race: use its copy
+      import shutil
+      shutil.rmtree(tmp, ignore_errors=True)
+    return load_tokenizer_folder(str(cache))
+  folder = os.path.expanduser(spec[3:] if spec.startswith('hf:') else spec)
+  if not os.path.isdir(folder):
+    raise ValueError(f"data.text_tokenizer={spec!r}: use '' (bytes), 'bpe:N' or 'hf:DIR' with "
+                     'DIR a folder holding tokenizer.json')
+  return load_tokenizer_folder(folder)

@@ -7,7 +7,7 @@ Nothing here downloads. Three sources (``cfg.source``), one registry (``_LOADERS
   default corpus: code, present on every machine that runs this project.
 - ``'text'``: text of the user's files, ``cfg.files`` is a (recursive) glob.
 
-Text is byte-level by default; ``cfg.text_tokenizer`` picks another (``resolve_tokenizer``):
+Text is byte-level by default; ``cfg.text_tokenizer`` picks another (``subword.resolve_tokenizer``):
 ``'bpe:N'`` trains a byte-level BPE of N ids on the training files (pipelines/subword.py),
 ``'hf:DIR'`` reads DIR/tokenizer.json. Bits per byte stay comparable across tokenizers:
 ``bytes_per_token`` is the held-out split's UTF-8 bytes (one per document break) per token.
@@ -112,6 +112,7 @@ def load_corpus(cfg, tokenizer=None) -> Corpus:
     corpus = _load_tokens(cfg, holdout_fraction)
   else:
     if tokenizer is None:
+      from pipelines.subword import resolve_tokenizer
       tokenizer = resolve_tokenizer(cfg)
     corpus = _load_documents(*_LOADERS[source](cfg), holdout_fraction, cfg, tokenizer)
   unique = int(_get(cfg, 'train_tokens', 0))
@@ -148,48 +149,6 @@ def _text_vocab_size(cfg, tokenizer) -> int:
                      f'data.vocab_size) to at least {tokenizer.vocab_size}, or use a tokenizer '
                      'whose ids fit the model.')
   return vocab_size
-
-
-def resolve_tokenizer(cfg):
-  """The text tokenizer `cfg.text_tokenizer` names: '' -> ByteTokenizer; 'bpe:N' -> a byte-level
-  BPE of N ids trained on the training files of the source (cached by files and N);
-  'hf:DIR' (or a folder) -> DIR/tokenizer.json."""
-  spec = _get(cfg, 'text_tokenizer', '')
-  if not spec:
-    return ByteTokenizer()
-  from pipelines import subword
-  if spec.startswith('bpe:'):
-    try:
-      size = int(spec[4:])
-    except ValueError:
-      raise ValueError(f'data.text_tokenizer={spec!r}: give bpe:N with N the vocabulary size, '
-                       'e.g. bpe:4096') from None
-    source = _get(cfg, 'source', 'cpython')
-    if source == 'tokens':
-      raise ValueError("data.text_tokenizer=bpe:N trains on text; data.source='tokens' is "
-                       'already tokenized (set data.text_tokenizer=\'\')')
-    root, relpaths, key, _ = _LOADERS[source](cfg)
-    train = [p for p in relpaths if not is_held_out(p, float(_get(cfg, 'holdout_fraction', 0.05)))]
-    train = train or list(relpaths)
-    stats = [(p, *_size_mtime(os.path.join(root, p))) for p in train]
-    digest = hashlib.sha1(json.dumps(dict(key, files=stats, size=size), sort_keys=True).encode())
-    cache = Path(cache_root(cfg)) / f'bpe{size}-{digest.hexdigest()[:20]}'
-    if (cache / 'tokenizer.json').exists():
-      return subword.load_tokenizer_folder(str(cache))
-    tok = subword.train_bpe((_read_text(os.path.join(root, p))[0] for p in train), size)
-    tmp = Path(tempfile.mkdtemp(dir=cache.parent if cache.parent.exists() else None))
-    tok.save(str(tmp))
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    try:
-      os.replace(tmp, cache)
-    except OSError:  # another process won the race: use its copy
-      pass
-    return subword.load_tokenizer_folder(str(cache))
-  folder = os.path.expanduser(spec[3:] if spec.startswith('hf:') else spec)
-  if not os.path.isdir(folder):
-    raise ValueError(f"data.text_tokenizer={spec!r}: use '' (bytes), 'bpe:N' or 'hf:DIR' with "
-                     'DIR a folder holding tokenizer.json')
-  return subword.load_tokenizer_folder(folder)
 
 
 def _load_cpython(cfg):

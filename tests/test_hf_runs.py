@@ -114,6 +114,9 @@ def test_a_bpe_run_saves_its_tokenizer_and_samples_text(tmp_path):
   wd = str(tmp_path / 'run')
   last = train(c, wd)
   assert last['eval_bpb'] < last['eval_bits_per_token']  # > 1 byte per token
+  from train.evaluate import evaluate_run  # reloads the saved config: the vocabulary must follow
+  ev = evaluate_run(wd, batches=1)
+  assert ev['bpb'] < ev['bits_per_token']
   proc = run_python(['-m', 'sample', '--workdir', wd, '--prompt', 'def f', '--num', '1',
                      '--max-new-tokens', '8', '--json', '--temperature', '0'])
   row = json.loads(proc.stdout.splitlines()[0])

@@ -94,11 +94,11 @@ class Cfg:
 def test_bpe_corpus_is_cached_and_counts_held_out_bytes_per_token(tmp_path):
   root = _corpus(tmp_path)
   cfg = Cfg(files=str(root), cache_dir=str(tmp_path / 'cache'), text_tokenizer='bpe:300')
-  tok = data.resolve_tokenizer(cfg)
+  tok = subword.resolve_tokenizer(cfg)
   cached = [p for p in os.listdir(tmp_path / 'cache') if p.startswith('bpe300-')]
   assert len(cached) == 1
   stamp = os.path.getmtime(tmp_path / 'cache' / cached[0] / 'tokenizer.json')
-  again = data.resolve_tokenizer(cfg)  # read back, not retrained
+  again = subword.resolve_tokenizer(cfg)  # read back, not retrained
   assert again.tokenizer.to_str() == tok.tokenizer.to_str()
   assert os.path.getmtime(tmp_path / 'cache' / cached[0] / 'tokenizer.json') == stamp
   corpus = data.load_corpus(cfg, tok)
@@ -120,4 +120,4 @@ def test_a_vocabulary_smaller_than_the_tokenizer_is_refused(tmp_path):
                                        r'258; raise model.vocab_size'):
     data.load_corpus(cfg)
   with pytest.raises(ValueError, match="use '' \\(bytes\\), 'bpe:N' or 'hf:DIR'"):
-    data.resolve_tokenizer(Cfg(files=str(root), text_tokenizer='sentencepiece'))
+    subword.resolve_tokenizer(Cfg(files=str(root), text_tokenizer='sentencepiece'))

@@ -283,12 +283,12 @@ def save_text_tokenizer(tokenizer, workdir: str) -> None:
 
 def load_text_tokenizer(config, workdir: str | None = None):
   """The text tokenizer of a run: the copy in `workdir/tokenizer/` when the trainer saved one,
-  else the one `config.data.text_tokenizer` names (pipelines.text.resolve_tokenizer)."""
-  from pipelines import subword, text
+  else the one `config.data.text_tokenizer` names (pipelines.subword.resolve_tokenizer)."""
+  from pipelines import subword
   saved = os.path.join(workdir or '', TOKENIZER_DIR)
   if workdir and os.path.exists(os.path.join(saved, 'tokenizer.json')):
     return subword.load_tokenizer_folder(saved)
-  return text.resolve_tokenizer(config.data)
+  return subword.resolve_tokenizer(config.data)
 
 
 def graft(params, source, into: str = '', partial: bool = False):

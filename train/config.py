@@ -226,6 +226,8 @@ def load(path) -> ml_collections.ConfigDict:
   c = base_config()
   c.loss = ml_collections.ConfigDict(saved.pop('loss', {}))  # paradigm-specific: taken as saved
   c.model = ml_collections.ConfigDict(saved.pop('model', {}))  # the paradigm's Config fields
+  if 'vocab_size' in c.model:  # re-link the reference to the replaced model section
+    c.data.vocab_size = c.model.get_ref('vocab_size')
   _merge(c, saved, prefix='')
   return finalize(c)
 
