@@ -28,13 +28,14 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import shutil
 import statistics
 import sys
 import tempfile
 import time
+
+from results_io import emit  # benchmarks/results_io.py (this script's folder is on sys.path)
 
 FULL = dict(hidden=768, layers=12, heads=12, intermediate=2048, vocab=32000, new_tokens=128,
             prompt_len=32, repeats=3)
@@ -196,12 +197,8 @@ def main(argv=None):
                          transformers=transformers.__version__),
         'date': datetime.datetime.now().isoformat(timespec='seconds'),
     }
-    print(json.dumps(row), flush=True)
+    emit(row, args.out)
     rows.append(row)
-    if args.out:
-      os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-      with open(args.out, 'a') as f:
-        f.write(json.dumps(row) + '\n')
   return rows
 
 

@@ -45,6 +45,8 @@ import tempfile
 import threading
 import time
 
+from results_io import emit  # benchmarks/results_io.py (this script's folder is on sys.path)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, 'benchmarks', 'results', 'hf_load_memory.jsonl')
 COMMON = ('devices', 'platform', 'mesh', 'params_bytes', 'held_bytes', 'largest_leaf_bytes')
@@ -266,11 +268,7 @@ def main(argv=None):
       'all_pass': all(run[m]['criterion'] for run in runs for m in ('rss', 'tracemalloc')),
       'date': datetime.datetime.now().isoformat(timespec='seconds'),
   }
-  print(json.dumps(out, indent=2))
-  if args.out:
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, 'a') as f:
-      f.write(json.dumps(out) + '\n')
+  emit(out, args.out, indent=2)
   return out
 
 

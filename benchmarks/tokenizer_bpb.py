@@ -25,6 +25,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from results_io import emit  # noqa: E402  (benchmarks/results_io.py, this script's folder)
 
 
 def _config(tokenizer: str, sets: list[str]):
@@ -87,11 +88,7 @@ def main(argv=None):
            'device': jax.devices()[0].device_kind, 'date': time.strftime('%Y-%m-%d')}
     from train.config import model_config
     row['params'] = model_config(config).num_params()
-    print(json.dumps(row), flush=True)
-    if args.out:
-      os.makedirs(os.path.dirname(args.out), exist_ok=True)
-      with open(args.out, 'a') as f:
-        f.write(json.dumps(row) + '\n')
+    emit(row, args.out)
 
 
 if __name__ == '__main__':

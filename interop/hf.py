@@ -164,7 +164,7 @@ def from_hf_config(hf: dict, max_len: int = 4096) -> Imported:
 
 
 def to_hf_config(cfg, family: Family, *, mask_id: int | None = None, bos_id=None, eos_id=None,
-                 dtype: str = 'float32', extra: dict | None = None) -> dict:
+                 dtype: str = 'float32') -> dict:
   """The config.json of `family` for a TransformerConfig `cfg` (the inverse of from_hf_config)."""
   if cfg.cond_dim or cfg.rope_base <= 0:
     raise ValueError('only token Transformers with RoPE and no conditioning (model.cond_dim=0) '
@@ -204,8 +204,6 @@ def to_hf_config(cfg, family: Family, *, mask_id: int | None = None, bos_id=None
                  auto_map={'AutoConfig': 'configuration_dream.DreamConfig',
                            'AutoModel': 'modeling_dream.DreamModel'})
   out.update(architectures=[family.architecture], model_type=family.model_type, torch_dtype=dtype)
-  if extra:
-    out['jax_paradigms'] = extra
   return out
 
 
@@ -340,10 +338,8 @@ def layout(cfg, family: Family) -> list[Tensor]:
   if cfg.qk_norm:
     if n['q_norm'] is None:
       raise ValueError(f'the {family.name} family has no q/k norm tensors')
-    out += [t(lay(f'{x}_norm', 'scale'), L + n[f'{x}_norm'], (Dh,), (0,), ((0,),))
+    out += [t(lay('attn', f'{x}_norm', 'scale'), L + n[f'{x}_norm'], (Dh,), (0,), ((0,),))
             for x in ('q', 'k')]
-    out = [dataclasses.replace(x, path=('layers', 'attn') + x.path[1:])
-           if x.path[1] in ('q_norm', 'k_norm') else x for x in out]
   return out
 
 

@@ -186,7 +186,7 @@ def _flush(pending, rows, writer, ckpt, rate, unit: str, watch) -> dict:
 def _save(ckpt, step: int, state, iterator) -> None:
   """Checkpoint `state` unless it holds a non-finite value (the last update wrecked the params
   even when the loss it logged was finite): then stop, naming the last finite checkpoint."""
-  if not bool(_all_finite(state)):
+  if not bool(_all_finite(state.replace(base=None))):  # a frozen LoRA base never changes
     ckpt.wait()
     good = ckpt.latest_step()
     where = f'step {good} in {ckpt.directory}' if good is not None else 'none (no checkpoint yet)'
