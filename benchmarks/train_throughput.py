@@ -89,18 +89,56 @@ def _ratio(a, b):
   return a / b if a is not None and b else None
 
 
-def main(argv=None):
-  args = _parse(sys.argv[1:] if argv is None else argv)
-  from absl import logging as absl_logging
-  absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every save at INFO
+def bare_runner(config, batch):
+  """`run(n) -> loss`: n steps of `jax.jit(value_and_grad(paradigm.loss) + the trainer's optax
+  update)` on one device, no mesh, params and optimiser state donated, on the fixed `batch`
+  (numpy, placed once); returns the last loss (blocked on). Shared with torch_peer.py."""
   import flax.linen as nn
   import jax
   import optax
 
   import paradigms
   from train import config as config_lib
+  from train.state import make_optimizer
+
+  paradigm = paradigms.get(config.paradigm)
+  model = paradigm.build(config_lib.model_config(config))
+  tx, _ = make_optimizer(config.train)
+  batch = jax.device_put(batch, jax.devices()[0])
+  params = jax.jit(lambda r: nn.meta.unbox(paradigm.init(model, r, batch))['params'])(
+      jax.random.key(config.train.seed))
+  grad_fn = jax.value_and_grad(
+      functools.partial(paradigm.loss, model=model, **dict(config.loss)), has_aux=True)
+
+  @functools.partial(jax.jit, donate_argnums=(0, 1))
+  def step(params, opt_state, batch, rng):
+    (loss, _), grads = grad_fn(params, batch, rng)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+  state = {'params': params, 'opt_state': jax.jit(tx.init)(params), 'rng': jax.random.key(1)}
+
+  def run(n):
+    loss = None
+    for _ in range(n):
+      state['rng'], rng = jax.random.split(state['rng'])
+      state['params'], state['opt_state'], loss = step(state['params'], state['opt_state'],
+                                                       batch, rng)
+    return float(jax.block_until_ready(loss))
+
+  return run
+
+
+def main(argv=None):
+  args = _parse(sys.argv[1:] if argv is None else argv)
+  from absl import logging as absl_logging
+  absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every save at INFO
+  import jax
+
+  import paradigms
+  from train import config as config_lib
   from pipelines.text import load_corpus, train_dataset
-  from train.state import device_batch, make_mesh, make_optimizer, setup
+  from train.state import device_batch, make_mesh, setup
 
   config = config_lib.from_file(args.config)
   overrides = apply_overrides(config, args.set)
@@ -122,34 +160,9 @@ def main(argv=None):
   compile_s = {}
 
   # (a) bare: one device, no mesh, no logical rules (the activation constraints are no-ops).
-  model = paradigm.build(cfg)
-  tx, _ = make_optimizer(t)
-  spec = paradigm.example_batch(d.batch_size, d, cfg)
-  batch0 = jax.tree.map(lambda a: jax.numpy.zeros(a.shape, a.dtype), spec)
-  params = jax.jit(lambda r: nn.meta.unbox(paradigm.init(model, r, batch0))['params'])(
-      jax.random.key(t.seed))
-  opt_state = jax.jit(tx.init)(params)
-  grad_fn = jax.value_and_grad(
-      functools.partial(paradigm.loss, model=model, **dict(config.loss)), has_aux=True)
-
-  @functools.partial(jax.jit, donate_argnums=(0, 1))
-  def bare_step(params, opt_state, batch, rng):
-    (loss, _), grads = grad_fn(params, batch, rng)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
-
   fixed = next(iter(train_dataset(corpus.train, seq_len=d.seq_len, batch_size=d.batch_size,
-                                  seed=d.seed + 1)))
-  fixed = jax.device_put(fixed, jax.devices()[0])  # {'tokens': [B, L + 1]} int32
-  bare_rng = jax.random.key(1)
-  bare = {'params': params, 'opt_state': opt_state}
-
-  def run_bare(n):
-    loss = None
-    for _ in range(n):
-      bare['params'], bare['opt_state'], loss = bare_step(bare['params'], bare['opt_state'], fixed,
-                                                          bare_rng)
-    jax.block_until_ready((bare['params'], loss))
+                                  seed=d.seed + 1)))  # {'tokens': [B, L + 1]} int32
+  run_bare = bare_runner(config, fixed)
 
   # (b) the trainer's step path: sharded state, grain iterator -> device_batch -> train_step.
   mesh = make_mesh(config.mesh.shape)
@@ -189,7 +202,7 @@ def main(argv=None):
     _log(f'round {r + 1}/{args.rounds}: bare {rates["bare"][-1]:,.0f} tok/s, '
          f'trainer {rates["trainer"][-1]:,.0f} tok/s')
   paired = [b / a for a, b in zip(rates['bare'], rates['trainer'])]
-  del bare, trainer, iterator  # free both states (and the grain threads) before (c)
+  del run_bare, trainer, iterator  # free both states (and the grain threads) before (c)
 
   # (c) the whole trainer loop on a temporary workdir: one log interval, eval/ckpt only at the end.
   loop_rate = None

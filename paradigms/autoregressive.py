@@ -21,7 +21,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from paradigms.nn.transformer import Transformer, TransformerConfig
+from paradigms.nn.transformer import Transformer, TransformerConfig, apply_layers, unstack_layers
 
 Config = TransformerConfig
 
@@ -95,8 +95,13 @@ class LogitsFn:
   """The token sampler seam: `(params, tokens [B, T], cache) -> (logits [B, T, V], cache)`.
 
   Hashable by value (it holds only the module), so jitted samplers compile once per model.
+  `prepare(params)` (run once by a sampler before its loop) splits the layer stack
+  (`unstack_layers`); the call takes either form.
   """
   model: Transformer
 
+  def prepare(self, params):
+    return unstack_layers(params)
+
   def __call__(self, params, tokens, cache):
-    return self.model.apply({'params': params}, tokens, cache=cache)
+    return apply_layers(self.model, params, tokens, cache=cache)

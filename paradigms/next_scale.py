@@ -40,7 +40,7 @@ import numpy as np
 
 from paradigms.nn.attention import KVCache
 from paradigms.nn.layers import AdaLN, RMSNorm, modulate, normal_init, zeros_init
-from paradigms.nn.transformer import TransformerConfig, block_stack
+from paradigms.nn.transformer import TransformerConfig, block_stack, run_blocks
 
 # a paradigm that trains on token batches of a VQ-VAE run (config.data.tokenizer)
 TOKENIZED = True
@@ -207,7 +207,7 @@ class VAR(nn.Module):
     x = nn.with_logical_constraint(x, ('batch', 'length', 'act_embed'))
     positions = jnp.broadcast_to(jnp.arange(lo, hi, dtype=jnp.int32), (B, hi - lo))
     ids = jnp.broadcast_to(levels, (B, hi - lo))
-    h, cache = self.layers(x, cache, positions, ids, c, None)
+    h, cache = run_blocks(self.layers, x, cache, positions, ids, c, None)
     if features == 'both':
       return (self.logits(h, c), h), cache
     return (h if features else self.logits(h, c)), cache

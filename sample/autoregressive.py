@@ -6,7 +6,9 @@ jitted program with static shapes: the output buffer is [B, P + N] from the star
 sequence that emits EOS is frozen (its later tokens are EOS) while the others go on; the loop
 exits early once every sequence is done.
 
-Seam: `logits_fn(params, tokens [B, T], cache) -> (logits [B, T, V], cache)`. With
+Seam: `logits_fn(params, tokens [B, T], cache) -> (logits [B, T, V], cache)`; a logits_fn may
+also offer `prepare(params) -> params'`, run once before the loop (the token Transformer's
+splits its layer stack so no step copies weights). With
 `use_cache=False` the sampler recomputes the full forward pass over the whole buffer at every
 step (cache=None) — the same loop, used by benchmarks to measure what the cache buys.
 """
@@ -56,6 +58,8 @@ def generate(logits_fn: Callable, params, prompt, rng, cache=None, *, max_new_to
   if N < 1:
     raise ValueError(f'max_new_tokens must be >= 1, got {N}')
   prompt = prompt.astype(jnp.int32)
+  if hasattr(logits_fn, 'prepare'):
+    params = logits_fn.prepare(params)
   buf = jnp.concatenate([prompt, jnp.zeros((B, N), jnp.int32)], axis=1)  # [B, P + N]
   if use_cache:
     if cache is None:

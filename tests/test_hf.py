@@ -266,3 +266,36 @@ def test_streaming_load_peak_host_memory_is_one_leaf_plus_a_tensor(tmp_path):
   _, peak = tracemalloc.get_traced_memory()
   tracemalloc.stop()
   assert peak < total + 1.5 * largest_tensor < 2 * total, (peak, largest_leaf, total)
+
+
+def test_a_lora_model_unmerged_in_transformers_equals_our_merged_model(folders):
+  """Logits of the LoRA model y = x W^T + (alpha/r) (x A) B, computed *unmerged* by forward hooks
+  on transformers' own Linear layers, equal ours from `lora.merge`d params to 1e-5 (the LoRA
+  paper's eq. 3, both sides of its equality). Adapters in our layout: A [n_in, r], B [r, n_out],
+  whose flattened axes are HF's in/out orders (q_proj out = (head, head_dim))."""
+  import torch
+  from paradigms.nn import lora
+  folder, ref = folders['llama']
+  model, params, _ = load_hf(folder)
+  adapters = lora.init_adapters(params, 3, jax.random.key(1))
+  adapters = jax.tree.map(lambda x: x + 0.2 * jax.random.normal(jax.random.key(2), x.shape),
+                          adapters)  # B != 0
+  alpha, r = 6.0, 3
+  names = {'attn.wq': 'self_attn.q_proj', 'attn.wk': 'self_attn.k_proj',
+           'attn.wv': 'self_attn.v_proj', 'attn.wo': 'self_attn.o_proj',
+           'mlp.w_gate': 'mlp.gate_proj', 'mlp.w_up': 'mlp.up_proj', 'mlp.w_out': 'mlp.down_proj'}
+  hooks = []
+  for key, ab in adapters.items():
+    for i, layer in enumerate(ref.model.layers):
+      A, B = (torch.tensor(np.asarray(ab[n][i])) for n in 'ab')
+      linear = layer.get_submodule(names[key.removeprefix('layers.')])
+      hooks.append(linear.register_forward_hook(
+          lambda mod, inp, out, A=A, B=B: out + (alpha / r) * (inp[0] @ A) @ B))
+  try:
+    unmerged = hf_models.torch_logits(ref, TOKENS)
+  finally:
+    for h in hooks:
+      h.remove()
+  merged = _ours(model, lora.merge(params, adapters, alpha=alpha, rank=r), TOKENS)
+  assert np.abs(unmerged - hf_models.torch_logits(ref, TOKENS)).max() > 0.1  # the branches matter
+  np.testing.assert_allclose(merged, unmerged, atol=1e-5, rtol=0)

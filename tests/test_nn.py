@@ -1,5 +1,6 @@
 """The shared backbone: causality, KV cache == full forward, masks, adaLN, param count."""
 import dataclasses
+import re
 
 import flax.linen as nn
 import jax
@@ -8,6 +9,7 @@ import numpy as np
 import pytest
 
 from paradigms.nn import EMPTY, Transformer, TransformerConfig, mask_from_ids
+from paradigms.nn.transformer import apply_layers, unstack_layers
 
 CFG = TransformerConfig(vocab_size=61, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, max_len=24)
 
@@ -63,6 +65,61 @@ def test_kv_cache_decode_equals_full_forward(dtype, tol):
   cached = jnp.concatenate(steps, axis=1)
   assert int(cache.index[0]) == 20
   np.testing.assert_allclose(np.asarray(cached), np.asarray(full), atol=tol, rtol=0)
+
+
+def test_a_stacked_cache_update_writes_only_its_layer_in_place():
+  """KVCache.update(..., layer=i) on the [n_layers]-stacked cache == the per-layer update of
+  layer i, with every other layer bit-identical; and the decode step's compiled program
+  updates the carried stack in place: no copy of the stacked cache and no transposed layer cache
+  per step (`cached_attention` reads the [B, K, S, Dh] layout) on the samplers' path
+  (`unstack_layers`)."""
+  from paradigms.nn import KVCache
+  one = KVCache.zeros(2, 6, 2, 4, jnp.float32)  # [B, K, S, Dh]
+  stack = jax.tree.map(lambda a: jnp.broadcast_to(a, (3,) + a.shape), one)
+  stack = stack.replace(index=jnp.asarray([2, 2, 2], jnp.int32))
+  k, v = (jax.random.normal(jax.random.key(i), (2, 1, 2, 4)) for i in (0, 1))
+  ids = jnp.full((2, 1), 2, jnp.int32)
+  out = stack.update(k, v, ids, jnp.int32(1))
+  want = stack.layer(1).update(k, v, ids)
+  for name in ('k', 'v', 'ids', 'index'):
+    got = getattr(out, name)
+    np.testing.assert_array_equal(got[1], getattr(want, name))
+    for i in (0, 2):
+      np.testing.assert_array_equal(got[i], getattr(stack, name)[i])
+  model, params = _init(CFG)
+  cache = model.init_cache(2, 24)
+  step = jax.jit(lambda p, x, c: apply_layers(model, p, x, cache=c), donate_argnums=2)
+  hlo = step.lower(unstack_layers(params), jnp.zeros((2, 1), jnp.int32), cache).compile().as_text()
+  stacked = f'f32[{CFG.n_layers},2,{CFG.kv_heads},24,{CFG.head_size}]'
+  copies = [l for l in hlo.splitlines() if ' copy(' in l and (stacked in l.split('copy(')[0])]
+  assert not copies, copies
+  size = lambda l: np.prod([int(n) for n in re.search(r'\[([\d,]+)\]', l).group(1).split(',')])
+  moved = [l for l in hlo.splitlines()  # nor is a layer's cache (B K S Dh values) transposed
+           if ' transpose(' in l and size(l) == 2 * CFG.kv_heads * 24 * CFG.head_size]
+  assert not moved, moved
+
+
+@pytest.mark.parametrize('mask', ['causal', 'block_causal'])
+def test_unstacked_layers_equal_the_layer_scan(mask):
+  """The samplers' path (per-layer weights, `unstack_layers`, an unrolled loop of the same
+  Block) gives the scan's logits and cache, to float rounding (XLA orders some reductions
+  differently): full forward, prefill and decode steps."""
+  cfg = dataclasses.replace(CFG, mask=mask, qkv_bias=True)
+  model, params = _init(cfg, L=12)
+  x = jax.random.randint(jax.random.key(3), (2, 12), 0, cfg.vocab_size)
+  ids = {'ids': jnp.broadcast_to(jnp.arange(12) // 3, (2, 12))} if mask != 'causal' else {}
+  flat = unstack_layers(params)
+  assert 'layers' in params and len(flat['layers']) == cfg.n_layers
+  want, _ = model.apply({'params': params}, x, **ids)
+  got, _ = apply_layers(model, flat, x, **ids)
+  np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+  caches = [model.init_cache(2, 16), model.init_cache(2, 16)]
+  for lo, hi in ((0, 6), (6, 9), (9, 12)):
+    part = {k: v[:, lo:hi] for k, v in ids.items()}
+    a, caches[0] = model.apply({'params': params}, x[:, lo:hi], cache=caches[0], **part)
+    b, caches[1] = apply_layers(model, flat, x[:, lo:hi], cache=caches[1], **part)
+    np.testing.assert_allclose(b, a, atol=1e-5, rtol=0)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=0), *caches)
 
 
 def test_block_causal_mask_rule_and_cache():

@@ -121,7 +121,7 @@ def compile_decode_step(config, devices, batch: int, length: int):
   if config.paradigm == 'autoregressive':
     cache = jax.eval_shape(lambda: model.init_cache(batch, length))
     heads = 'tensor' if cfg.kv_heads % mesh.shape['tensor'] == 0 else None
-    kv = NamedSharding(mesh, P(None, rows[0] if rows else None, None, heads, None))
+    kv = NamedSharding(mesh, P(None, rows[0] if rows else None, heads, None, None))  # [NL, B, K, S, Dh]
     cache = jax.tree.map(lambda a: jax.ShapeDtypeStruct(
         a.shape, a.dtype, sharding=kv if a.ndim == 5 else NamedSharding(mesh, P())), cache)
     tokens = jax.ShapeDtypeStruct((batch, 1), jnp.int32, sharding=NamedSharding(mesh, rows))

@@ -33,24 +33,59 @@ MASK_FORMS = ('causal', 'block_causal', 'bidirectional')
 class KVCache:
   """Preallocated per-layer key/value cache. With the scanned backbone every field gains a
   leading [n_layers] axis."""
-  k: jax.Array  # [B, S, K, Dh]
-  v: jax.Array  # [B, S, K, Dh]
+  k: jax.Array  # [B, K, S, Dh]: heads before slots, so (B, K) are the batch axes of the
+  v: jax.Array  # [B, K, S, Dh]   attention matmuls (`cached_attention`)
   ids: jax.Array  # [B, S] int32 mask ids of the cached keys; EMPTY where unwritten
   index: jax.Array  # [] int32 number of slots written so far
 
   @classmethod
   def zeros(cls, batch: int, max_len: int, n_kv_heads: int, head_dim: int, dtype) -> 'KVCache':
-    kv = jnp.zeros((batch, max_len, n_kv_heads, head_dim), dtype)
+    kv = jnp.zeros((batch, n_kv_heads, max_len, head_dim), dtype)
     return cls(k=kv, v=kv, ids=jnp.full((batch, max_len), EMPTY, jnp.int32),
                index=jnp.zeros((), jnp.int32))
 
-  def update(self, k, v, ids) -> 'KVCache':
-    """Write k, v [B, L, K, Dh] and ids [B, L] at slot `index`; advance the index by L."""
-    at = (0, self.index, 0, 0)
-    return KVCache(k=jax.lax.dynamic_update_slice(self.k, k.astype(self.k.dtype), at),
-                   v=jax.lax.dynamic_update_slice(self.v, v.astype(self.v.dtype), at),
-                   ids=jax.lax.dynamic_update_slice(self.ids, ids.astype(jnp.int32), at[:2]),
-                   index=self.index + k.shape[1])
+  def update(self, k, v, ids, layer=None) -> 'KVCache':
+    """Write k, v [B, L, K, Dh] and ids [B, L] at slot `index`; advance the index by L.
+
+    With `layer` (an int32 scalar), the cache is the whole stack (a leading [n_layers] axis)
+    and only layer `layer`'s slots are written, in place: the layer scan carries the stack, so
+    a decode step writes B * L * K * Dh values per layer rather than copying every layer's
+    cache out of the scan."""
+    dt, ids, L = self.k.dtype, ids.astype(jnp.int32), k.shape[1]
+    k, v = (jnp.swapaxes(a, 1, 2).astype(dt) for a in (k, v))  # [B, K, L, Dh]
+    dus = jax.lax.dynamic_update_slice
+    if layer is None:
+      i = self.index
+      return KVCache(k=dus(self.k, k, (0, 0, i, 0)), v=dus(self.v, v, (0, 0, i, 0)),
+                     ids=dus(self.ids, ids, (0, i)), index=i + L)
+    i = self.index[layer]
+    return KVCache(k=dus(self.k, k[None], (layer, 0, 0, i, 0)),
+                   v=dus(self.v, v[None], (layer, 0, 0, i, 0)),
+                   ids=dus(self.ids, ids[None], (layer, 0, i)), index=self.index.at[layer].add(L))
+
+  def layer(self, i) -> 'KVCache':
+    """Layer `i`'s view [B, S, ...] of a stacked cache (for reading)."""
+    take = lambda a: jax.lax.dynamic_index_in_dim(a, i, 0, keepdims=False)
+    return KVCache(k=take(self.k), v=take(self.v), ids=take(self.ids), index=take(self.index))
+
+
+def cached_attention(q, k, v, mask):
+  """softmax(q k^T / sqrt(Dh), masked) v against a cache in its own layouts.
+
+  q: [B, L, H, Dh] (query head h reads KV head h // (H / K), as in GQA); k, v: [B, K, S, Dh];
+  mask: bool [B, 1 | H, L, S]. Scores and softmax in float32. Returns [B, L, H, Dh].
+  Written out rather than through `jax.nn.dot_product_attention`, whose [B, S, K, Dh] operand
+  layout made XLA transpose each layer's whole cache at every decode step (3.0x a cache-free
+  forward per step on the small preset's CPU decode, 2.4x after; benchmarks/decode_overhead.py)."""
+  B, L, H, Dh = q.shape
+  K = k.shape[1]
+  G = H // K
+  s = jnp.einsum('blkgd,bksd->bkgls', q.reshape(B, L, K, G, Dh), k,
+                 preferred_element_type=jnp.float32) * Dh ** -0.5  # [B, K, G, L, S]
+  mask = mask.reshape(B, K, G, L, -1) if mask.shape[1] == H else mask[:, :, None]
+  s = jnp.where(mask, s, jnp.finfo(jnp.float32).min)
+  p = jax.nn.softmax(s, axis=-1).astype(v.dtype)
+  return jnp.einsum('bkgls,bksd->blkgd', p, v).reshape(B, L, H, Dh)
 
 
 def mask_from_ids(form: str, q_ids, k_ids, window: int = 0):
@@ -70,7 +105,8 @@ def mask_from_ids(form: str, q_ids, k_ids, window: int = 0):
 class Attention(nn.Module):
   """Grouped-query attention (Ainslie et al. 2023) through `jax.nn.dot_product_attention`.
 
-  x: [B, L, D]; positions, ids: [B, L] int32. Returns ([B, L, D], cache or None).
+  x: [B, L, D]; positions, ids: [B, L] int32. Returns ([B, L, D], cache or None). With
+  `layer` (int32 scalar) the cache is the whole layer stack, updated in place at that layer.
   """
   n_heads: int
   n_kv_heads: int
@@ -88,7 +124,8 @@ class Attention(nn.Module):
   rope_scaling: RopeScaling = RopeScaling()
 
   @nn.compact
-  def __call__(self, x, positions, ids, cache: KVCache | None = None, attn_mask=None):
+  def __call__(self, x, positions, ids, cache: KVCache | None = None, attn_mask=None,
+               layer=None):
     if self.mask not in MASK_FORMS:
       raise ValueError(f'attention mask {self.mask!r} is not one of {MASK_FORMS}')
     if self.n_heads % self.n_kv_heads:
@@ -119,20 +156,24 @@ class Attention(nn.Module):
     k = nn.with_logical_constraint(k, ('batch', 'length', 'act_kv_heads', None))
     v = nn.with_logical_constraint(v, ('batch', 'length', 'act_kv_heads', None))
 
-    is_causal = False
     if cache is not None:
-      cache = cache.update(k, v, ids)
-      k, v = cache.k.astype(self.dtype), cache.v.astype(self.dtype)
-      mask = mask_from_ids(self.mask, ids, cache.ids, self.window)
-    elif self.mask == 'causal' and attn_mask is None and not self.window:
-      mask, is_causal = None, True  # index order == position order; lets cuDNN use flash attention
-    elif self.mask == 'bidirectional':
-      mask = None
+      cache = cache.update(k, v, ids, layer)
+      view = cache if layer is None else cache.layer(layer)
+      mask = mask_from_ids(self.mask, ids, view.ids, self.window)
+      if attn_mask is not None:
+        mask = mask & attn_mask
+      y = cached_attention(q, view.k.astype(self.dtype), view.v.astype(self.dtype), mask)
     else:
-      mask = mask_from_ids(self.mask, ids, ids, self.window)
-    if attn_mask is not None:
-      mask = attn_mask if mask is None else mask & attn_mask
-    y = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal,
-                                     implementation=self.implementation)  # [B, L, H, Dh]
+      is_causal = False
+      if self.mask == 'causal' and attn_mask is None and not self.window:
+        mask, is_causal = None, True  # index order == position order; lets cuDNN use flash attention
+      elif self.mask == 'bidirectional':
+        mask = None
+      else:
+        mask = mask_from_ids(self.mask, ids, ids, self.window)
+      if attn_mask is not None:
+        mask = attn_mask if mask is None else mask & attn_mask
+      y = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal,
+                                       implementation=self.implementation)  # [B, L, H, Dh]
     out = jnp.einsum('blhk,hkd->bld', y, c(wo))
     return out, cache

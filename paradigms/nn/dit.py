@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from paradigms.nn.layers import AdaLN, RMSNorm, modulate, normal_init, zeros_init
-from paradigms.nn.transformer import TransformerConfig, block_stack
+from paradigms.nn.transformer import TransformerConfig, block_stack, run_blocks
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,7 +188,7 @@ class DiT(nn.Module):
       h = jnp.concatenate([label_emb, h], axis=1)  # [B, S + N, D]
     h = nn.with_logical_constraint(h, ('batch', 'length', 'act_embed'))
     positions = jnp.broadcast_to(jnp.arange(cfg.num_tokens, dtype=jnp.int32), (B, cfg.num_tokens))
-    h, _ = block_stack(bb)(h, None, positions, positions, c, None)
+    h, _ = run_blocks(block_stack(bb), h, None, positions, positions, c, None)
     h = h[:, prefix:]  # the patch tokens [B, N, D]
 
     # Final layer: adaLN-modulated norm, zero-initialised linear, unpatchify.

@@ -140,13 +140,14 @@ class TransformerConfig:
 class Block(nn.Module):
   """One pre-norm Transformer block; the body of the layer scan.
 
-  x: [B, L, D]; cache: per-layer KVCache or None; positions, ids: [B, L]; cond: [B, C] or None.
-  Returns (x', cache').
+  carry = (x [B, L, D], cache: the whole stacked KVCache or None, layer: int32 index of this
+  block); positions, ids: [B, L]; cond: [B, C] or None. Returns ((x', cache', layer + 1), None).
   """
   cfg: TransformerConfig
 
   @nn.compact
-  def __call__(self, x, cache, positions, ids, cond, attn_mask):
+  def __call__(self, carry, positions, ids, cond, attn_mask):
+    x, cache, layer = carry
     cfg = self.cfg
     dt, pdt = cfg.compute_dtype, jnp.dtype(cfg.param_dtype)
     out_std = 0.02 / (2 * cfg.n_layers) ** 0.5  # GPT-2's scaled init of residual projections
@@ -159,7 +160,8 @@ class Block(nn.Module):
     a, cache = Attention(cfg.n_heads, cfg.kv_heads, cfg.head_size, cfg.mask, cfg.rope_base, out_std,
                          cfg.attention_impl or None, dt, pdt, qkv_bias=cfg.qkv_bias,
                          qk_norm=cfg.qk_norm, norm_eps=cfg.norm_eps, window=cfg.sliding_window,
-                         rope_scaling=cfg.rope, name='attn')(h, positions, ids, cache, attn_mask)
+                         rope_scaling=cfg.rope, name='attn')(h, positions, ids, cache, attn_mask,
+                                                             layer)
     drop = lambda y: y
     if cfg.dropout:  # residual dropout, only under a 'dropout' rng (so sampling is deterministic)
       drop = nn.Dropout(cfg.dropout, deterministic=not self.has_rng('dropout'))
@@ -167,21 +169,60 @@ class Block(nn.Module):
     h = modulate(RMSNorm(cfg.norm_eps, dt, pdt, name='mlp_norm')(x), b2, s2)
     x = x + g2 * drop(SwiGLU(cfg.ff_size, out_std, dt, pdt, name='mlp')(h))
     x = nn.with_logical_constraint(x, ('batch', 'length', 'act_embed'))
-    return x, cache
+    return (x, cache, layer + 1), None
 
 
 def block_stack(cfg: TransformerConfig, name: str = 'layers') -> nn.Module:
   """`cfg.n_layers` Blocks scanned over depth (one compiled block; params gain a leading
-  'layers' axis), rematerialised per `cfg.remat_policy`. Call it inside a compact method:
-  `x, cache = block_stack(cfg)(x [B, L, D], cache, positions, ids, cond, attn_mask)`.
-  Shared by every backbone (the token Transformer, DiT), so depth handling has one code path."""
+  'layers' axis), rematerialised per `cfg.remat_policy`. Build it in a compact method or
+  setup and run it with `run_blocks`. Shared by every backbone (the token Transformer, DiT,
+  VAR), so depth handling has one code path."""
   block = Block
   if cfg.remat_policy != 'none':
     block = nn.remat(Block, prevent_cse=False, policy=REMAT_POLICIES[cfg.remat_policy])
   stack = nn.scan(block, variable_axes={'params': 0}, split_rngs={'params': True, 'dropout': True},
-                  in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+                  in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
                   length=cfg.n_layers, metadata_params={nn.PARTITION_NAME: 'layers'})
   return stack(cfg, name=name)
+
+
+def run_blocks(stack: nn.Module, x, cache, positions, ids, cond, attn_mask):
+  """x [B, L, D] through a `block_stack`; cache: KVCache with a leading [n_layers] axis, or
+  None. Returns (x', cache'). The stacked cache rides in the scan's carry and each block
+  writes only its own layer's new slots (`KVCache.update(..., layer)`), so a decode step does
+  not copy the whole cache."""
+  (x, cache, _), _ = stack((x, cache, jnp.zeros((), jnp.int32)), positions, ids, cond, attn_mask)
+  return x, cache
+
+
+def unstack_layers(params) -> dict:
+  """`params` with the stacked 'layers' subtree ([n_layers, ...] leaves) split into a tuple of
+  per-layer trees, for `Transformer(..., layer_params=)`. Done once before a decode loop: in
+  the layer scan XLA copies each layer's slice of the stacked weights at every step, which at
+  batch 1 costs as much as the matmuls reading them (docs/speed.md)."""
+  stacked = params['layers']
+  n = jax.tree.leaves(stacked)[0].shape[0]
+  return {**params, 'layers': tuple(jax.tree.map(lambda a, i=i: a[i], stacked) for i in range(n))}
+
+
+def apply_layers(model: 'Transformer', params, tokens, **kwargs):
+  """`model.apply` on `params` in either form: stacked, or after `unstack_layers`."""
+  layers = params.get('layers')
+  if isinstance(layers, tuple):
+    rest = {k: v for k, v in params.items() if k != 'layers'}
+    return model.apply({'params': rest}, tokens, layer_params=layers, **kwargs)
+  return model.apply({'params': params}, tokens, **kwargs)
+
+
+def run_unstacked(cfg: TransformerConfig, layer_params: tuple, x, cache, positions, ids, cond,
+                  attn_mask):
+  """`run_blocks` over per-layer params (`unstack_layers`): the same Block, applied layer by
+  layer (unrolled), so each reads its own weight buffers. Inference only (no remat/dropout)."""
+  block = Block(cfg, parent=None)
+  for i, p in enumerate(layer_params):
+    (x, cache, _), _ = block.apply({'params': p}, (x, cache, jnp.int32(i)), positions, ids, cond,
+                                   attn_mask)
+  return x, cache
 
 
 class Transformer(nn.Module):
@@ -190,7 +231,8 @@ class Transformer(nn.Module):
   tokens: [B, L] int32; positions: [B, L] (default: cache.index + arange(L));
   ids: [B, L] mask ids (default: positions; give level/segment ids for 'block_causal');
   cache: KVCache with a leading [n_layers] axis, or None; cond: [B, cond_dim] or None;
-  attn_mask: optional extra boolean mask [B, 1|H, L, S].
+  attn_mask: optional extra boolean mask [B, 1|H, L, S]; layer_params: the blocks' weights as
+  a tuple of per-layer trees (`unstack_layers`; then apply's params omit 'layers').
   Returns (logits [B, L, V] float32, cache).
   """
   cfg: TransformerConfig
@@ -203,7 +245,7 @@ class Transformer(nn.Module):
 
   @nn.compact
   def __call__(self, tokens, *, positions=None, ids=None, cache: KVCache | None = None,
-               cond=None, attn_mask=None):
+               cond=None, attn_mask=None, layer_params: tuple | None = None):
     cfg = self.cfg
     dt, pdt = cfg.compute_dtype, jnp.dtype(cfg.param_dtype)
     if cfg.cond_dim and cond is None:
@@ -224,7 +266,10 @@ class Transformer(nn.Module):
                   name='embed')
     x = nn.with_logical_constraint(embed(tokens), ('batch', 'length', 'act_embed'))
 
-    x, cache = block_stack(cfg)(x, cache, positions, ids, cond, attn_mask)
+    if layer_params is None:
+      x, cache = run_blocks(block_stack(cfg), x, cache, positions, ids, cond, attn_mask)
+    else:  # per-layer weights given (unstack_layers): the params passed to apply lack 'layers'
+      x, cache = run_unstacked(cfg, layer_params, x, cache, positions, ids, cond, attn_mask)
     x = RMSNorm(cfg.norm_eps, dt, pdt, name='final_norm')(x)
     logits = embed.attend(x)
     return (shift_logits_right(logits) if cfg.shift_logits else logits), cache
