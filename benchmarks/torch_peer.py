@@ -11,7 +11,8 @@ dependency) and checked to have our parameter count exactly:
   image_diffusion DiT: patch linear + fixed 2-D sin-cos positions, timestep MLP, label table
                   (pooled into the adaLN condition and prepended as tokens), adaLN-Zero blocks,
                   final adaLN + linear; rectified-flow loss ||F - (eps - x)||^2, t ~ U(0, 1).
-Both sides: AdamW with the config's lr, betas, eps and weight decay, global-norm clipping, one
+Both sides: AdamW with the config's lr schedule (warmup + cosine, set per step on the torch
+side), betas, eps and weight decay, global-norm clipping, one
 fixed batch from the config's own data pipeline, the same number of threads (torch's default:
 one per core; XLA's CPU client uses every core). `--rounds` alternating rounds (ABBA) of
 `--steps / --rounds` steps each; the ratio of each round's rates is paired, and its median is
@@ -209,10 +210,16 @@ def torch_runner(config, cfg, batch):
                           lr=t.lr, betas=(t.b1, t.b2), eps=t.eps)
   batch = {k: torch.from_numpy(v.astype('int64') if v.dtype.kind == 'i' else v)
            for k, v in batch.items()}
+  from train.state import make_optimizer
+  schedule = make_optimizer(t)[1]  # ours: linear warmup, cosine decay
+  step = [0]
 
   def run(n):
     loss = None
     for _ in range(n):
+      for group in opt.param_groups:
+        group['lr'] = float(schedule(step[0]))
+      step[0] += 1
       opt.zero_grad(set_to_none=True)
       loss = model.loss(batch)
       loss.backward()

@@ -13,6 +13,10 @@ Prabhudesai et al. 2025's diffusion-beats-AR finding), both off by default:
   model.dropout          residual dropout inside the backbone (training only);
   loss.input_mask_rate   each input token is replaced by `mask_id` with this probability while
                          the targets stay whole: x_in = where(u < p, m, x), u ~ U(0, 1).
+
+Memory: `loss.xent_chunk` = c > 0 computes the NLL = log Z - z_y from the final hidden states
+c positions at a time (paradigms/nn/xent.py, rematerialised in the backward pass), so the
+[B, L, V] logits are never held at once; 0 (the default) takes the full logits.
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from paradigms.nn import xent
 from paradigms.nn.transformer import Transformer, TransformerConfig, apply_layers, unstack_layers
 
 Config = TransformerConfig
@@ -43,24 +48,30 @@ def init(model: Transformer, rng, batch) -> dict:
   return model.init(rng, batch['tokens'][:, :-1])
 
 
-def token_nll(model: Transformer, params, tokens, inputs=None, rng=None):
+def token_nll(model: Transformer, params, tokens, inputs=None, rng=None, xent_chunk: int = 0):
   """-log p(x_{i+1} | x_{<=i}) and log Z per predicted position. tokens: [B, L+1] -> 2 x [B, L].
 
   `inputs` [B, L] replaces tokens[:, :-1] as the network's input (input masking); `rng` turns
-  on dropout when the model has it (training)."""
+  on dropout when the model has it (training); `xent_chunk` > 0 takes the NLL from the hidden
+  states [B, L, D] that many positions at a time (`xent.chunked_nll`), 0 from the full logits."""
+  if isinstance(xent_chunk, bool) or not isinstance(xent_chunk, int) or xent_chunk < 0:
+    raise ValueError(f'loss.xent_chunk={xent_chunk!r} must be an int >= 0 (positions per '
+                     'cross-entropy chunk; 0 = off, the full logits)')
   inputs = tokens[:, :-1] if inputs is None else inputs
   rngs = {'dropout': rng} if rng is not None and model.cfg.dropout else {}
+  if xent_chunk:
+    h, _ = model.apply({'params': params}, inputs, rngs=rngs, features=True)  # [B, L, D]
+    return xent.chunked_nll(xent.output_head(model.cfg), params['embed'], h, tokens[:, 1:],
+                            xent_chunk)
   logits, _ = model.apply({'params': params}, inputs, rngs=rngs)  # [B, L, V] float32
-  log_z = jax.nn.logsumexp(logits, axis=-1)  # [B, L]
-  target_logit = jnp.take_along_axis(logits, tokens[:, 1:, None], axis=-1)[..., 0]  # [B, L]
-  return log_z - target_logit, log_z
+  return xent.nll_from_logits(logits, tokens[:, 1:])
 
 
 def loss(params, batch, rng, *, model: Transformer, z_loss: float = 0.0,
-         input_mask_rate: float = 0.0, mask_id: int = 257):
+         input_mask_rate: float = 0.0, mask_id: int = 257, xent_chunk: int = 0):
   """Mean next-token NLL (+ z-loss). Returns (scalar, metrics). `rng` draws the input mask
   and the dropout (module doc; None is allowed when both are off); mask_id 257 is the byte
-  tokenizer's MASK."""
+  tokenizer's MASK; xent_chunk > 0 chunks the cross-entropy (module doc)."""
   if not 0 <= input_mask_rate < 1:
     raise ValueError(f'loss.input_mask_rate={input_mask_rate} must be in [0, 1)')
   if input_mask_rate and not 0 <= mask_id < model.cfg.vocab_size:
@@ -73,20 +84,20 @@ def loss(params, batch, rng, *, model: Transformer, z_loss: float = 0.0,
   if input_mask_rate:
     hide = jax.random.bernoulli(r_mask, input_mask_rate, inputs.shape)  # [B, L]
     inputs = jnp.where(hide, mask_id, inputs)
-  nll, log_z = token_nll(model, params, tokens, inputs, r_drop)
+  nll, log_z = token_nll(model, params, tokens, inputs, r_drop, xent_chunk)
   ce = nll.mean()
   total = ce + z_loss * jnp.mean(log_z ** 2)
   return total, {'nll': ce, 'bits_per_token': ce / jnp.log(2.0), 'log_z_sq': jnp.mean(log_z ** 2)}
 
 
 def evaluate(params, batch, rng, *, model: Transformer, z_loss: float = 0.0,
-             input_mask_rate: float = 0.0, mask_id: int = 257) -> dict:
+             input_mask_rate: float = 0.0, mask_id: int = 257, xent_chunk: int = 0) -> dict:
   """Sums for held-out bits per token: {'nats': sum NLL, 'tokens': count}. Exact, no sampling,
   no dropout and no input masking.
 
   Takes the same keyword options as `loss` (the trainer passes `config.loss` to both)."""
   del rng, z_loss, input_mask_rate, mask_id
-  nll, _ = token_nll(model, params, batch['tokens'])
+  nll, _ = token_nll(model, params, batch['tokens'], xent_chunk=xent_chunk)
   return {'nats': nll.sum(), 'tokens': jnp.asarray(nll.size, jnp.float32)}
 
 
@@ -95,13 +106,13 @@ class LogitsFn:
   """The token sampler seam: `(params, tokens [B, T], cache) -> (logits [B, T, V], cache)`.
 
   Hashable by value (it holds only the module), so jitted samplers compile once per model.
-  `prepare(params)` (run once by a sampler before its loop) splits the layer stack
-  (`unstack_layers`); the call takes either form.
+  `prepare(params, cache)` (run once by a sampler before its loop) splits the layer stack of
+  the weights (`unstack_layers`); the call takes either form.
   """
   model: Transformer
 
-  def prepare(self, params):
-    return unstack_layers(params)
+  def prepare(self, params, cache):
+    return unstack_layers(params), cache
 
   def __call__(self, params, tokens, cache):
     return apply_layers(self.model, params, tokens, cache=cache)

@@ -7,8 +7,8 @@ sequence that emits EOS is frozen (its later tokens are EOS) while the others go
 exits early once every sequence is done.
 
 Seam: `logits_fn(params, tokens [B, T], cache) -> (logits [B, T, V], cache)`; a logits_fn may
-also offer `prepare(params) -> params'`, run once before the loop (the token Transformer's
-splits its layer stack so no step copies weights). With
+also offer `prepare(params, cache) -> (params', cache')`, run once before the loop (the token
+Transformer's splits its layer stack, so no step copies a layer's weights). With
 `use_cache=False` the sampler recomputes the full forward pass over the whole buffer at every
 step (cache=None) — the same loop, used by benchmarks to measure what the cache buys.
 """
@@ -59,7 +59,7 @@ def generate(logits_fn: Callable, params, prompt, rng, cache=None, *, max_new_to
     raise ValueError(f'max_new_tokens must be >= 1, got {N}')
   prompt = prompt.astype(jnp.int32)
   if hasattr(logits_fn, 'prepare'):
-    params = logits_fn.prepare(params)
+    params, cache = logits_fn.prepare(params, cache)
   buf = jnp.concatenate([prompt, jnp.zeros((B, N), jnp.int32)], axis=1)  # [B, P + N]
   if use_cache:
     if cache is None:
@@ -74,8 +74,12 @@ def generate(logits_fn: Callable, params, prompt, rng, cache=None, *, max_new_to
 
   def emit(s: DecodeState) -> DecodeState:
     """Sample the token at position t from next_logits and write it."""
-    rng, step_rng = jax.random.split(s.rng)
-    x = sample_categorical(step_rng, s.next_logits, temperature, top_k, top_p, greedy)  # [B]
+    rng = s.rng
+    if greedy:  # no draw: the key is not split (a threefry hash per step costs ~10 us on a CPU)
+      x = jnp.argmax(s.next_logits, axis=-1).astype(jnp.int32)  # [B]
+    else:
+      rng, step_rng = jax.random.split(s.rng)
+      x = sample_categorical(step_rng, s.next_logits, temperature, top_k, top_p)  # [B]
     done = s.done
     if eos_id is not None:
       x = jnp.where(done, eos_id, x)

@@ -147,6 +147,8 @@ def report(config, topology: str, mode: str = 'train', decode_batch: int = 1,
   from train import config as config_lib
   devices = topology_devices(topology)
   kind = devices[0].device_kind
+  if 'scan_unroll' in config.model and not config.model.scan_unroll:
+    config.model.scan_unroll = 1  # a TPU program: the CPU host's automatic unroll does not apply
   chips = math.prod(int(v) for v in topology.split(':')[1].split('x'))
   hbm = HBM_PER_CHIP_GIB.get(kind)
   hbm_dev = hbm * chips / len(devices) if hbm else None

@@ -51,7 +51,9 @@ def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.paradigm = 'autoregressive'
   c.model = ml_collections.ConfigDict(dataclasses.asdict(TransformerConfig()))
-  c.loss = ml_collections.ConfigDict({'z_loss': 0.0})
+  # the autoregressive loss's options (other paradigms replace the section with their own);
+  # xent_chunk > 0: cross-entropy in chunks of that many positions, no full logits (memory)
+  c.loss = ml_collections.ConfigDict({'z_loss': 0.0, 'xent_chunk': 0})
 
   c.data = ml_collections.ConfigDict()
   c.data.source = 'cpython'  # 'cpython' | 'text' | 'tokens'

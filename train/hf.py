@@ -18,6 +18,7 @@ import os
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 
 import paradigms
 from interop.hf import FAMILIES, export_family, from_hf_config, to_hf_config
@@ -44,8 +45,9 @@ def hf_config(folder: str, max_len: int = 4096):
   c.paradigm = imp.family.paradigm
   c.model.update(dataclasses.asdict(TransformerConfig(**imp.model)))
   if imp.family.paradigm == 'masked_diffusion':
-    c.loss.update(mask_id=int(imp.mask_id), schedule='linear', block_size=0,
-                  time_conditioning=False)
+    from paradigms.masked_diffusion import Options  # the section is the paradigm's own
+    c.loss = ml_collections.ConfigDict(dataclasses.asdict(Options(
+        mask_id=int(imp.mask_id), schedule='linear', block_size=0, time_conditioning=False)))
   if os.path.exists(os.path.join(folder, 'tokenizer.json')):
     c.data.text_tokenizer = HF_PREFIX + os.path.abspath(folder)
   c.data.seq_len = imp.model['max_len']

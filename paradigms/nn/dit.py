@@ -50,6 +50,7 @@ class DiTConfig:
   dtype: str = 'float32'
   param_dtype: str = 'float32'
   remat_policy: str = 'none'
+  scan_unroll: int = 0  # TransformerConfig.scan_unroll (0 = automatic)
   attention_impl: str = 'xla'
 
   def __post_init__(self):
@@ -87,7 +88,7 @@ class DiTConfig:
         vocab_size=1, d_model=self.d_model, n_layers=self.n_layers, n_heads=self.n_heads,
         d_ff=self.d_ff, max_len=self.num_tokens, mask='bidirectional', rope_base=0.0,
         norm_eps=self.norm_eps, cond_dim=self.d_model, dtype=self.dtype,
-        param_dtype=self.param_dtype, remat_policy=self.remat_policy,
+        param_dtype=self.param_dtype, remat_policy=self.remat_policy, scan_unroll=self.scan_unroll,
         attention_impl=self.attention_impl)
 
   def num_params(self) -> int:

@@ -47,6 +47,9 @@ class TransformerConfig:
   dtype: str = 'float32'  # compute dtype: 'float32' | 'bfloat16'
   param_dtype: str = 'float32'
   remat_policy: str = 'none'  # a key of REMAT_POLICIES
+  scan_unroll: int = 0  # layers per iteration of the layer scan; 0 = automatic: all of them on a
+  #                       CPU backend (no loop: XLA:CPU zero-fills and copies the scan's stacked
+  #                       residuals, ~10% of a small-preset step), 1 elsewhere
   attention_impl: str = 'xla'  # 'xla' | 'cudnn' | '' (JAX chooses)
   dropout: float = 0.0  # residual dropout (GPT-2) on each block's attention and MLP outputs;
   #                       active only when the caller passes a 'dropout' rng (training)
@@ -82,6 +85,8 @@ class TransformerConfig:
     if self.sliding_window < 0 or (self.sliding_window and self.mask != 'causal'):
       raise ValueError(f'model.sliding_window={self.sliding_window} needs model.mask=\'causal\' '
                        'and a value >= 0 (0 = full attention)')
+    if self.scan_unroll < 0:
+      raise ValueError(f'model.scan_unroll={self.scan_unroll} must be >= 0 (0 = automatic)')
     if self.vocab_multiple < 1:
       raise ValueError(f'model.vocab_multiple={self.vocab_multiple} must be >= 1 (1 = no padding)')
     for name in ('dtype', 'param_dtype'):
@@ -180,9 +185,11 @@ def block_stack(cfg: TransformerConfig, name: str = 'layers') -> nn.Module:
   block = Block
   if cfg.remat_policy != 'none':
     block = nn.remat(Block, prevent_cse=False, policy=REMAT_POLICIES[cfg.remat_policy])
+  unroll = cfg.scan_unroll or (cfg.n_layers if jax.default_backend() == 'cpu' else 1)
   stack = nn.scan(block, variable_axes={'params': 0}, split_rngs={'params': True, 'dropout': True},
                   in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
-                  length=cfg.n_layers, metadata_params={nn.PARTITION_NAME: 'layers'})
+                  length=cfg.n_layers, metadata_params={nn.PARTITION_NAME: 'layers'},
+                  unroll=min(unroll, cfg.n_layers))
   return stack(cfg, name=name)
 
 
@@ -217,7 +224,8 @@ def apply_layers(model: 'Transformer', params, tokens, **kwargs):
 def run_unstacked(cfg: TransformerConfig, layer_params: tuple, x, cache, positions, ids, cond,
                   attn_mask):
   """`run_blocks` over per-layer params (`unstack_layers`): the same Block, applied layer by
-  layer (unrolled), so each reads its own weight buffers. Inference only (no remat/dropout)."""
+  layer (unrolled), so each reads its own weight buffers; the stacked cache is written in
+  place at each layer. Inference only (no remat/dropout)."""
   block = Block(cfg, parent=None)
   for i, p in enumerate(layer_params):
     (x, cache, _), _ = block.apply({'params': p}, (x, cache, jnp.int32(i)), positions, ids, cond,
@@ -233,7 +241,8 @@ class Transformer(nn.Module):
   cache: KVCache with a leading [n_layers] axis, or None; cond: [B, cond_dim] or None;
   attn_mask: optional extra boolean mask [B, 1|H, L, S]; layer_params: the blocks' weights as
   a tuple of per-layer trees (`unstack_layers`; then apply's params omit 'layers').
-  Returns (logits [B, L, V] float32, cache).
+  Returns (logits [B, L, V] float32, cache); with features=True (chunked losses, paradigms/nn/
+  xent.py) (h [B, L, D], cache), the final-norm states the logits are `embed.attend(h)` of.
   """
   cfg: TransformerConfig
 
@@ -245,7 +254,8 @@ class Transformer(nn.Module):
 
   @nn.compact
   def __call__(self, tokens, *, positions=None, ids=None, cache: KVCache | None = None,
-               cond=None, attn_mask=None, layer_params: tuple | None = None):
+               cond=None, attn_mask=None, layer_params: tuple | None = None,
+               features: bool = False):
     cfg = self.cfg
     dt, pdt = cfg.compute_dtype, jnp.dtype(cfg.param_dtype)
     if cfg.cond_dim and cond is None:
@@ -271,6 +281,8 @@ class Transformer(nn.Module):
     else:  # per-layer weights given (unstack_layers): the params passed to apply lack 'layers'
       x, cache = run_unstacked(cfg, layer_params, x, cache, positions, ids, cond, attn_mask)
     x = RMSNorm(cfg.norm_eps, dt, pdt, name='final_norm')(x)
+    if features:  # attend is row-wise, so shifting h shifts the logits
+      return (shift_logits_right(x) if cfg.shift_logits else x), cache
     logits = embed.attend(x)
     return (shift_logits_right(logits) if cfg.shift_logits else logits), cache
 
