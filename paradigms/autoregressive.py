@@ -103,16 +103,21 @@ def evaluate(params, batch, rng, *, model: Transformer, z_loss: float = 0.0,
 
 @dataclasses.dataclass(frozen=True)
 class LogitsFn:
-  """The token sampler seam: `(params, tokens [B, T], cache) -> (logits [B, T, V], cache)`.
+  """The token sampler seam: `(params, tokens [B, T], cache, positions=None, ids=None) ->
+  (logits [B, T, V], cache)`.
 
   Hashable by value (it holds only the module), so jitted samplers compile once per model.
   `prepare(params, cache)` (run once by a sampler before its loop) splits the layer stack of
-  the weights (`unstack_layers`); the call takes either form.
+  the weights (`unstack_layers`); the call takes either form. `positions`/`ids` [B, T] default
+  to cache.index + arange(T); samplers give them for left-padded rows (pad slots: ids EMPTY,
+  masked out of attention; without a cache give also `attn_mask` [B, 1, T, T], since the
+  cache-free causal path otherwise takes index order and ignores ids).
   """
   model: Transformer
 
   def prepare(self, params, cache):
     return unstack_layers(params), cache
 
-  def __call__(self, params, tokens, cache):
-    return apply_layers(self.model, params, tokens, cache=cache)
+  def __call__(self, params, tokens, cache, positions=None, ids=None, attn_mask=None):
+    return apply_layers(self.model, params, tokens, cache=cache, positions=positions, ids=ids,
+                        attn_mask=attn_mask)
