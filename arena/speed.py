@@ -27,7 +27,7 @@ from __future__ import annotations
 import os
 
 from arena import report
-from arena.budgets import JUDGE, TEXT
+from arena.budgets import DRAFT, JUDGE, TEXT
 from arena.runs import text_config
 from arena import text_samplers as ts
 
@@ -50,12 +50,18 @@ SPEED = {
 }
 
 
-def contestants(ctx) -> dict:
-  """The shared text runs: the judge, AR, MDLM and BD3 (B = 4), trained once per budget."""
-  return {'judge': ctx.run('judge', text_config('ar', JUDGE[ctx.budget])),
+def contestants(ctx, samplers=()) -> dict:
+  """The shared text runs: the judge, AR, MDLM and BD3 (B = 4), trained once per budget; with
+  speculative rows also the two drafters (budgets.DRAFT: an AR model and a BD3 model, B = 4)."""
+  runs = {'judge': ctx.run('judge', text_config('ar', JUDGE[ctx.budget])),
           'ar': ctx.run('ar', text_config('ar', TEXT[ctx.budget])),
           'mdlm': ctx.run('mdlm', text_config('mdlm', TEXT[ctx.budget])),
           'bd3': ctx.run('bd3_b4', text_config('bd3', TEXT[ctx.budget], block_size=BD3_BLOCK))}
+  if 'speculative' in samplers:
+    runs['ar_draft'] = ctx.run('ar_draft', text_config('ar', DRAFT[ctx.budget]))
+    runs['bd3_draft'] = ctx.run('bd3_draft', text_config('bd3', DRAFT[ctx.budget],
+                                                          block_size=BD3_BLOCK))
+  return runs
 
 
 def reference(judge, corpus_eval, prompt_ids, *, new_tokens: int, count: int, seed: int) -> dict:
@@ -135,7 +141,7 @@ def run(ctx) -> report.Section:
   import numpy as np
   from pipelines.text import ByteTokenizer, load_corpus
   knobs = SPEED[ctx.budget]
-  runs = contestants(ctx)
+  runs = contestants(ctx, knobs['samplers'])
   N, batches = knobs['new_tokens'], knobs['batches']
   prompt_ids = ByteTokenizer().encode(PROMPT).astype(np.int32)
   seq_len = runs['mdlm'].config.data.seq_len

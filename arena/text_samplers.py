@@ -10,7 +10,11 @@ temperature 1 with no top-k / top-p and no EOS:
   confidence_threshold  Fast-dLLM (Wu et al. 2025), tau 0.9: it picks its own step count (at
                         most N), so it runs once, not once per S;
   semi_autoregressive   LLaDA semi-AR, blocks of min(32, N), top-k inside each block;
-  block_diffusion       BD3-LM (Arriola et al. 2025) block by block with a KV cache.
+  block_diffusion       BD3-LM (Arriola et al. 2025) block by block with a KV cache;
+  speculative           the AR model as the target of speculative sampling
+                        (`sample.speculative`), drafted by a smaller AR model (`ar_draft`) or by
+                        a small BD3 model (`bd3_draft`, one denoising call per block), gamma in
+                        SPEC_GAMMAS; exact samples of the AR model, so only speed differs.
 S is the total denoising-step budget of a sequence, so every diffusion row at one S spends about
 S network calls: the block samplers get steps_per_block = clip(S // n_blocks, 1, block length).
 A setting that repeats an earlier one after this clipping is skipped. BD3 prompts are
@@ -39,7 +43,8 @@ import time
 from typing import Callable, Sequence
 
 SAMPLERS = ('ar', 'ancestral', 'remdm', 'confidence_topk', 'confidence_threshold',
-            'semi_autoregressive', 'block_diffusion')
+            'semi_autoregressive', 'block_diffusion', 'speculative')
+SPEC_GAMMAS = (2, 4)  # draft lengths of the speculative rows
 SEMI_AR_BLOCK = 32  # LLaDA semi-AR block length (capped at N)
 TAU = 0.9  # Fast-dLLM confidence threshold
 ETA = 0.5  # ReMDM remasking strength
@@ -79,6 +84,9 @@ def settings(new_tokens: int, steps: Sequence[int], bd3_block: int, *,
     rows.append(dict(sampler=sampler, model=model, steps=S, settings=kw))
 
   add('ar', 'ar', None)
+  for drafter in ('ar_draft', 'bd3_draft'):
+    for g in SPEC_GAMMAS:
+      add('speculative', 'ar', None, drafter=drafter, gamma=g)
   semi_block = min(SEMI_AR_BLOCK, N)
   semi_blocks = -(-N // semi_block)
   bd3_blocks = N // bd3_block
@@ -105,13 +113,16 @@ def label(row: dict) -> str:
     return f'confidence_threshold tau={kw["tau"]}'
   if row['sampler'] == 'ar':
     return 'ar (KV cache)'
+  if row['sampler'] == 'speculative':
+    return f'speculative {kw["drafter"]} gamma={kw["gamma"]}'
   return f'{row["sampler"]} S={row["steps"]}'
 
 
 def make_run(row: dict, models: dict, prompt_ids, B: int, N: int):
   """fn(rng) -> (output, first new-token column) for one row at batch B.
 
-  models: {'ar' | 'mdlm' | 'bd3': (config, model, params)}; prompt_ids: [P] int."""
+  models: {'ar' | 'mdlm' | 'bd3' | 'ar_draft' | 'bd3_draft': (config, model, params)};
+  prompt_ids: [P] int."""
   import jax.numpy as jnp
   import numpy as np
   from paradigms import autoregressive as ar
@@ -125,6 +136,19 @@ def make_run(row: dict, models: dict, prompt_ids, B: int, N: int):
   if row['sampler'] == 'ar':
     fn, cache = ar.LogitsFn(model), model.init_cache(B, P + N)
     return lambda rng: (generate(fn, params, prompt, rng, cache, max_new_tokens=N), P)
+  if row['sampler'] == 'speculative':
+    from sample import speculative as sp
+    dconfig, dmodel, dparams = models[kw['drafter']]
+    if kw['drafter'] == 'bd3_draft':
+      drafter = sp.BlockDrafter(md.LogitsFn(dmodel, dconfig.loss.mask_id), dconfig.loss.mask_id,
+                                dconfig.loss.block_size, 1)
+    else:
+      drafter = sp.ARDrafter(ar.LogitsFn(dmodel))
+    size = P + N + kw['gamma'] + 1
+    caches = model.init_cache(B, size), dmodel.init_cache(B, size)
+    return lambda rng: (sp.speculative_generate(
+        ar.LogitsFn(model), params, drafter, dparams, prompt, rng, *caches, gamma=kw['gamma'],
+        max_new_tokens=N), P)
   mask_id = config.loss.mask_id
   fn = md.LogitsFn(model, mask_id, config.loss.time_conditioning)
   if row['sampler'] == 'block_diffusion':

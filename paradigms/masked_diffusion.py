@@ -258,7 +258,9 @@ class LogitsFn:
   """Sampler seam: (params, tokens [B, T], cache) -> (SUBS logits [B, T, V], cache).
 
   `ids` (block index per position) switch the network to the block-causal mask used to decode
-  BD3 models block by block against a KV cache of finished blocks.
+  BD3 models block by block against a KV cache of finished blocks. `attn_mask` [B, 1|H, T, S]
+  bool is AND-ed on top of the mask (the approximate caches of `sample.dllm_cache` hide stale
+  cache slots with it).
   """
   model: Transformer
   mask_id: int = 257
@@ -272,11 +274,11 @@ class LogitsFn:
           'the samplers are time-agnostic (RADD): they call the network without t, which is exact '
           'only for models trained with loss.time_conditioning=False')
 
-  def __call__(self, params, tokens, cache, positions=None, ids=None):
+  def __call__(self, params, tokens, cache, positions=None, ids=None, attn_mask=None):
     model = self.model
     if ids is not None:
       model = Transformer(dataclasses.replace(model.cfg, mask='block_causal'))
     cond = jnp.zeros((tokens.shape[0], model.cfg.cond_dim)) if model.cfg.cond_dim else None
     logits, cache = model.apply({'params': params}, tokens, positions=positions, ids=ids,
-                                cache=cache, cond=cond)
+                                cache=cache, cond=cond, attn_mask=attn_mask)
     return logits.at[..., self.mask_id].set(MASK_LOGIT), cache

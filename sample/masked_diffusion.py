@@ -20,7 +20,8 @@ the effective temperature; Zheng et al. 2024). temperature=0 means greedy (argma
 | `remdm` | ReMDM-cap (Wang et al. 2025): ancestral + remasking of decoded tokens | steps |
 | `confidence_topk` | MaskGIT / LLaDA low-confidence remasking, k_i per step | <= steps |
 | `confidence_threshold` | Fast-dLLM parallel decoding: every confidence >= tau | steps run |
-| `semi_autoregressive` | LLaDA semi-AR blocks (top-k or threshold inside each) | sum of blocks |
+| `parallel_decode` | any commit rule of `sample.parallel_decoding` (top-k, threshold, Fast-dLLM factor, EB-sampler) over the whole region | steps run |
+| `semi_autoregressive` | LLaDA semi-AR blocks, any of those rules inside each block | sum of blocks |
 | `block_diffusion` | BD3-LM block-by-block with a KV cache of finished blocks | 1 + N (S + 1) |
 """
 from __future__ import annotations
@@ -33,6 +34,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from paradigms import masked_diffusion as md
+from sample import parallel_decoding as pd
 from sample.categorical import sample_categorical
 
 
@@ -101,19 +103,21 @@ def _times(k, steps: int, schedule: str):
   return a_t, a_s, i == 1
 
 
-def _propose(logits_fn, params, x, rng, off, W: int, temperature, top_k, top_p):
-  """x_hat ~ p_theta and its confidence at every position the network sees.
+def _propose(logits_fn, params, x, rng, off, W: int, temperature, top_k, top_p,
+             score: str = 'max'):
+  """x_hat ~ p_theta and its score at every position the network sees.
 
-  The network sees the window x[:, off:off + W] (W = L: everything). Confidence is the model's
-  own probability of the proposal, softmax(logits)[x_hat] (LLaDA / Fast-dLLM use the untempered
-  softmax). Positions outside the window get confidence -inf. Returns ([B, L] int32, [B, L]).
+  The network sees the window x[:, off:off + W] (W = L: everything). The score is
+  `pd.score(logits, x_hat, score)`, from the untempered softmax: 'max' (default) the
+  confidence max_v p(v); 'sampled' the probability of the proposal, p(x_hat) (LLaDA /
+  Fast-dLLM code at temperature > 0); 'entropy' -H (EB-sampler). Outside the window: -inf.
+  Returns ([B, L] int32, [B, L]).
   """
   B, L = x.shape
   view = jax.lax.dynamic_slice_in_dim(x, off, W, axis=1)  # [B, W]
   logits = logits_fn(params, view, None)[0].astype(jnp.float32)  # [B, W, V]
   x_hat = _draw(rng, logits, temperature, top_k, top_p)  # [B, W]
-  picked = jnp.take_along_axis(logits, x_hat[..., None], axis=-1)[..., 0]
-  c = jnp.exp(picked - jax.nn.logsumexp(logits, axis=-1))  # [B, W]
+  c = pd.score(logits, x_hat, score)  # [B, W]
   if W < L:
     x_hat = jax.lax.dynamic_update_slice(jnp.zeros((B, L), jnp.int32), x_hat, (0, off))
     c = jax.lax.dynamic_update_slice(jnp.full((B, L), -jnp.inf, c.dtype), c, (0, off))
@@ -121,60 +125,20 @@ def _propose(logits_fn, params, x, rng, off, W: int, temperature, top_k, top_p):
 
 
 def _topk_loop(propose, x, rng, region, steps: int, mask_id: int):
-  """LLaDA low-confidence remasking over the masked positions inside `region` [B, L] bool.
-
-  With M masked positions in a row, step i commits the k_i most confident proposals, where
-  k_i = M // steps + (i < M % steps) (LLaDA's get_num_transfer_tokens): after `steps` steps
-  no mask is left in the region. A step where every row has k_i = 0 is skipped (no NFE).
-  Returns (x [B, L], nfe [], history [steps, B]).
-  """
-  M = jnp.sum((x == mask_id) & region, axis=1)  # [B]
-
-  def step(s: MaskState, i):
-    k = M // steps + (i < M % steps)  # [B]
-
-    def run(s: MaskState) -> MaskState:
-      x_hat, c = propose(jax.random.fold_in(rng, i), s.x)  # [B, L] each
-      eligible = (s.x == mask_id) & region
-      c = jnp.where(eligible, c, -jnp.inf)
-      rank = jnp.argsort(jnp.argsort(-c, axis=1), axis=1)  # 0 = most confident (stable ties)
-      commit = eligible & (rank < k[:, None])
-      return s.replace(x=jnp.where(commit, x_hat, s.x), nfe=s.nfe + 1)
-
-    s = jax.lax.cond(jnp.any(k > 0), run, lambda s: s, s)
-    return s, _masks_left(s.x, mask_id)
-
-  s, history = jax.lax.scan(step, MaskState(x=x, nfe=jnp.zeros((), jnp.int32)), jnp.arange(steps))
-  return s.x, s.nfe, history
+  """LLaDA low-confidence remasking over the masked positions inside `region` [B, L] bool:
+  `pd.decode_loop` with `pd.TopK(steps)`. With M masked positions in a row, step i commits the
+  k_i = M // steps + (i < M % steps) most confident proposals (LLaDA's
+  get_num_transfer_tokens); the loop stops once the region is full (no NFE for empty steps).
+  Returns (x [B, L], nfe [], history [steps, B])."""
+  return pd.decode_loop(propose, x, rng, region, pd.TopK(steps), steps, mask_id)
 
 
 def _threshold_loop(propose, x, rng, region, max_steps: int, tau: float, mask_id: int):
-  """Fast-dLLM parallel decoding over the masked positions inside `region` [B, L] bool.
-
-  Each step commits every proposal with confidence >= tau, and always the most confident one of
-  each row that still has masks, so it ends after at most max(M) steps; at step `max_steps`
-  whatever is left is committed. Returns (x [B, L], nfe [], history [max_steps, B]).
-  """
-  B, L = x.shape
-
-  def cond(c):
-    s, i, _ = c
-    return (i < max_steps) & jnp.any((s.x == mask_id) & region)
-
-  def body(c):
-    s, i, history = c
-    x_hat, conf = propose(jax.random.fold_in(rng, i), s.x)  # [B, L] each
-    eligible = (s.x == mask_id) & region
-    conf = jnp.where(eligible, conf, -jnp.inf)
-    best = jax.nn.one_hot(jnp.argmax(conf, axis=1), L, dtype=bool)  # [B, L]
-    commit = eligible & ((conf >= tau) | best | (i == max_steps - 1))
-    x = jnp.where(commit, x_hat, s.x)
-    return s.replace(x=x, nfe=s.nfe + 1), i + 1, history.at[i].set(_masks_left(x, mask_id))
-
-  init = (MaskState(x=x, nfe=jnp.zeros((), jnp.int32)), jnp.zeros((), jnp.int32),
-          jnp.zeros((max_steps, B), jnp.int32))
-  s, _, history = jax.lax.while_loop(cond, body, init)
-  return s.x, s.nfe, history
+  """Fast-dLLM parallel decoding over the masked positions inside `region` [B, L] bool:
+  `pd.decode_loop` with `pd.Threshold(tau)`. Each step commits every proposal with confidence
+  >= tau, and always the most confident one, so it ends after at most max(M) steps; at step
+  `max_steps` whatever is left is committed. Returns (x [B, L], nfe [], history [max_steps, B])."""
+  return pd.decode_loop(propose, x, rng, region, pd.Threshold(tau), max_steps, mask_id)
 
 
 # --- Samplers ----------------------------------------------------------------------------------
@@ -267,65 +231,106 @@ def remdm(logits_fn: Callable, params, x, rng, *, mask_id: int, steps: int, eta:
   return DiffusionOutput(tokens=x, nfe=jnp.asarray(steps, jnp.int32), history=history)
 
 
-@functools.partial(jax.jit, static_argnames=_COMMON + ('steps',))
+def _decode_whole(logits_fn, params, x, rng, rule, max_steps, mask_id, temperature, top_k, top_p):
+  """`pd.decode_loop` over every masked position of x [B, L], the network seeing all of x."""
+  x = x.astype(jnp.int32)
+  L = x.shape[1]
+  propose = lambda rng, x: _propose(logits_fn, params, x, rng, 0, L, temperature, top_k, top_p,
+                                    rule.score)
+  x, nfe, history = pd.decode_loop(propose, x, rng, jnp.ones(x.shape, bool), rule,
+                                   min(max_steps, rule.max_steps(L)), mask_id)
+  return DiffusionOutput(tokens=x, nfe=nfe, history=history)
+
+
+@functools.partial(jax.jit, static_argnames=_COMMON + ('steps', 'confidence'))
 def confidence_topk(logits_fn: Callable, params, x, rng, *, mask_id: int, steps: int,
-                    temperature: float = 1.0, top_k: int = 0,
+                    confidence: str = 'max', temperature: float = 1.0, top_k: int = 0,
                     top_p: float = 1.0) -> DiffusionOutput:
   """MaskGIT (Chang et al. 2022) / LLaDA (Nie et al. 2025) low-confidence remasking.
 
   Each step proposes x_hat ~ p_theta (argmax when temperature == 0) at every masked position,
-  with confidence c = softmax(logits)[x_hat], and commits the k_i most confident, where a row's
-  M masked positions are spread as evenly as possible: k_i = M // steps + (i < M % steps)
-  (LLaDA's get_num_transfer_tokens; M is per row, so infill patterns may differ). After
-  `steps` steps no mask is left; with steps > M the surplus steps commit nothing and cost no
-  NFE. history [steps, B] is the number of masks left after each step.
+  with confidence c (`confidence`: 'max' = max_v p(v), the paper's; 'sampled' = p(x_hat), the
+  reference code's at temperature > 0; `sample.parallel_decoding` doc), and commits the k_i
+  most confident, where a row's M masked positions are spread as evenly as possible:
+  k_i = M // steps + (i < M % steps) (LLaDA's get_num_transfer_tokens; M is per row, so
+  infill patterns may differ). After
+  `steps` steps no mask is left; with steps > M the surplus steps are not run (no NFE).
+  history [steps, B] is the number of masks left after each step.
 
-  Even with a context-free model this does not sample p_theta unless steps == 1: committing the
-  most confident draws first favours likely tokens (tests/test_md_sampler.py measures it).
+  With confidence='sampled' and temperature > 0 it does not sample p_theta even for a
+  context-free model unless steps == 1: the committed token of a step is the most probable
+  draw among all masked positions, so frequent tokens win, and on a weak model the text
+  collapses to spaces. With 'max' the order depends on x only and each committed token is an
+  exact draw of p_theta(. | x).
   """
   _check(temperature, top_k, top_p, steps=steps)
-  x = x.astype(jnp.int32)
-  W = x.shape[1]
-  propose = lambda rng, x: _propose(logits_fn, params, x, rng, 0, W, temperature, top_k, top_p)
-  x, nfe, history = _topk_loop(propose, x, rng, jnp.ones(x.shape, bool), steps, mask_id)
-  return DiffusionOutput(tokens=x, nfe=nfe, history=history)
+  return _decode_whole(logits_fn, params, x, rng, pd.make_rule('topk', steps=steps,
+                       confidence=confidence), steps, mask_id, temperature, top_k, top_p)
 
 
-@functools.partial(jax.jit, static_argnames=_COMMON + ('tau', 'max_steps'))
+@functools.partial(jax.jit, static_argnames=_COMMON + ('tau', 'max_steps', 'confidence'))
 def confidence_threshold(logits_fn: Callable, params, x, rng, *, mask_id: int, tau: float = 0.9,
-                         max_steps: int | None = None, temperature: float = 1.0, top_k: int = 0,
+                         max_steps: int | None = None, confidence: str = 'max',
+                         temperature: float = 1.0, top_k: int = 0,
                          top_p: float = 1.0) -> DiffusionOutput:
   """Fast-dLLM confidence-aware parallel decoding (Wu et al. 2025), threshold rule.
 
-  Each step commits every masked position whose confidence softmax(logits)[x_hat] >= tau, and
+  Each step commits every masked position whose confidence c >= tau (c as in `confidence_topk`), and
   always the single most confident masked position of each row, inside a `lax.while_loop` that
   stops when no mask is left (at most L steps). NFE = steps actually run. With max_steps < L
   the last allowed step commits every remaining proposal. history [max_steps, B] (default
-  max_steps = L): masks left after each step, 0 after the loop ended.
+  max_steps = L): masks left after each step. Fast-dLLM runs it inside semi-AR blocks of 32
+  (`semi_autoregressive(strategy='threshold')`).
   """
   _check(temperature, top_k, top_p, max_steps=max_steps)
-  x = x.astype(jnp.int32)
+  rule = pd.make_rule('threshold', tau=tau, confidence=confidence)
+  return _decode_whole(logits_fn, params, x, rng, rule, max_steps or x.shape[1], mask_id,
+                       temperature, top_k, top_p)
+
+
+@functools.partial(jax.jit, static_argnames=_COMMON + ('strategy', 'steps', 'tau', 'factor',
+                                                       'gamma', 'max_steps', 'confidence'))
+def parallel_decode(logits_fn: Callable, params, x, rng, *, mask_id: int, strategy: str,
+                    steps: int | None = None, tau: float = 0.9, factor: float = 1.0,
+                    gamma: float = 0.1, max_steps: int | None = None, confidence: str = 'max',
+                    temperature: float = 1.0, top_k: int = 0,
+                    top_p: float = 1.0) -> DiffusionOutput:
+  """Every masked position of x [B, L] decoded by one commit rule of `sample.parallel_decoding`:
+  'topk' (`steps`, = `confidence_topk`), 'threshold' (`tau`, = `confidence_threshold`),
+  'factor' (Fast-dLLM's factor rule: commit the largest n with (n + 1)(1 - c_(n)) < `factor`)
+  or 'eb' (EB-sampler, Ben-Hamu et al. 2025: by increasing entropy, the largest prefix with
+  sum H - max H <= `gamma` nats). The first three rank by `confidence` ('max' | 'sampled').
+  At least one token per step; the step `max_steps` (default: `steps` for topk, else L)
+  commits the rest. Returns DiffusionOutput (history [max_steps, B]).
+  """
+  _check(temperature, top_k, top_p, steps=steps, max_steps=max_steps)
+  rule = pd.make_rule(strategy, steps=steps, tau=tau, factor=factor, gamma=gamma,
+                      confidence=confidence)
   L = x.shape[1]
-  propose = lambda rng, x: _propose(logits_fn, params, x, rng, 0, L, temperature, top_k, top_p)
-  x, nfe, history = _threshold_loop(propose, x, rng, jnp.ones(x.shape, bool),
-                                    min(max_steps or L, L), tau, mask_id)
-  return DiffusionOutput(tokens=x, nfe=nfe, history=history)
+  return _decode_whole(logits_fn, params, x, rng, rule, max_steps or L, mask_id, temperature,
+                       top_k, top_p)
 
 
 @functools.partial(jax.jit, static_argnames=_COMMON + ('block_len', 'strategy', 'steps_per_block',
-                                                       'tau', 'window'))
+                                                       'tau', 'factor', 'gamma', 'window',
+                                                       'confidence'))
 def semi_autoregressive(logits_fn: Callable, params, x, rng, *, mask_id: int, block_len: int,
                         strategy: str = 'topk', steps_per_block: int | None = None,
-                        tau: float = 0.9, window: int | None = None, temperature: float = 1.0,
-                        top_k: int = 0, top_p: float = 1.0) -> DiffusionOutput:
+                        tau: float = 0.9, factor: float = 1.0, gamma: float = 0.1,
+                        window: int | None = None, confidence: str = 'max',
+                        temperature: float = 1.0, top_k: int = 0,
+                        top_p: float = 1.0) -> DiffusionOutput:
   """LLaDA semi-autoregressive remasking (Nie et al. 2025, low-confidence remasking in blocks).
 
   The generated region [start, L), start = the first position masked in any row, is cut into
   blocks of `block_len`, decoded left to right in one `lax.fori_loop`. Inside block j only its
-  masked positions may be committed, by `strategy`:
+  masked positions may be committed, by the commit rule `strategy` (`sample.parallel_decoding`):
   - 'topk': `steps_per_block` low-confidence-remasking steps (`confidence_topk`), k_i spread
     over the row's masks in that block;
-  - 'threshold': Fast-dLLM's rule (`confidence_threshold`, tau) until the block is full.
+  - 'threshold': Fast-dLLM's rule (`confidence_threshold`, tau) until the block is full;
+  - 'factor': Fast-dLLM's factor rule, (n + 1)(1 - c_(n)) < factor, until the block is full;
+  - 'eb': EB-sampler's entropy bound, sum H - max H <= gamma (nats), until the block is full.
+  The confidence rules rank by `confidence` ('max' | 'sampled', as in `confidence_topk`).
   Later blocks stay masked but visible to the network. A block with nothing to fill costs no NFE.
 
   window: outputs longer than the model's context. When given and L > window, block j is
@@ -334,10 +339,8 @@ def semi_autoregressive(logits_fn: Callable, params, x, rng, *, mask_id: int, bl
   static size `window`; needs block_len <= window. Positions inside the window restart at 0.
   """
   _check(temperature, top_k, top_p, block_len=block_len, steps_per_block=steps_per_block)
-  if strategy not in ('topk', 'threshold'):
-    raise ValueError(f"strategy must be 'topk' or 'threshold', got {strategy!r}")
-  if strategy == 'topk' and steps_per_block is None:
-    raise ValueError("strategy='topk' needs steps_per_block")
+  rule = pd.make_rule(strategy, steps=steps_per_block, tau=tau, factor=factor, gamma=gamma,
+                      confidence=confidence)
   x = x.astype(jnp.int32)
   B, L = x.shape
   W = L if window is None else min(window, L)
@@ -350,12 +353,10 @@ def semi_autoregressive(logits_fn: Callable, params, x, rng, *, mask_id: int, bl
     lo = start + j * block_len
     region = jnp.broadcast_to((pos >= lo) & (pos < lo + block_len), (B, L))  # [B, L]
     off = jnp.clip(jnp.minimum(lo + block_len, L) - W, 0, L - W)
-    propose = lambda rng, x: _propose(logits_fn, params, x, rng, off, W, temperature, top_k, top_p)
-    rng_j = jax.random.fold_in(rng, j)
-    if strategy == 'topk':
-      x, nfe, _ = _topk_loop(propose, s.x, rng_j, region, steps_per_block, mask_id)
-    else:
-      x, nfe, _ = _threshold_loop(propose, s.x, rng_j, region, block_len, tau, mask_id)
+    propose = lambda rng, x: _propose(logits_fn, params, x, rng, off, W, temperature, top_k, top_p,
+                                      rule.score)
+    x, nfe, _ = pd.decode_loop(propose, s.x, jax.random.fold_in(rng, j), region, rule,
+                               rule.max_steps(block_len), mask_id)
     return s.replace(x=x, nfe=s.nfe + nfe)
 
   n_blocks = -(-L // block_len)  # enough for start = 0; blocks past L are empty and free

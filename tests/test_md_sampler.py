@@ -134,11 +134,13 @@ def test_the_last_step_fills_every_mask_even_when_alpha_0_is_below_1(sampler):
 
 
 def test_confidence_topk_over_several_steps_is_biased_towards_likely_tokens():
-  """Committing the most confident draws first is not sampling p, even context-free."""
+  """Committing the most confident draws first (confidence='sampled', the reference code's at
+  temperature 1) is not sampling p, even context-free. ('max', the default, is unbiased:
+  tests/test_parallel_decoding.py.)"""
   L = 4
   logits = subs([MARGINALS[0][:-1]] * L)
   out = confidence_topk(PositionLogits(logits), None, all_masked(5000, L), jax.random.key(1),
-                        mask_id=MASK, steps=L)
+                        mask_id=MASK, steps=L, confidence='sampled')
   draws = np.asarray(out.tokens).ravel()
   p0 = softmax(logits[0])[0]
   assert np.mean(draws == 0) > p0 + 10 * np.sqrt(p0 * (1 - p0) / draws.size)

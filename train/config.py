@@ -127,6 +127,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.lora.targets = DEFAULT_TARGETS  # regex over '/'-joined param paths (attention + MLP)
   c.lora.base_dtype = ''  # QLoRA: '' (the param dtype) | 'int8' | 'nf4' for the frozen base
 
+  # Inference defaults that `python -m sample` reads (its flags override them): int8 weights and
+  # an int8 KV cache (paradigms/nn/quant.py, docs/inference.md); training never reads them
+  c.sample = ml_collections.ConfigDict()
+  c.sample.quantize = ''  # '' = the param dtype | 'int8': weight-only, per-output-channel scales
+  c.sample.kv_int8 = False  # True: the KV cache in int8 with per-token, per-head scales
+
   c.mesh = ml_collections.ConfigDict()
   c.mesh.shape = (-1, 1, 1)  # sizes of (data, fsdp, tensor); one -1 takes the remaining devices
   c.mesh.rules = DEFAULT_RULES
@@ -171,6 +177,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
   if lc.rank and t.init_into:
     raise ValueError('lora.rank > 0 takes the whole base from train.init_from; '
                      'train.init_into does not apply')
+  if c.sample.quantize not in ('', 'int8'):
+    raise ValueError(f"sample.quantize={c.sample.quantize!r}: choose '' (off) or 'int8'")
   model_config(c)  # the paradigm's model dataclass validates its own fields
 
 

@@ -23,7 +23,9 @@ import jax.numpy as jnp
 import flax.linen as nn
 from flax import struct
 
+from paradigms.nn import quant
 from paradigms.nn.layers import RMSNorm, RopeScaling, normal_init, rope, zeros_init
+from paradigms.nn.quant import absmax_int8
 
 EMPTY = jnp.iinfo(jnp.int32).max  # id of an unwritten cache slot
 MASK_FORMS = ('causal', 'block_causal', 'bidirectional')
@@ -32,17 +34,31 @@ MASK_FORMS = ('causal', 'block_causal', 'bidirectional')
 @struct.dataclass
 class KVCache:
   """Preallocated per-layer key/value cache. With the scanned backbone every field gains a
-  leading [n_layers] axis."""
+  leading [n_layers] axis.
+
+  int8 cache (`zeros(..., dtype=jnp.int8)`): k, v hold int8 codes and k_scale, v_scale one
+  float32 absmax scale per token and head (paradigms/nn/quant.py): written quantised by
+  `update`, read dequantised by `keys` / `values` (|k - q s| <= s / 2). Float caches keep
+  the scales None."""
   k: jax.Array  # [B, K, S, Dh]: heads before slots, so (B, K) are the batch axes of the
   v: jax.Array  # [B, K, S, Dh]   attention matmuls (`cached_attention`)
   ids: jax.Array  # [B, S] int32 mask ids of the cached keys; EMPTY where unwritten
   index: jax.Array  # [] int32 number of slots written so far
+  k_scale: jax.Array | None = None  # [B, K, S] float32 (int8 cache only)
+  v_scale: jax.Array | None = None  # [B, K, S] float32 (int8 cache only)
 
   @classmethod
   def zeros(cls, batch: int, max_len: int, n_kv_heads: int, head_dim: int, dtype) -> 'KVCache':
+    """An empty cache; dtype int8 makes it the int8 cache (class doc)."""
     kv = jnp.zeros((batch, n_kv_heads, max_len, head_dim), dtype)
+    scale = (jnp.ones((batch, n_kv_heads, max_len), jnp.float32)
+             if jnp.dtype(dtype) == jnp.int8 else None)
     return cls(k=kv, v=kv, ids=jnp.full((batch, max_len), EMPTY, jnp.int32),
-               index=jnp.zeros((), jnp.int32))
+               index=jnp.zeros((), jnp.int32), k_scale=scale, v_scale=scale)
+
+  @property
+  def quantized(self) -> bool:
+    return self.k_scale is not None
 
   def update(self, k, v, ids, layer=None) -> 'KVCache':
     """Write k, v [B, L, K, Dh] and ids [B, L] at slot `index`; advance the index by L.
@@ -50,23 +66,54 @@ class KVCache:
     With `layer` (an int32 scalar), the cache is the whole stack (a leading [n_layers] axis)
     and only layer `layer`'s slots are written, in place: the layer scan carries the stack, so
     a decode step writes B * L * K * Dh values per layer rather than copying every layer's
-    cache out of the scan."""
+    cache out of the scan. An int8 cache stores absmax codes and scales over head_dim."""
     dt, ids, L = self.k.dtype, ids.astype(jnp.int32), k.shape[1]
-    k, v = (jnp.swapaxes(a, 1, 2).astype(dt) for a in (k, v))  # [B, K, L, Dh]
-    dus = jax.lax.dynamic_update_slice
-    if layer is None:
-      i = self.index
-      return KVCache(k=dus(self.k, k, (0, 0, i, 0)), v=dus(self.v, v, (0, 0, i, 0)),
-                     ids=dus(self.ids, ids, (0, i)), index=i + L)
-    i = self.index[layer]
-    return KVCache(k=dus(self.k, k[None], (layer, 0, 0, i, 0)),
-                   v=dus(self.v, v[None], (layer, 0, 0, i, 0)),
-                   ids=dus(self.ids, ids[None], (layer, 0, i)), index=self.index.at[layer].add(L))
+    k, v = (jnp.swapaxes(a, 1, 2) for a in (k, v))  # [B, K, L, Dh]
+    new = {}
+    if self.quantized:
+      (k, ks), (v, vs) = (absmax_int8(a, (-1,)) for a in (k, v))
+      new = {'k_scale': ks[..., 0], 'v_scale': vs[..., 0]}  # [B, K, L]
+    new.update(k=k.astype(dt), v=v.astype(dt), ids=ids)
+    i = self.index if layer is None else self.index[layer]
+
+    def write(name, x):  # x: one layer's new slots, written at slot i (axis 1 of ids, else 2)
+      start = [0] * x.ndim
+      start[1 if name == 'ids' else 2] = i
+      if layer is not None:
+        x, start = x[None], [layer] + start
+      return jax.lax.dynamic_update_slice(getattr(self, name), x, start)
+
+    index = i + L if layer is None else self.index.at[layer].add(L)
+    return self.replace(index=index, **{n: write(n, x) for n, x in new.items()})
+
+  def keys(self, dtype):
+    """k in `dtype` ([.., B, K, S, Dh]), dequantised for an int8 cache."""
+    return self._read(self.k, self.k_scale, dtype)
+
+  def values(self, dtype):
+    """v in `dtype` ([.., B, K, S, Dh]), dequantised for an int8 cache."""
+    return self._read(self.v, self.v_scale, dtype)
+
+  @staticmethod
+  def _read(x, scale, dtype):
+    if scale is None:
+      return x.astype(dtype)
+    return (x.astype(jnp.float32) * scale[..., None]).astype(dtype)
+
+  def truncate(self, n) -> 'KVCache':
+    """Roll back to the first `n` slots (int32 scalar): later slots are marked EMPTY and the
+    next write lands at slot n. Works on one layer's cache or the stacked one (speculative
+    decoding discards the rejected draft's entries this way; the k/v values stay and are
+    overwritten by the next write)."""
+    keep = jnp.arange(self.ids.shape[-1]) < n  # [S]
+    return self.replace(ids=jnp.where(keep, self.ids, EMPTY),
+                        index=jnp.full_like(self.index, n))
 
   def layer(self, i) -> 'KVCache':
     """Layer `i`'s view [B, S, ...] of a stacked cache (for reading)."""
-    take = lambda a: jax.lax.dynamic_index_in_dim(a, i, 0, keepdims=False)
-    return KVCache(k=take(self.k), v=take(self.v), ids=take(self.ids), index=take(self.index))
+    take = lambda a: None if a is None else jax.lax.dynamic_index_in_dim(a, i, 0, keepdims=False)
+    return KVCache(k=take(self.k), v=take(self.v), ids=take(self.ids), index=take(self.index),
+                   k_scale=take(self.k_scale), v_scale=take(self.v_scale))
 
 
 CAUSAL_CHUNKS = 4  # query chunks of `causal_chunked_attention`
@@ -97,7 +144,8 @@ def causal_chunked_attention(q, k, v, chunks: int = CAUSAL_CHUNKS):
   return jnp.concatenate(out, axis=1)
 
 
-def cached_attention(q, k, v, mask):
+FOLD = [False]
+def cached_attention(q, k, v, mask, k_scale=None, v_scale=None):
   """softmax(q k^T / sqrt(Dh), masked) v against a cache in its own layouts.
 
   q: [B, L, H, Dh] (query head h reads KV head h // (H / K), as in GQA); k, v: [B, K, S, Dh];
@@ -110,9 +158,13 @@ def cached_attention(q, k, v, mask):
   G = H // K
   s = jnp.einsum('blkgd,bksd->bkgls', q.reshape(B, L, K, G, Dh), k,
                  preferred_element_type=jnp.float32) * Dh ** -0.5  # [B, K, G, L, S]
+  if k_scale is not None:
+    s = s * k_scale[:, :, None, None, :]
   mask = mask.reshape(B, K, G, L, -1) if mask.shape[1] == H else mask[:, :, None]
   s = jnp.where(mask, s, jnp.finfo(jnp.float32).min)
   p = jax.nn.softmax(s, axis=-1).astype(v.dtype)
+  if v_scale is not None:
+    p = p * v_scale[:, :, None, None, :]
   return jnp.einsum('bkgls,bksd->blkgd', p, v).reshape(B, L, H, Dh)
 
 
@@ -167,9 +219,10 @@ class Attention(nn.Module):
     wo = self.param('wo', normal_init(self.out_std, ('heads', 'head_dim', 'embed')), (H, Dh, d),
                     self.param_dtype)
     c = lambda w: w.astype(self.dtype)
-    q = jnp.einsum('bld,dhk->blhk', x, c(wq))  # [B, L, H, Dh]
-    k = jnp.einsum('bld,dhk->blhk', x, c(wk))  # [B, L, K, Dh]
-    v = jnp.einsum('bld,dhk->blhk', x, c(wv))  # [B, L, K, Dh]
+    dense = lambda spec, x, w: quant.einsum(spec, x, w, self.dtype)  # float or Int8Kernel
+    q = dense('bld,dhk->blhk', x, wq)  # [B, L, H, Dh]
+    k = dense('bld,dhk->blhk', x, wk)  # [B, L, K, Dh]
+    v = dense('bld,dhk->blhk', x, wv)  # [B, L, K, Dh]
     if self.qkv_bias:
       q = q + c(self.param('q_bias', zeros_init(('heads', 'head_dim')), (H, Dh), self.param_dtype))
       k = k + c(self.param('k_bias', zeros_init(('kv_heads', 'head_dim')), (K, Dh), self.param_dtype))
@@ -190,7 +243,7 @@ class Attention(nn.Module):
       mask = mask_from_ids(self.mask, ids, view.ids, self.window)
       if attn_mask is not None:
         mask = mask & attn_mask
-      y = cached_attention(q, view.k.astype(self.dtype), view.v.astype(self.dtype), mask)
+      y = (cached_attention(q, view.k.astype(self.dtype), view.v.astype(self.dtype), mask, view.k_scale, view.v_scale) if FOLD[0] and view.quantized else cached_attention(q, view.keys(self.dtype), view.values(self.dtype), mask))
     else:
       is_causal = False
       if self.mask == 'causal' and attn_mask is None and not self.window:
@@ -208,5 +261,5 @@ class Attention(nn.Module):
       else:
         y = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal,
                                          implementation=self.implementation)  # [B, L, H, Dh]
-    out = jnp.einsum('blhk,hkd->bld', y, c(wo))
+    out = dense('blhk,hkd->bld', y, wo)
     return out, cache

@@ -13,6 +13,8 @@ import jax.numpy as jnp
 import flax.linen as nn
 import numpy as np
 
+from paradigms.nn import quant
+
 Dtype = jnp.dtype
 
 
@@ -126,10 +128,10 @@ class SwiGLU(nn.Module):
     w_up = self.param('w_up', init, (d, self.d_ff), self.param_dtype)
     w_out = self.param('w_out', normal_init(self.out_std, ('mlp', 'embed')), (self.d_ff, d),
                        self.param_dtype)
-    gate = jnp.einsum('bld,df->blf', x, w_gate.astype(self.dtype))  # [B, L, F]
-    up = jnp.einsum('bld,df->blf', x, w_up.astype(self.dtype))  # [B, L, F]
+    gate = quant.einsum('bld,df->blf', x, w_gate, self.dtype)  # [B, L, F]
+    up = quant.einsum('bld,df->blf', x, w_up, self.dtype)  # [B, L, F]
     h = nn.with_logical_constraint(nn.silu(gate) * up, ('batch', 'length', 'act_mlp'))
-    return jnp.einsum('blf,fd->bld', h, w_out.astype(self.dtype))
+    return quant.einsum('blf,fd->bld', h, w_out, self.dtype)
 
 
 PAD_LOGIT = -1e6  # logit of a padding row of the vocabulary: large, finite (no NaN in softmax)
@@ -159,13 +161,18 @@ class Embed(nn.Module):
                              (self.d_model, rows), self.param_dtype)
 
   def __call__(self, tokens):  # [B, L] int -> [B, L, D]
-    return jnp.take(self.embedding, tokens, axis=0).astype(self.dtype)
+    return quant.take(self.embedding, tokens, self.dtype)
 
   def attend(self, h):  # [B, L, D] -> [B, L, V] float32
-    w = self.embedding.T if self.tie else self.head
-    logits = jnp.einsum('bld,dv->blv', h, w.astype(self.dtype)).astype(jnp.float32)
-    if w.shape[-1] > self.vocab_size:  # padding rows
-      logits = jnp.where(jnp.arange(w.shape[-1]) < self.vocab_size, logits, PAD_LOGIT)
+    w = self.embedding if self.tie else self.head  # [V, D] | [D, V], float or quant.Int8Kernel
+    if quant.is_quantized(w):  # per output channel: a row of the table, a column of the head
+      logits = quant.einsum('bld,vd->blv' if self.tie else 'bld,dv->blv', h, w, self.dtype)
+    else:
+      logits = jnp.einsum('bld,dv->blv', h, (w.T if self.tie else w).astype(self.dtype))
+    logits = logits.astype(jnp.float32)
+    rows = self.rows or self.vocab_size
+    if rows > self.vocab_size:  # padding rows
+      logits = jnp.where(jnp.arange(rows) < self.vocab_size, logits, PAD_LOGIT)
     return nn.with_logical_constraint(logits, ('batch', 'length', 'act_vocab'))
 
 

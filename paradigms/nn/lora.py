@@ -13,8 +13,9 @@ which a merged weight cannot see; here `dropout` drops whole rank components of 
 (rank dropout, as in LyCORIS), rescaled by 1 / (1 - p), so E[W'] is unchanged.
 
 QLoRA: the frozen base of the targeted kernels is stored as int8 with one absmax scale per
-output channel, or as NF4 (4-bit NormalFloat codes, two per byte, one absmax per block of 64,
-QLoRA Sec. 3; the absmax is kept in float32, not double-quantised), and dequantised inside
+output channel (`quant.absmax_int8`, the quantiser of inference's int8 weights), or as NF4
+(4-bit NormalFloat codes, two per byte, one absmax per block of 64, QLoRA Sec. 3; the absmax
+is kept in float32, not double-quantised), and dequantised inside
 `merge`: W = q * scale.
 """
 from __future__ import annotations
@@ -25,6 +26,8 @@ import zlib
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from paradigms.nn.quant import absmax_int8
 
 DEFAULT_TARGETS = r'(^|/)layers/(attn/w[qkvo]|mlp/w_(gate|up|out))$'
 QUANT = ('', 'int8', 'nf4')
@@ -85,9 +88,7 @@ def quantize(w, kind: str, path: str = ''):
   w = jnp.asarray(w, jnp.float32)
   if kind == 'int8':  # absmax per output channel: over the input axes
     lead, n_in, n_out = _split(path, w.shape)
-    m = w.reshape(w.shape[:lead] + (n_in, n_out))
-    scale = jnp.max(jnp.abs(m), axis=-2, keepdims=True) / 127.0
-    q = jnp.round(m / jnp.where(scale == 0, 1.0, scale)).astype(jnp.int8)
+    q, scale = absmax_int8(w.reshape(w.shape[:lead] + (n_in, n_out)), (-2,))
     return {'q': q, 'scale': scale}
   if kind == 'nf4':
     flat = w.reshape(-1)

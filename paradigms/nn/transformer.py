@@ -246,10 +246,12 @@ class Transformer(nn.Module):
   """
   cfg: TransformerConfig
 
-  def init_cache(self, batch: int, max_len: int | None = None) -> KVCache:
-    """An empty cache for `batch` sequences of up to `max_len` (default cfg.max_len) tokens."""
+  def init_cache(self, batch: int, max_len: int | None = None, kv_int8: bool = False) -> KVCache:
+    """An empty cache for `batch` sequences of up to `max_len` (default cfg.max_len) tokens;
+    `kv_int8` stores int8 codes with a scale per token and head (`KVCache`, 4x smaller)."""
     c = self.cfg
-    one = KVCache.zeros(batch, max_len or c.max_len, c.kv_heads, c.head_size, c.compute_dtype)
+    dtype = jnp.int8 if kv_int8 else c.compute_dtype
+    one = KVCache.zeros(batch, max_len or c.max_len, c.kv_heads, c.head_size, dtype)
     return jax.tree.map(lambda a: jnp.broadcast_to(a, (c.n_layers,) + a.shape), one)
 
   @nn.compact
