@@ -56,8 +56,8 @@ def test_lora_qlora_base_shares_the_quantiser():
   stored = lora.quantize(w, 'int8', 'layers/attn/wq')
   q, s = quant.absmax_int8(w.reshape(2, 16, 32), (-2,))
   np.testing.assert_array_equal(np.asarray(stored['q']), np.asarray(q))
-  np.testing.assert_array_equal(np.asarray(lora.dequantize(stored, w.shape)),
-                                np.asarray(quant.dequantize(quant.Int8Kernel(q, s)).reshape(w.shape)))
+  ours = quant.dequantize(quant.Int8Kernel(q, s)).reshape(w.shape)
+  np.testing.assert_array_equal(np.asarray(lora.dequantize(stored, w.shape)), np.asarray(ours))
 
 
 @pytest.mark.parametrize('spec,w_shape,axes', [
@@ -142,6 +142,11 @@ def test_int8_kv_cache_round_trips_within_its_scale():
   for other in (0, 1, 3):  # the stacked write touched only its layer
     assert not np.asarray(stacked.layer(other).k).any()
   assert int(stacked.truncate(2).index[0]) == 2
+  head = stacked.first(3)  # a static slice of every slot axis, the scales included
+  assert head.k.shape == (n_layers, B, K, 3, Dh) and head.k_scale.shape == (n_layers, B, K, 3)
+  assert head.ids.shape == (n_layers, B, 3) and int(head.index[2]) == 4
+  np.testing.assert_array_equal(np.asarray(head.layer(2).keys(jnp.float32)),
+                                np.asarray(stacked.layer(2).keys(jnp.float32))[:, :, :3])
 
 
 def test_int8_cache_decode_tracks_the_float_cache_and_greedy_agrees():

@@ -109,6 +109,13 @@ class KVCache:
     return self.replace(ids=jnp.where(keep, self.ids, EMPTY),
                         index=jnp.full_like(self.index, n))
 
+  def first(self, S: int) -> 'KVCache':
+    """The first S slots (a static slice of every slot axis, scales included; the index is
+    kept). Works on one layer's cache or the stacked one."""
+    cut = lambda a, tail: None if a is None else a[(..., slice(0, S)) + (slice(None),) * tail]
+    return self.replace(k=cut(self.k, 1), v=cut(self.v, 1), ids=cut(self.ids, 0),
+                        k_scale=cut(self.k_scale, 0), v_scale=cut(self.v_scale, 0))
+
   def layer(self, i) -> 'KVCache':
     """Layer `i`'s view [B, S, ...] of a stacked cache (for reading)."""
     take = lambda a: None if a is None else jax.lax.dynamic_index_in_dim(a, i, 0, keepdims=False)
@@ -144,8 +151,7 @@ def causal_chunked_attention(q, k, v, chunks: int = CAUSAL_CHUNKS):
   return jnp.concatenate(out, axis=1)
 
 
-FOLD = [False]
-def cached_attention(q, k, v, mask, k_scale=None, v_scale=None):
+def cached_attention(q, k, v, mask):
   """softmax(q k^T / sqrt(Dh), masked) v against a cache in its own layouts.
 
   q: [B, L, H, Dh] (query head h reads KV head h // (H / K), as in GQA); k, v: [B, K, S, Dh];
@@ -158,13 +164,9 @@ def cached_attention(q, k, v, mask, k_scale=None, v_scale=None):
   G = H // K
   s = jnp.einsum('blkgd,bksd->bkgls', q.reshape(B, L, K, G, Dh), k,
                  preferred_element_type=jnp.float32) * Dh ** -0.5  # [B, K, G, L, S]
-  if k_scale is not None:
-    s = s * k_scale[:, :, None, None, :]
   mask = mask.reshape(B, K, G, L, -1) if mask.shape[1] == H else mask[:, :, None]
   s = jnp.where(mask, s, jnp.finfo(jnp.float32).min)
   p = jax.nn.softmax(s, axis=-1).astype(v.dtype)
-  if v_scale is not None:
-    p = p * v_scale[:, :, None, None, :]
   return jnp.einsum('bkgls,bksd->blkgd', p, v).reshape(B, L, H, Dh)
 
 
@@ -243,7 +245,7 @@ class Attention(nn.Module):
       mask = mask_from_ids(self.mask, ids, view.ids, self.window)
       if attn_mask is not None:
         mask = mask & attn_mask
-      y = (cached_attention(q, view.k.astype(self.dtype), view.v.astype(self.dtype), mask, view.k_scale, view.v_scale) if FOLD[0] and view.quantized else cached_attention(q, view.keys(self.dtype), view.values(self.dtype), mask))
+      y = cached_attention(q, view.keys(self.dtype), view.values(self.dtype), mask)
     else:
       is_causal = False
       if self.mask == 'causal' and attn_mask is None and not self.window:
