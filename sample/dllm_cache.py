@@ -85,7 +85,7 @@ def _stages(cache_mode: str, P: int, n_blocks: int, b: int):
 
 def _slots(cache, S: int):
   """The first S slots of a stacked KVCache (a static slice; the index is kept)."""
-  return cache.replace(k=cache.k[..., :S, :], v=cache.v[..., :S, :], ids=cache.ids[..., :S])
+  return cache.first(S)  # every slot axis, the int8 cache's scales included
 
 
 def visible_slots(T: int, W: int, w, a):
