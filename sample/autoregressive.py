@@ -122,15 +122,12 @@ def prefill(logits_fn: Callable, params, prefix, cache, *, chunk: int = 0):
 
 
 def broadcast_cache(cache, batch: int):
-  """A batch-1 cache repeated to `batch` rows (the shared prefix of a batch: computed once)."""
-  def rows(a):
-    if a.ndim < 2:  # index
-      return a
-    axis = 1 if a.ndim >= 3 else 0  # stacked: [n_layers, B, ...]; ids [n_layers, B, S]
-    return jnp.repeat(a, batch, axis=axis)
-  one = cache.k.ndim == 4  # single layer [B, K, S, Dh]
-  return jax.tree.map((lambda a: jnp.repeat(a, batch, axis=0) if a.ndim else a) if one else rows,
-                      cache)
+  """A batch-1 cache repeated to `batch` rows (the shared prefix of a batch: computed once).
+  The batch axis of every field follows the index's axes (none, or [n_layers] when stacked)."""
+  axis = cache.index.ndim
+  index = cache.index
+  return jax.tree.map(lambda a: jnp.repeat(a, batch, axis=axis), cache.replace(index=None)
+                      ).replace(index=index)
 
 
 @functools.partial(jax.jit, static_argnames=('logits_fn', 'max_new_tokens', 'temperature', 'top_k',
