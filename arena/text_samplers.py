@@ -11,6 +11,16 @@ temperature 1 with no top-k / top-p and no EOS:
                         most N), so it runs once, not once per S;
   semi_autoregressive   LLaDA semi-AR, blocks of min(32, N), top-k inside each block;
   block_diffusion       BD3-LM (Arriola et al. 2025) block by block with a KV cache;
+  ar_int8               the AR model with int8 weights (per-output-channel scales) and an
+                        int8 KV cache (`paradigms.nn.quant`): the same loop, a quarter of the
+                        bytes read per step;
+  confidence_factor     Fast-dLLM's factor rule (commit the largest n with (n + 1)(1 - c_(n))
+                        < FACTOR), at most N steps (`sample.masked_diffusion.parallel_decode`);
+  entropy_bounded       EB-sampler (Ben-Hamu et al. 2025): by increasing entropy, the largest
+                        prefix with sum H - max H <= EB_GAMMA nats;
+  semi_ar_dual_cache    semi_autoregressive with Fast-dLLM's dual KV cache, refreshed once per
+                        block (`sample.dllm_cache`): the same blocks and steps, fewer positions
+                        per call;
   speculative           the AR model as the target of speculative sampling
                         (`sample.speculative`), drafted by a smaller AR model (`ar_draft`) or by
                         a small BD3 model (`bd3_draft`, one denoising call per block), gamma in
@@ -42,12 +52,16 @@ import sys
 import time
 from typing import Callable, Sequence
 
-SAMPLERS = ('ar', 'ancestral', 'remdm', 'confidence_topk', 'confidence_threshold',
-            'semi_autoregressive', 'block_diffusion', 'speculative')
+SAMPLERS = ('ar', 'ar_int8', 'ancestral', 'remdm', 'confidence_topk', 'confidence_threshold',
+            'confidence_factor', 'entropy_bounded', 'semi_autoregressive', 'semi_ar_dual_cache',
+            'block_diffusion', 'speculative')
+AR_SAMPLERS = ('ar', 'ar_int8', 'speculative')  # the AR side of the race; the rest is diffusion
 SPEC_GAMMAS = (2, 4)  # draft lengths of the speculative rows
 SEMI_AR_BLOCK = 32  # LLaDA semi-AR block length (capped at N)
 TAU = 0.9  # Fast-dLLM confidence threshold
 ETA = 0.5  # ReMDM remasking strength
+FACTOR = 1.0  # Fast-dLLM factor rule's f
+EB_GAMMA = 0.1  # EB-sampler's entropy bound (nats)
 
 
 def log_stderr(msg: str) -> None:
@@ -84,6 +98,7 @@ def settings(new_tokens: int, steps: Sequence[int], bd3_block: int, *,
     rows.append(dict(sampler=sampler, model=model, steps=S, settings=kw))
 
   add('ar', 'ar', None)
+  add('ar_int8', 'ar', None, quantize='int8', kv_int8=True)
   for drafter in ('ar_draft', 'bd3_draft'):
     for g in SPEC_GAMMAS:
       add('speculative', 'ar', None, drafter=drafter, gamma=g)
@@ -95,9 +110,12 @@ def settings(new_tokens: int, steps: Sequence[int], bd3_block: int, *,
     add('remdm', 'mdlm', S, steps=S, eta=ETA, **exact)
     add('confidence_topk', 'mdlm', S, steps=min(S, N))
   add('confidence_threshold', 'mdlm', None, tau=TAU)
-  for S in steps:
-    add('semi_autoregressive', 'mdlm', S, block_len=semi_block,
-        steps_per_block=min(max(S // semi_blocks, 1), semi_block))
+  add('confidence_factor', 'mdlm', None, strategy='factor', factor=FACTOR)
+  add('entropy_bounded', 'mdlm', None, strategy='eb', gamma=EB_GAMMA)
+  for sampler in ('semi_autoregressive', 'semi_ar_dual_cache'):
+    for S in steps:
+      add(sampler, 'mdlm', S, block_len=semi_block,
+          steps_per_block=min(max(S // semi_blocks, 1), semi_block))
   for S in steps:
     add('block_diffusion', 'bd3', S, block_size=bd3_block,
         steps_per_block=min(max(S // bd3_blocks, 1), bd3_block), **exact)
@@ -111,8 +129,14 @@ def label(row: dict) -> str:
     return f'block_diffusion B={kw["block_size"]} {kw["steps_per_block"]}/block'
   if row['sampler'] == 'confidence_threshold':
     return f'confidence_threshold tau={kw["tau"]}'
+  if row['sampler'] == 'confidence_factor':
+    return f'confidence_factor f={kw["factor"]}'
+  if row['sampler'] == 'entropy_bounded':
+    return f'entropy_bounded gamma={kw["gamma"]}'
   if row['sampler'] == 'ar':
     return 'ar (KV cache)'
+  if row['sampler'] == 'ar_int8':
+    return 'ar int8 (weights + KV cache)'
   if row['sampler'] == 'speculative':
     return f'speculative {kw["drafter"]} gamma={kw["gamma"]}'
   return f'{row["sampler"]} S={row["steps"]}'
@@ -133,8 +157,12 @@ def make_run(row: dict, models: dict, prompt_ids, B: int, N: int):
   config, model, params = models[row['model']]
   P, kw = len(prompt_ids), dict(row['settings'])
   prompt = jnp.asarray(np.broadcast_to(prompt_ids, (B, P)), jnp.int32)  # [B, P]
-  if row['sampler'] == 'ar':
-    fn, cache = ar.LogitsFn(model), model.init_cache(B, P + N)
+  if row['sampler'] in ('ar', 'ar_int8'):
+    if row['sampler'] == 'ar_int8':
+      from paradigms.nn.quant import quantize_params
+      params = quantize_params(params, kw['quantize'])
+    fn = ar.LogitsFn(model)
+    cache = model.init_cache(B, P + N, kv_int8=kw.get('kv_int8', False))
     return lambda rng: (generate(fn, params, prompt, rng, cache, max_new_tokens=N), P)
   if row['sampler'] == 'speculative':
     from sample import speculative as sp
@@ -159,8 +187,15 @@ def make_run(row: dict, models: dict, prompt_ids, B: int, N: int):
     return lambda rng: (mds.block_diffusion(
         fn, params, padded, rng, cache, mask_id=mask_id, block_size=Bk, num_blocks=N // Bk,
         schedule=config.loss.schedule, **kw), P + pad)
+  if row['sampler'] == 'semi_ar_dual_cache':
+    from sample.dllm_cache import cached_semi_autoregressive
+    cache = model.init_cache(B, P + N + kw['block_len'])
+    return lambda rng: (cached_semi_autoregressive(
+        fn, params, prompt, rng, cache, mask_id=mask_id, gen_len=N, strategy='topk',
+        cache_mode='dual', **kw), P)
   x = jnp.concatenate([prompt, jnp.full((B, N), mask_id, jnp.int32)], axis=1)  # [B, P + N]
-  sampler = getattr(mds, row['sampler'])
+  sampler = getattr(mds, row['sampler'] if row['sampler'] not in (
+      'confidence_factor', 'entropy_bounded') else 'parallel_decode')
   if row['sampler'] in ('ancestral', 'remdm'):
     kw['schedule'] = config.loss.schedule
   elif row['sampler'] == 'semi_autoregressive':

@@ -7,8 +7,9 @@ per sample ({"tokens": generated ids, prompt excluded, "text": their text, ...})
 are used exactly as given; --prompt follows the tokenizer's own BOS rule; --chat wraps --prompt
 in the folder's chat template as one user message.
 
-Masked / block diffusion runs take --strategy, --steps, --block-size, --threshold, --eta and
---infill (a template with {mask:N} holes). Image diffusion runs take --sampler, --steps, --cfg,
+Masked / block diffusion runs take --strategy, --steps, --block-size, --threshold, --factor,
+--eb-gamma, --confidence, --rule, --dllm-cache, --refresh, --eta and --infill (a template with
+{mask:N} holes); the text side lives in sample/cli_text.py. Image diffusion runs take --sampler, --steps, --cfg,
 --label, --out (a PNG grid) and --judge (score the samples with the run's external judge).
 Next-scale (VAR) runs take --cfg (VAR's ramped guidance), --top-k, --top-p, --temperature,
 --label, --out and --judge; they decode with the tokenizer run named by data.tokenizer.
@@ -30,10 +31,10 @@ import time
 
 import numpy as np
 
+from sample.cli_text import (RULES, STRATEGIES, TEXT_SAMPLERS, batch_cli, sample_autoregressive,
+                             sample_masked_diffusion, text_entry)
 from train.cli import ArgumentParser, UserError, run_main
 
-# masked-diffusion strategies (--strategy; a --batch line's "sampler"); autoregressive runs: 'ar'
-STRATEGIES = ('ancestral', 'remdm', 'topk', 'threshold', 'semi_ar', 'block')
 
 
 def _parse(argv):
@@ -82,6 +83,18 @@ def _parse(argv):
   d.add_argument('--block-size', type=int, default=0,
                  help='semi_ar block length / BD3 block size (default: the trained block size or 32)')
   d.add_argument('--threshold', type=float, default=0.9, help='Fast-dLLM confidence tau')
+  d.add_argument('--factor', type=float, default=1.0, help="Fast-dLLM factor rule's f "
+                 '(--strategy factor, --rule factor)')
+  d.add_argument('--eb-gamma', type=float, default=0.1, help="EB-sampler's entropy bound in nats "
+                 '(--strategy eb, --rule eb)')
+  d.add_argument('--confidence', default='max', choices=('max', 'sampled'),
+                 help="what parallel decoders rank by: max_v p(v) (the papers') or p(sampled)")
+  d.add_argument('--rule', default='topk', choices=RULES,
+                 help='semi_ar: the commit rule inside each block')
+  d.add_argument('--dllm-cache', default='', choices=('', 'prefix', 'dual'),
+                 help="semi_ar: Fast-dLLM's approximate KV cache (sample/dllm_cache.py)")
+  d.add_argument('--refresh', type=int, default=0, help='--dllm-cache: recompute the cache every '
+                 'R-th call of a block (0 = once per block; 1 = exact)')
   d.add_argument('--eta', type=float, default=0.5, help='ReMDM remasking strength')
   d.add_argument('--infill', default='',
                  help="template with {mask:N} holes, e.g. 'def add(a, b):\n{mask:24}\n'; "
@@ -108,6 +121,9 @@ def _parse(argv):
             (args.block_size >= 0, f'--block-size {args.block_size}: give >= 0 (0 = the default)'),
             (0 < args.threshold <= 1, f'--threshold {args.threshold}: give a value in (0, 1]'),
             (args.eta >= 0, f'--eta {args.eta}: give >= 0'),
+            (args.factor > 0, f'--factor {args.factor}: give > 0'),
+            (args.eb_gamma >= 0, f'--eb-gamma {args.eb_gamma}: give >= 0 (nats)'),
+            (args.refresh >= 0, f'--refresh {args.refresh}: give >= 0 (0 = once per block)'),
             (args.zoom >= 1, f'--zoom {args.zoom}: give a positive integer (1 = one pixel per pixel)'),
             (args.step is None or args.step >= 0, f'--step {args.step}: give a saved step >= 0'),
             (args.bucket >= 1, f'--bucket {args.bucket}: give a positive prompt-length multiple')]
@@ -144,10 +160,13 @@ _TEXT = {'--prompt', '--prompt-ids', '--max-new-tokens', '--temperature', '--top
 _GRID = {'--label', '--out', '--zoom', '--judge', '--cfg'}
 FLAGS = {'autoregressive': _TEXT | {'--draft', '--gamma', '--draft-steps'},
          'masked_diffusion': _TEXT | {'--strategy', '--steps', '--block-size', '--threshold',
-                                      '--eta', '--infill'},
+                                      '--factor', '--eb-gamma', '--confidence', '--rule',
+                                      '--dllm-cache', '--refresh', '--eta', '--infill'},
          'image_diffusion': _GRID | {'--sampler', '--steps', '--cfg-interval'},
          'next_scale': _GRID | {'--temperature', '--top-k', '--top-p'},
          'hybrid': _GRID | {'--temperature', '--top-k', '--top-p', '--steps'},
+         'raster_ar': _GRID | {'--temperature', '--top-k', '--top-p'},
+         'maskgit': _GRID | {'--temperature', '--top-k', '--top-p', '--steps'},
          'vqvae': {'--out', '--zoom', '--judge', '--label'}}
 _BATCH = {'--batch', '--bucket', '--out'}  # text runs with --batch
 _COMMON = {'--workdir', '--hf', '--dtype', '--json', '--chat', '--num', '--seed', '--step',
@@ -162,189 +181,6 @@ def _check_flags(args, paradigm: str) -> None:
     print(f'warning: {", ".join(unused)} do{"es" if len(unused) == 1 else ""} not apply to a '
           f'{paradigm!r} run and {"is" if len(unused) == 1 else "are"} ignored; it reads '
           f'{", ".join(sorted(reads))}', file=sys.stderr)
-
-
-def encode_prompt(args, config, tok, text: str = '', ids=()) -> list:
-  """A prompt's token ids: `ids` exactly as given, else `text` by the tokenizer's own BOS rule
-  (--chat: as a user message in its chat template); empty: a new document (BOS, else EOS)."""
-  if ids:
-    ids = list(ids)
-  elif tok is None or config.data.source not in ('cpython', 'text'):
-    raise UserError('this model has no text tokenizer (a token-array run, or a folder without '
-                    'tokenizer.json); give the prompt as token ids: --prompt-ids 1,2,3 '
-                    '(--batch lines: "prompt_ids": [1, 2, 3])')
-  elif args.chat:
-    ids = tok.encode(tok.apply_chat_template([{'role': 'user', 'content': text}])).tolist()
-  else:
-    ids = tok.encode_prompt(text)  # the tokenizer's own BOS rule; bytes: the raw bytes
-  if not ids:  # an empty prompt starts a new document
-    ids = [tok.bos_id if tok.bos_id is not None else tok.eos_id]
-  bad = [i for i in ids if not 0 <= i < config.model.vocab_size]
-  if bad:
-    raise UserError(f'prompt ids {bad} are outside the vocabulary [0, {config.model.vocab_size})')
-  return ids
-
-
-def _sample_autoregressive(args, config, model, params, prompt, rng, tok, pad=None):
-  """prompt [B, P] (left-padded by pad [B] slots per row, or None) -> (GenerateOutput, P)."""
-  import jax.numpy as jnp
-  from paradigms.autoregressive import LogitsFn
-  from sample.autoregressive import generate
-  total = prompt.shape[1] + args.max_new_tokens
-  if args.draft:
-    return _speculative(args, model, params, prompt, rng, tok, pad), prompt.shape[1]
-  out = generate(LogitsFn(model), params, prompt, rng,
-                 model.init_cache(len(prompt), total, kv_int8=args.kv_int8),
-                 max_new_tokens=args.max_new_tokens, temperature=args.temperature or 1.0,
-                 greedy=args.temperature == 0, top_k=args.top_k, top_p=args.top_p,
-                 eos_id=None if tok is None else tok.eos_id,
-                 pad=None if pad is None else jnp.asarray(pad, jnp.int32))
-  return out, prompt.shape[1]
-
-
-def _speculative(args, model, params, prompt, rng, tok, pad):
-  """--draft DIR --gamma G: speculative sampling of the target (sample/speculative.py)."""
-  import jax.numpy as jnp
-  import numpy as np
-  from paradigms import masked_diffusion as mdp
-  from paradigms.autoregressive import LogitsFn
-  from sample import speculative as sp
-  if args.gamma < 1 or args.draft_steps < 1:
-    raise UserError(f'--gamma {args.gamma} / --draft-steps {args.draft_steps}: give >= 1')
-  if pad is not None and np.any(np.asarray(pad)):
-    raise UserError('--draft runs prompts of one length per batch; use --bucket 1 with --batch')
-  if args.draft.startswith('hf:'):
-    from train.hf import load_hf_run
-    dmodel, dparams, _, dconfig = load_hf_run(args.draft[3:], dtype=args.dtype)
-  else:
-    from train.checkpoint import load_run
-    dconfig, dmodel, dparams = load_run(args.draft)
-  if dconfig.paradigm == 'masked_diffusion' and 0 < dconfig.loss.get('block_size', 0):
-    mask_id = dconfig.loss.mask_id
-    drafter = sp.BlockDrafter(mdp.LogitsFn(dmodel, mask_id), mask_id, dconfig.loss.block_size,
-                              args.draft_steps)
-  elif dconfig.paradigm == 'autoregressive':
-    drafter = sp.ARDrafter(LogitsFn(dmodel))
-  else:
-    raise UserError(f'--draft {args.draft}: a {dconfig.paradigm!r} run cannot draft; give an AR '
-                    'run or a BD3 run (masked diffusion trained with loss.block_size)')
-  if args.quantize:
-    from paradigms.nn.quant import quantize_params
-    dparams = quantize_params(dparams)
-  B, total = len(prompt), prompt.shape[1] + args.max_new_tokens + args.gamma + 1
-  return sp.speculative_generate(
-      LogitsFn(model), params, drafter, dparams, jnp.asarray(prompt), rng,
-      model.init_cache(B, total, kv_int8=args.kv_int8), dmodel.init_cache(B, total),
-      gamma=args.gamma, max_new_tokens=args.max_new_tokens,
-      temperature=args.temperature or 1.0, greedy=args.temperature == 0, top_k=args.top_k,
-      top_p=args.top_p, eos_id=None if tok is None else tok.eos_id)
-
-
-def _infill_ids(template: str, tok, mask_id: int):
-  """'a{mask:3}b' -> ids of 'a', three mask ids, ids of 'b'."""
-  import re
-  ids, parts = [], re.split(r'\{mask:(\d+)\}', template)
-  for i, part in enumerate(parts):
-    ids += [mask_id] * int(part) if i % 2 else tok.encode(os.fsencode(part)).tolist()
-  return ids
-
-
-def _default_strategy(config) -> str:
-  """'block' for a BD3 run (0 < loss.block_size < data.seq_len), else 'ancestral'."""
-  return 'block' if 0 < config.loss.block_size < config.data.seq_len else 'ancestral'
-
-
-def _sample_masked_diffusion(args, config, model, params, prompt, rng, tok, pad=None):
-  """prompt [B, P] -> (DiffusionOutput, the slot where generation starts). Left padding (pad
-  [B], --batch) is already in `prompt` as EOS (document breaks), which the network sees."""
-  del pad  # approximate: no masking of pad slots in a bidirectional model (sample/batch.py)
-  import jax.numpy as jnp
-  from paradigms.masked_diffusion import LogitsFn
-  from sample import masked_diffusion as mds
-  mask_id, num = config.loss.mask_id, len(prompt)
-  fn = LogitsFn(model, mask_id, config.loss.time_conditioning)
-  strategy = args.strategy or _default_strategy(config)
-  common = dict(mask_id=mask_id, temperature=args.temperature, top_k=args.top_k,
-                top_p=args.top_p)  # temperature 0: greedy proposals
-  if strategy == 'block':
-    B = args.block_size or config.loss.block_size or 4
-    extra = (-prompt.shape[1]) % B  # the prompt must fill whole blocks: pad with document breaks
-    fill = tok.eos_id if tok is not None else 0
-    prompt = np.concatenate([np.full((num, extra), fill, np.int32), prompt], 1)
-    n_blocks = -(-args.max_new_tokens // B)
-    total = prompt.shape[1] + n_blocks * B
-    return mds.block_diffusion(fn, params, jnp.asarray(prompt), rng, model.init_cache(num, total),
-                               block_size=B, num_blocks=n_blocks, steps_per_block=args.steps or B,
-                               schedule=config.loss.schedule, **common), prompt.shape[1]
-  if args.infill:
-    if tok is None:
-      raise UserError('--infill needs a text tokenizer; this model has none')
-    x = np.asarray([_infill_ids(args.infill, tok, mask_id)] * num, np.int32)
-  else:
-    x = np.concatenate([prompt, np.full((num, args.max_new_tokens), mask_id, np.int32)], 1)
-  P = 0 if args.infill else prompt.shape[1]
-  x, n_masked = jnp.asarray(x), int((x[0] == mask_id).sum())
-  steps = args.steps or max(n_masked, 1)
-  if strategy == 'ancestral':
-    out = mds.ancestral(fn, params, x, rng, steps=steps, schedule=config.loss.schedule, **common)
-  elif strategy == 'remdm':
-    out = mds.remdm(fn, params, x, rng, steps=steps, eta=args.eta, schedule=config.loss.schedule,
-                    **common)
-  elif strategy == 'topk':
-    out = mds.confidence_topk(fn, params, x, rng, steps=min(steps, max(n_masked, 1)), **common)
-  elif strategy == 'threshold':
-    out = mds.confidence_threshold(fn, params, x, rng, tau=args.threshold, **common)
-  else:
-    block, L = args.block_size or 32, config.data.seq_len
-    out = mds.semi_autoregressive(fn, params, x, rng, block_len=block, strategy='topk',
-                                  steps_per_block=args.steps or block, tau=args.threshold,
-                                  window=L if x.shape[1] > L else None, **common)
-  return out, P
-
-
-def _text(sampler):
-  """A token paradigm's entry point: build the prompt, sample, print the decoded texts.
-  `args.tokenizer` is the run's text tokenizer (None: ids only)."""
-  def run(args, config, model, params, rng):
-    tok = args.tokenizer
-    prompt = np.asarray([encode_prompt(args, config, tok, args.prompt, args.prompt_ids)] *
-                        args.num, np.int32)  # [num, P]
-    infill = bool(args.infill) and config.paradigm != 'autoregressive'
-    length = len(_infill_ids(args.infill, tok, 0)) if infill and tok is not None else \
-        prompt.shape[1] + args.max_new_tokens
-    if length > config.data.seq_len:
-      print(f'warning: {length} tokens (prompt + --max-new-tokens) is past the '
-            f'{config.data.seq_len}-token windows this model was trained on (data.seq_len); '
-            'expect worse samples beyond them', file=sys.stderr)
-    t0 = time.perf_counter()
-    out, P = sampler(args, config, model, params, prompt, rng, tok)
-    _print_texts(args, out, P, tok, t0)
-  return run
-
-
-def _batch_cli(args, config, model, params) -> None:
-  """--batch FILE --out FILE: every line of FILE through the same per-batch sampler as a single
-  prompt (TEXT_SAMPLERS), in fixed-shape left-padded batches of --num rows (sample/batch.py)."""
-  from sample import batch
-  tok, md = args.tokenizer, config.paradigm == 'masked_diffusion'
-  sampler = TEXT_SAMPLERS[config.paradigm]
-
-  def sample_fn(opts, prompt, pad, rng):
-    name = opts.pop('sampler')
-    a = argparse.Namespace(**{**vars(args), **opts, 'num': len(prompt),
-                              'strategy': name if md else args.strategy})
-    return sampler(a, config, model, params, prompt, rng, tok, pad=pad)
-
-  defaults = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                  top_k=args.top_k, top_p=args.top_p,
-                  sampler=(args.strategy or _default_strategy(config)) if md else 'ar')
-  eos = None if tok is None else tok.eos_id
-  batch.run(args.batch, args.out, sample_fn=sample_fn, decode=_decoder(tok),
-            encode=lambda text, ids: encode_prompt(args, config, tok, text, ids),
-            defaults=defaults, samplers=STRATEGIES if md else ('ar',),
-            context=config.model.max_len, rows=args.num, bucket=args.bucket,
-            fill=0 if eos is None else eos, seed=args.seed, seq_len=config.data.seq_len,
-            fit_default='--max-new-tokens' not in args.given)
 
 
 # --- Images: diffusion, VAR, HART, and a tokenizer's reconstructions ----------------------------
@@ -398,8 +234,9 @@ def image_cli(args, config, model, params, rng) -> None:
 
 
 def scale_cli(args, config, model, params, rng) -> None:
-  """A VAR or HART run: `--num 16 --out grid.png [--cfg --top-k --top-p --label --judge]`, and
-  for HART `--steps` (the head's solver steps, default 8); decodes through data.tokenizer."""
+  """A VQ-token image run (VAR, HART, raster AR, MaskGIT): `--num 16 --out grid.png [--cfg --top-k
+  --top-p --label --judge]`; HART's `--steps` are the head's solver steps (default 8), MaskGIT's
+  its decoding steps (default 8); decodes through data.tokenizer."""
   from evaluators import images
   from train.checkpoint import load_tokenizer
   labels = cli_labels(args, config)
@@ -408,11 +245,13 @@ def scale_cli(args, config, model, params, rng) -> None:
   opts = dict(cfg=args.cfg, top_k=args.top_k, top_p=args.top_p, temperature=args.temperature)
   if config.paradigm == 'hybrid':
     opts['head_steps'] = args.steps or 8
+  elif config.paradigm == 'maskgit':
+    opts['steps'] = args.steps or 8
   x, nfe = images.generate(config, model, params, rng, num=args.num, labels=labels,
                            tokenizer=tokenizer, **opts)
   images.image_grid(x, zoom=args.zoom).save(args.out)
   rows = args.num * (2 if args.cfg != 1.0 else 1)
-  print(f'wrote {args.out}: {args.num} samples, {len(model.cfg.scales)} scales, {nfe} network '
+  print(f'wrote {args.out}: {args.num} samples, {nfe} network '
         f'evaluations of {rows} rows, {time.perf_counter() - t0:.2f}s including compilation',
         file=sys.stderr)
   if args.judge:
@@ -454,14 +293,13 @@ def tokenizer_cli(args, config, model, params, rng) -> None:
 
 
 # paradigm name -> sampling entry point: the one place the CLI branches on the paradigm
-# one batch of a token paradigm: (args, config, model, params, prompt, rng, tok, pad) -> (out, P)
-TEXT_SAMPLERS = {'autoregressive': _sample_autoregressive,
-                 'masked_diffusion': _sample_masked_diffusion}
-SAMPLERS = {'autoregressive': _text(_sample_autoregressive),
-            'masked_diffusion': _text(_sample_masked_diffusion),
+SAMPLERS = {'autoregressive': text_entry(sample_autoregressive),
+            'masked_diffusion': text_entry(sample_masked_diffusion),
             'image_diffusion': image_cli,
             'next_scale': scale_cli,
             'hybrid': scale_cli,
+            'raster_ar': scale_cli,
+            'maskgit': scale_cli,
             'vqvae': tokenizer_cli}
 
 
@@ -494,33 +332,8 @@ def main(argv=None):
                     '--batch (its samples go to --out grid.png)')
   _check_flags(args, config.paradigm)
   if args.batch:
-    return _batch_cli(args, config, model, params)
+    return batch_cli(args, config, model, params)
   SAMPLERS[config.paradigm](args, config, model, params, jax.random.key(args.seed))
-
-
-def _decoder(tok):
-  """ids -> text: the tokenizer's decode, else the ids joined by spaces."""
-  return tok.decode if tok is not None else (lambda ids: ' '.join(map(str, ids)))
-
-
-def _print_texts(args, out, P: int, tok, t0):
-  """Each sample's text (prompt included), or with --json one object per line:
-  {"tokens": the ids from slot P up to the sample's length, "text": their text, "sample": i,
-  "nfe"}."""
-  import json
-  import jax
-  from sample.batch import new_tokens
-  tokens = jax.device_get(out.tokens)
-  dt = time.perf_counter() - t0
-  decode = _decoder(tok)
-  for i, new in enumerate(new_tokens(out, P)):
-    if args.json:
-      print(json.dumps({'sample': i, 'tokens': new, 'text': decode(new),
-                        'prompt_tokens': [int(x) for x in tokens[i, :P]], 'nfe': int(out.nfe)}))
-    else:
-      print(f'===== sample {i} ({len(new)} new tokens) =====\n'
-            f'{decode([int(x) for x in tokens[i, :P]] + new)}')
-  print(f'[{int(out.nfe)} network evaluations, {dt:.2f}s including compilation]', file=sys.stderr)
 
 
 if __name__ == '__main__':

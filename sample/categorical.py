@@ -42,17 +42,39 @@ def filtered_probs(logits, temperature: float = 1.0, top_k: int = 0, top_p: floa
   return probs, ids
 
 
+def sample_probs(rng, probs):
+  """One index per row of probs [..., K] (non-negative, any total > 0) by inverting the CDF:
+  the first k with cdf_k > u * total, u ~ U[0, 1). Returns [...] int32."""
+  cdf = jnp.cumsum(probs, axis=-1)  # [..., K]
+  u = jax.random.uniform(rng, probs.shape[:-1] + (1,), jnp.float32)  # [..., 1]
+  k = jnp.sum(cdf <= u * cdf[..., -1:], axis=-1)
+  return jnp.minimum(k, probs.shape[-1] - 1).astype(jnp.int32)  # guards cdf[-1] rounding
+
+
+def full_probs(logits, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+               greedy: bool = False):
+  """`filtered_probs` over the whole vocabulary in id order (zeros where filtered out), or
+  one-hot at the argmax when greedy: [..., V] -> [..., V] float32. Speculative sampling needs
+  the target's p and the drafter's q on one support."""
+  V = logits.shape[-1]
+  if greedy:
+    return jax.nn.one_hot(jnp.argmax(logits, axis=-1), V, dtype=jnp.float32)
+  probs, ids = filtered_probs(logits, temperature, top_k, top_p)
+  if ids is None:
+    return probs
+  flat_p, flat_i = probs.reshape(-1, probs.shape[-1]), ids.reshape(-1, ids.shape[-1])
+  full = jnp.zeros((flat_p.shape[0], V), jnp.float32)
+  full = full.at[jnp.arange(flat_p.shape[0])[:, None], flat_i].set(flat_p)
+  return full.reshape(logits.shape)
+
+
 def sample_categorical(rng, logits, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                        greedy: bool = False):
   """Draw one token per row. logits: [..., V] -> ids [...] int32 (inverse-CDF sampling)."""
   if greedy:
     return jnp.argmax(logits, axis=-1).astype(jnp.int32)
   probs, ids = filtered_probs(logits, temperature, top_k, top_p)
-  cdf = jnp.cumsum(probs, axis=-1)  # [..., K]
-  u = jax.random.uniform(rng, probs.shape[:-1] + (1,), jnp.float32)  # [..., 1]
-  # first index with cdf > u * total; clip guards against cdf[-1] < 1 from rounding
-  k = jnp.sum(cdf <= u * cdf[..., -1:], axis=-1, keepdims=True)
-  k = jnp.minimum(k, probs.shape[-1] - 1)
+  k = sample_probs(rng, probs)
   if ids is None:
-    return k[..., 0].astype(jnp.int32)
-  return jnp.take_along_axis(ids, k, axis=-1)[..., 0].astype(jnp.int32)
+    return k
+  return jnp.take_along_axis(ids, k[..., None], axis=-1)[..., 0]

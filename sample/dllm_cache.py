@@ -101,19 +101,21 @@ def visible_slots(T: int, W: int, w, a):
 
 
 _STATIC = ('logits_fn', 'mask_id', 'gen_len', 'block_len', 'strategy', 'steps_per_block', 'tau',
-           'factor', 'gamma', 'cache_mode', 'refresh', 'temperature', 'top_k', 'top_p')
+           'factor', 'gamma', 'confidence', 'cache_mode', 'refresh', 'temperature', 'top_k',
+           'top_p')
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
 def cached_semi_autoregressive(logits_fn: Callable, params, prompt, rng, cache=None, *,
                                mask_id: int, gen_len: int, block_len: int, strategy: str = 'topk',
                                steps_per_block: int | None = None, tau: float = 0.9,
-                               factor: float = 1.0, gamma: float = 0.1, cache_mode: str = 'dual',
+                               factor: float = 1.0, gamma: float = 0.1, confidence: str = 'max',
+                               cache_mode: str = 'dual',
                                refresh: int = 0, temperature: float = 1.0, top_k: int = 0,
                                top_p: float = 1.0) -> CachedDiffusionOutput:
   """Semi-AR decoding of gen_len = N tokens after `prompt` [B, P] with Fast-dLLM's approximate
   KV cache (module doc). Blocks, commit rules (`strategy` with steps_per_block / tau / factor /
-  gamma) and rng use are those of `sample.masked_diffusion.semi_autoregressive` on
+  gamma, ranked by `confidence`) and rng use are those of `sample.masked_diffusion.semi_autoregressive` on
   x = concat(prompt, N masks); prompt tokens are given and never changed (a mask_id inside the
   prompt stays masked: use `semi_autoregressive` for infilling).
 
@@ -126,7 +128,8 @@ def cached_semi_autoregressive(logits_fn: Callable, params, prompt, rng, cache=N
   """
   _check(temperature, top_k, top_p, gen_len=gen_len, block_len=block_len,
          steps_per_block=steps_per_block)
-  rule = pd.make_rule(strategy, steps=steps_per_block, tau=tau, factor=factor, gamma=gamma)
+  rule = pd.make_rule(strategy, steps=steps_per_block, tau=tau, factor=factor, gamma=gamma,
+                      confidence=confidence)
   if cache_mode not in CACHE_MODES:
     raise ValueError(f'cache_mode must be one of {CACHE_MODES}, got {cache_mode!r}')
   if refresh < 0:

@@ -10,7 +10,7 @@ rejection i the token is drawn from the residual
 and when all gamma are accepted one more token comes from p_{gamma+1}. Every emitted token is
 then distributed exactly as the target's p given the tokens before it (Leviathan Thm. 1), so
 the output is a sample of plain AR decoding. Temperature, top-k and top-p are applied to p and
-q alike (`sample.categorical.filtered_probs`), so it is the filtered target that is sampled
+q alike (`sample.categorical.full_probs`), so it is the filtered target that is sampled
 exactly. Greedy decoding is the limit: q and p are one-hot at their argmax, a draft is kept
 iff it is the target's argmax, and the correction is the target's argmax.
 
@@ -44,31 +44,12 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from sample.categorical import filtered_probs
-
-
-def _filter(logits, temperature: float, top_k: int, top_p: float, greedy: bool):
-  """Full-vocabulary probabilities after the sampler's filters: [..., V] -> [..., V] float32."""
-  if greedy:
-    return jax.nn.one_hot(jnp.argmax(logits, axis=-1), logits.shape[-1], dtype=jnp.float32)
-  probs, ids = filtered_probs(logits, temperature, top_k, top_p)
-  if ids is None:
-    return probs
-  flat_p = probs.reshape(-1, probs.shape[-1])
-  flat_i = ids.reshape(-1, ids.shape[-1])
-  full = jnp.zeros((flat_p.shape[0], logits.shape[-1]), jnp.float32)
-  full = full.at[jnp.arange(flat_p.shape[0])[:, None], flat_i].set(flat_p)
-  return full.reshape(logits.shape)
+from sample.categorical import full_probs, sample_probs
 
 
 def _draw(rng, probs, greedy: bool):
-  """One token per row of probs [..., V] by inverting the CDF (argmax when greedy)."""
-  if greedy:
-    return jnp.argmax(probs, axis=-1).astype(jnp.int32)
-  cdf = jnp.cumsum(probs, axis=-1)
-  u = jax.random.uniform(rng, probs.shape[:-1] + (1,), jnp.float32) * cdf[..., -1:]
-  k = jnp.sum(cdf <= u, axis=-1)
-  return jnp.minimum(k, probs.shape[-1] - 1).astype(jnp.int32)
+  """One token per row of probs [..., V]: the inverse CDF, or the argmax when greedy."""
+  return jnp.argmax(probs, axis=-1).astype(jnp.int32) if greedy else sample_probs(rng, probs)
 
 
 def _take(probs, x):
@@ -260,7 +241,7 @@ def speculative_generate(logits_fn: Callable, params, drafter, draft_params, pro
     if c is None or c.ids.shape[-1] < T:
       raise ValueError(f'{name} must be an empty cache with room for P + max_new_tokens + gamma '
                        f'+ 1 = {T} positions')
-  filt = functools.partial(_filter, temperature=temperature, top_k=top_k, top_p=top_p,
+  filt = functools.partial(full_probs, temperature=temperature, top_k=top_k, top_p=top_p,
                            greedy=greedy)
   if hasattr(logits_fn, 'prepare'):
     params, cache = logits_fn.prepare(params, cache)

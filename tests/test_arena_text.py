@@ -115,6 +115,13 @@ def test_settings_clip_dedupe_and_record_exact_sampling():
   assert [r['sampler'] for r in exact] == ['ar', 'ancestral', 'block_diffusion']
   assert all(r['settings'].get('final_argmax') is False for r in exact[1:])
   assert label(exact[2]) == 'block_diffusion B=4 1/block'
+  extra = settings(16, [4], 4, samplers=('ar_int8', 'confidence_factor', 'entropy_bounded',
+                                          'semi_ar_dual_cache', 'speculative'))
+  assert [label(r) for r in extra] == [
+      'ar int8 (weights + KV cache)', 'speculative ar_draft gamma=2', 'speculative ar_draft gamma=4',
+      'speculative bd3_draft gamma=2', 'speculative bd3_draft gamma=4', 'confidence_factor f=1.0',
+      'entropy_bounded gamma=0.1', 'semi_ar_dual_cache S=4']
+  assert extra[-1]['settings'] == {'block_len': 16, 'steps_per_block': 4}
   with pytest.raises(ValueError, match='multiple of the BD3 block'):
     settings(18, [4], 4)
   with pytest.raises(ValueError, match='unknown samplers'):
@@ -132,11 +139,22 @@ def test_speed_findings_state_the_verdict_from_the_numbers():
   ar = _row('ar', 100, 1000, 2.0)
   slow = [ar, _row('ancestral', 300, 500, 4.0), _row('confidence_topk', 50, 800, 0.4, 0.1, True)]
   text = findings(slow, ref, (1, 64))
-  assert 'contradicts' in text and 'at batch 1, none; at batch 64, none' in text
+  assert 'contradicts' in text and 'at batch 1 (against ar), none; at batch 64 (against ar), none' in text
   assert 'Degenerate rows (confidence_topk)' in text  # better bpb, but only by repeating itself
   fast = [ar, _row('block_diffusion', 400, 3000, 1.9)]
   text = findings(fast, ref, (1, 64))
   assert 'contradicts' not in text and '3.00x' in text and 'short of 10x' in text
+  # the race is against AR at its fastest: speculative at batch 1 beats the BD3 row there
+  spec = _row('speculative', 500, 900, 2.0)
+  text = findings([ar, spec, _row('block_diffusion', 400, 3000, 1.9)], ref, (1, 64))
+  assert 'AR side' in text and 'at batch 1, speculative (5.00x)' in text
+  assert 'at batch 1 (against speculative), none' in text
+  assert 'at batch 64 (against ar), block_diffusion (3.00x)' in text
+  assert 'contradicts' in text and 'at batch 1 the result' in text
+  cached = [ar, dict(_row('semi_autoregressive', 10, 100, 3.0), steps=16),
+            dict(_row('semi_ar_dual_cache', 20, 250, 3.1), steps=16)]
+  assert 'dual KV cache runs semi-AR decoding at 2.50x (S=16, 3.00 -> 3.10' in findings(
+      cached, ref, (1, 64))
 
 
 def test_infill_findings_need_an_edge_beyond_the_noise():
@@ -191,3 +209,24 @@ def test_fillers_write_whole_spans():
     assert not (fill == mdlm.config.loss.mask_id).any()
   with pytest.raises(ValueError, match='unknown MDLM infill sampler'):
     mdlm_fill(mdlm, prefix, suffix, jax.random.key(1), span=S, sampler='gibbs')
+
+
+def test_the_tool_rows_decode_every_position_on_tiny_models():
+  """make_run for the rows added with the inference tools (int8 AR, factor, EB, dual cache,
+  speculative) on random-init tiny models: every new position written, NFE in its bounds."""
+  import jax
+  from arena.text_samplers import label, make_run, settings
+  ar, mdlm = _random_run('ar'), _random_run('mdlm')
+  models = {k: (r.config, r.model, r.params) for k, r in (('ar', ar), ('mdlm', mdlm),
+                                                            ('ar_draft', ar))}
+  prompt, B, N = np.asarray([100, 101, 102, 32], np.int32), 2, 8
+  rows = settings(N, [4], 4, samplers=('ar_int8', 'confidence_factor', 'entropy_bounded',
+                                       'semi_ar_dual_cache', 'speculative'))
+  for row in rows:
+    if row['settings'].get('drafter') == 'bd3_draft':
+      continue
+    out, start = make_run(row, models, prompt, B, N)(jax.random.key(0))
+    new = np.asarray(out.tokens)[:, start:start + N]
+    assert new.shape == (B, N), label(row)
+    assert not (new == mdlm.config.loss.mask_id).any(), label(row)
+    assert 1 <= int(out.nfe) <= N + len(prompt), (label(row), int(out.nfe))

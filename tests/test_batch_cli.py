@@ -171,6 +171,30 @@ def test_masked_diffusion_runs_batch_with_strategy_names(md_run, tmp_path):
     assert len(r['tokens']) == 8 and 257 not in r['tokens']  # every mask filled
 
 
+def test_dllm_flags_reach_the_samplers_and_refresh_1_is_the_uncached_sampler(md_run, capsys):
+  """--strategy factor / eb fill every mask; --strategy semi_ar --rule eb with --dllm-cache dual
+  --refresh 1 (a full forward at every call) prints exactly the uncached semi-AR tokens, and
+  with --refresh 0 it spends the same calls per block."""
+  base = ['--workdir', md_run, '--prompt', 'def ', '--json', '--num', '2', '--max-new-tokens',
+          '16']
+
+  def tokens(*flags):
+    sample_main(base + list(flags))
+    rows = [json.loads(l) for l in capsys.readouterr().out.strip().splitlines()]
+    return [r['tokens'] for r in rows], rows[0]['nfe']
+
+  for strategy in ('factor', 'eb'):
+    toks, nfe = tokens('--strategy', strategy, '--factor', '2', '--eb-gamma', '0.5')
+    assert all(len(t) == 16 and 257 not in t for t in toks) and 1 <= nfe <= 20
+  semi = ['--strategy', 'semi_ar', '--rule', 'eb', '--block-size', '8']
+  plain, nfe = tokens(*semi)
+  cached, nfe_cached = tokens(*semi, '--dllm-cache', 'dual', '--refresh', '1')
+  assert cached == plain and nfe_cached == nfe
+  toks, _ = tokens('--strategy', 'semi_ar', '--rule', 'topk', '--steps', '4', '--block-size', '8',
+                   '--dllm-cache', 'prefix')
+  assert all(len(t) == 16 and 257 not in t for t in toks)
+
+
 def test_batch_flags_fail_at_the_parser(ar_run, tmp_path):
   inp = _write(tmp_path / 'in.jsonl', [{'id': 1, 'prompt': 'a'}])
   for extra, words in ((['--prompt', 'x'], 'drop --prompt'), ([], '--batch needs --out')):

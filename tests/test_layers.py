@@ -2,7 +2,8 @@
 
   1   paradigms (with paradigms/nn): model definitions; may import only the stdlib, jax, flax,
       numpy and chex (no other third-party package)
-  2   sample: jitted samplers (sample/__main__.py is an entry point, layer 5)
+  2   sample: jitted samplers (sample/__main__.py and sample/cli_text.py are the `python -m
+      sample` entry point, layer 5)
   3a  pipelines: data
   3b  evaluators: judges (3b may import 3a, 3a may not import 3b)
   3a  interop: checkpoint formats (Hugging Face folders), beside pipelines
@@ -28,13 +29,15 @@ ENTRY_POINTS = ('configs', 'arena', 'benchmarks', 'tpu', 'examples')
 LAYERS.update({d: (6, '5') for d in ENTRY_POINTS})
 SKIP_DIRS = {'.venv', '.ci-venv', 'build', 'tests', '__pycache__'}
 PARADIGMS_MAY_IMPORT = {'jax', 'flax', 'numpy', 'chex', 'paradigms', '__future__'}
+CLI_MODULES = ('sample.__main__', 'sample.cli_text')  # `python -m sample`: entry points in sample/
 HEAVY = ('train', 'pipelines', 'evaluators', 'grain', 'orbax', 'PIL', 'tqdm')
 
 
 def layer_of(module: str):
   """(rank, label, name) of a dotted module name of ours, or None for stdlib/third-party."""
-  if module == 'sample.__main__' or module.startswith('sample.__main__.'):
-    return LAYERS['configs'] + ('sample.__main__',)
+  for cli in CLI_MODULES:
+    if module == cli or module.startswith(cli + '.'):
+      return LAYERS['configs'] + (cli,)
   top = module.split('.')[0]
   return LAYERS[top] + (top,) if top in LAYERS else None
 
@@ -184,7 +187,7 @@ def test_library_layers_import_nothing_heavy():
   for top in ('paradigms', 'sample'):
     for p in sorted((ROOT / top).rglob('*.py')):
       name = module_name(p.relative_to(ROOT))
-      if '__pycache__' not in p.parts and name != 'sample.__main__':
+      if '__pycache__' not in p.parts and name not in CLI_MODULES:
         modules.append(name)
   env = dict(os.environ, JAX_PLATFORMS='cpu')
   proc = subprocess.run([sys.executable, '-c', _PROBE, json.dumps(modules), json.dumps(HEAVY)],

@@ -7,6 +7,7 @@ the batches an unbroken run would. Saves are asynchronous and the newest `keep` 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import warnings
@@ -154,21 +155,49 @@ class Checkpointer:
 
 def _attempt(fn, *args):
   """`fn(*args)` (an orbax restore). When it fails, tensorstore's callbacks of the abandoned read
-  later find orbax's event loop closed and report 'RuntimeError: Event loop is closed' through
-  sys.unraisablehook, a traceback each: noise (the caller reports the failure), so from then on
-  the hook drops exactly that error and passes every other one on."""
-  try:
-    return fn(*args)
-  except Exception:
-    if getattr(sys.unraisablehook, '__name__', '') != '_drop_closed_loop':
-      previous = sys.unraisablehook
+  find orbax's event loop closed and report 'RuntimeError: Event loop is closed', a traceback
+  each, through sys.unraisablehook (or sys.excepthook, via PyErr_Print), from tensorstore's
+  threads and possibly before the failure reaches us, and asyncio logs its unretrieved
+  deserialisation tasks ('Task exception was never retrieved'): noise, since the caller reports
+  the failure. So both hooks and a filter on the 'asyncio' logger drop exactly those, installed
+  before the restore starts (installed on failure they lose that race), and pass every other
+  error on."""
+  _drop_closed_loop_reports()
+  return fn(*args)
 
-      def _drop_closed_loop(unraisable):
-        if not (isinstance(unraisable.exc_value, RuntimeError) and
-                'Event loop is closed' in str(unraisable.exc_value)):
-          previous(unraisable)
-      sys.unraisablehook = _drop_closed_loop
-    raise
+
+def _closed_loop(exc) -> bool:
+  return isinstance(exc, RuntimeError) and 'Event loop is closed' in str(exc)
+
+
+class _AbandonedReadFilter(logging.Filter):
+  """Drops asyncio's 'Task exception was never retrieved' records of orbax's abandoned reads
+  (async_deserialize tasks of a restore that already failed and was reported)."""
+
+  def filter(self, record) -> bool:
+    msg = record.getMessage()
+    return not ('never retrieved' in msg and 'deserialize' in msg)
+
+
+def _drop_closed_loop_reports() -> None:
+  log = logging.getLogger('asyncio')
+  if not any(isinstance(f, _AbandonedReadFilter) for f in log.filters):
+    log.addFilter(_AbandonedReadFilter())
+  if getattr(sys.unraisablehook, '__name__', '') != '_drop_unraisable':
+    previous_unraisable = sys.unraisablehook
+
+    def _drop_unraisable(unraisable):
+      if not _closed_loop(unraisable.exc_value):
+        previous_unraisable(unraisable)
+    sys.unraisablehook = _drop_unraisable
+  if getattr(sys.excepthook, '__name__', '') != '_drop_excepthook':
+    previous_except = sys.excepthook
+
+    def _drop_excepthook(kind, value, tb):
+      if not _closed_loop(value):
+        previous_except(kind, value, tb)
+    sys.excepthook = _drop_excepthook
+
 
 def load_run(workdir: str, step: int | None = None, ema: bool | None = None):
   """(config, model, params) of a trained run, on one device, for sampling or analysis.
@@ -229,7 +258,8 @@ TOKENIZER_HELP = ('train one with `python -m train --config configs/vqvae_glyphs
 
 
 def tokenizer_spec(path: str) -> dict:
-  """{'scales', 'latent_dim', 'codebook_size', 'image_size', 'channels'} of the VQ-VAE run in
+  """{'scales', 'latent_dim', 'codebook_size', 'image_size', 'channels', 'image_width'} of the
+  VQ-VAE run in
   `path`, read from its saved config.json (no checkpoint is opened)."""
   if not path:
     raise ValueError('data.tokenizer is empty: next-scale prediction trains on the tokens of a '
@@ -246,7 +276,8 @@ def tokenizer_spec(path: str) -> dict:
                      f'multi-scale VQ-VAE (no model.scales / model.latent_dim); {TOKENIZER_HELP}')
   return {'scales': tuple(int(s) for s in model['scales']), 'latent_dim': int(model['latent_dim']),
           'codebook_size': int(model['codebook_size']),
-          'image_size': int(model.get('image_size', 0)), 'channels': int(model.get('channels', 0))}
+          'image_size': int(model.get('image_size', 0)), 'channels': int(model.get('channels', 0)),
+          'image_width': int(model.get('image_width', 0))}
 
 
 def load_tokenizer(config):
