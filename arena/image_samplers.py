@@ -52,12 +52,14 @@ def settings(config, model, *, samplers: Sequence[str] = ('euler',), steps: Sequ
       top = 2 ** model.cfg.max_step_index
       return [dict(sampler='euler', steps=n) for n in steps if n & (n - 1) == 0 and n <= top]
     return [dict(sampler=s, steps=n) for s in samplers for n in steps]
-  if config.paradigm == 'next_scale':
+  if config.paradigm in ('next_scale', 'raster_ar'):
     return [dict(top_k=top_k)]
   if config.paradigm == 'hybrid':
     return [dict(top_k=top_k, head_steps=n) for n in head_steps]
+  if config.paradigm == 'maskgit':
+    return [dict(top_k=top_k, steps=n) for n in steps]
   raise ValueError(f'{config.paradigm!r} runs are not image generators; give runs of '
-                   "'image_diffusion', 'next_scale' or 'hybrid'")
+                   "'image_diffusion', 'next_scale', 'hybrid', 'raster_ar' or 'maskgit'")
 
 
 def describe(row: dict) -> str:

@@ -124,7 +124,7 @@ def image_tokens(config) -> tuple[int, float]:
   m = model_config(config)
   if config.paradigm == 'image_diffusion':
     return m.num_tokens, float(m.num_tokens)
-  sizes = [s * s for s in m.scales]
+  sizes = list(m.scale_sizes)
   seen = sum(n * sum(sizes[:k + 1]) for k, n in enumerate(sizes))
   return m.num_tokens, seen / m.num_tokens
 

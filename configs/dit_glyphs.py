@@ -4,7 +4,19 @@
   python -m sample --workdir runs/dit_glyphs --num 16 --out grid.png --sampler heun --steps 18 --cfg 2.0
   python -m sample --workdir runs/dit_glyphs --num 16 --out grid.png --label 7A --judge
 
-The argument is `preset[,objective]`: objective 'flow' (default; rectified flow, logit-normal t),
+Rectangular images: --config.data.image_width=W (0 = square; W a multiple of the patch size),
+e.g. --config.data.image_size=32 --config.data.image_width=64 gives 8x16 patches at p = 4.
+
+Prompts (issue 25): `preset,prompt` (e.g. `tiny,prompt`, combinable with an objective) trains on
+the prompt-conditioned set: strings of 1..8 characters on H x 2H images, strings hash-split into
+seen and held-out (train.config.use_prompts, pipelines/glyphs.py). The condition is the string as
+8 character tokens, the same in-context label tokens the label set uses: DiT appends them to
+the patch tokens (in-context conditioning, not SD3's MMDiT joint attention: one token stream,
+one set of weights, the form the paradigm already has, and at 8 prompt tokens against 128
+patches the cost of separate text weights buys nothing). CFG drops the prompt (loss
+label_dropout).
+
+The argument is `preset[,objective][,prompt]`: objective 'flow' (default; rectified flow, logit-normal t),
 'edm' (EDM preconditioning, log-normal sigma), 'eps' (DDPM eps-prediction, cosine schedule),
 'v' or 'x0' (the same VP process, other targets), or 'shortcut' (a flow model with step-size
 conditioning trained with the shortcut self-consistency targets: 1-, 2- and 4-step sampling).
@@ -27,19 +39,18 @@ import ml_collections
 
 from paradigms.image_diffusion import Options
 from paradigms.nn.dit import DiTConfig
-from train.config import base_config, finalize
+from train.config import base_config, config_arg, finalize, use_prompts
 
 OBJECTIVES = ('flow', 'edm', 'eps', 'v', 'x0', 'shortcut')
 
 
 def get_config(arg: str = 'small'):
-  preset, _, objective = arg.partition(',')
-  objective = objective or 'flow'
   presets = {'tiny': _tiny, 'small': _small, 'base': _base}
-  if preset not in presets:
-    raise ValueError(f'unknown preset {preset!r} for configs/dit_glyphs.py; choose one of {sorted(presets)}')
-  if objective not in OBJECTIVES:
-    raise ValueError(f'unknown objective {objective!r}; choose one of {OBJECTIVES}')
+  preset, variants = config_arg(arg, presets, OBJECTIVES + ('prompt',), 'configs/dit_glyphs.py')
+  objectives = sorted(variants - {'prompt'})
+  if len(objectives) > 1:
+    raise ValueError(f'{arg!r} names {len(objectives)} objectives; give one of {OBJECTIVES}')
+  objective = objectives[0] if objectives else 'flow'
   c = base_config()
   c.paradigm = 'image_diffusion'
   c.data.source = 'glyphs'
@@ -53,11 +64,14 @@ def get_config(arg: str = 'small'):
   c.judge.name = 'glyphs'
   c.train.ema_halflife_nimg = 50_000.0  # EDM-style EMA; sampling uses the EMA params
   presets[preset](c)
+  if 'prompt' in variants:
+    use_prompts(c.data)
   if shortcut:
     c.judge.sampler, c.judge.steps = 'euler', 4
   c.model.label_vocab = len(c.data.alphabet) + 1  # for other data set it to the largest label + 1
   c.model.label_len = c.data.get_ref('max_chars')  # the model follows data overrides
-  c.model.image_size = c.data.get_ref('image_size')
+  c.model.image_size = c.data.get_ref('image_size')  # H
+  c.model.image_width = c.data.get_ref('image_width')  # W (0 = square)
   c.model.channels = c.data.get_ref('channels')
   return finalize(c)
 

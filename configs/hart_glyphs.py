@@ -32,7 +32,7 @@ def get_config(arg: str = 'small'):
   c.unlock()
   c.paradigm = 'hybrid'
   c.data.tokenizer_residual = True
-  head = {'tiny': (32, 1, 32), 'small': (256, 3, 128), 'base': (1024, 6, 256)}[arg]
+  head = {'tiny': (32, 1, 32), 'small': (256, 3, 128), 'base': (1024, 6, 256)}[arg.split(',')[0]]
   fields = dict(zip(('head_width', 'head_depth', 'head_freq_dim'), head))
   assert set(fields) <= {f.name for f in dataclasses.fields(HARTConfig)}
   for k, v in fields.items():

@@ -5,11 +5,19 @@
   python -m sample --workdir runs/var_glyphs --num 16 --out grid.png --cfg 2.5 --top-k 100
   python -m sample --workdir runs/var_glyphs --num 16 --out grid.png --label 7A --judge
 
+Prompts (issue 25): `P,prompt` pairs with the tokenizer `vqvae_glyphs.py:P,prompt` (default
+runs/vqvae_glyphs_prompt): strings of 1..8 characters on H x 2H images. The prompt enters as
+VAR's class condition c = sum_j E_j[label_j] (a position-aware embedding per character slot:
+start tokens and adaLN), dropped for CFG; a prefix of prompt tokens in the sequence is not built
+yet.
+
 `data.tokenizer` names the tokenizer's workdir (default runs/vqvae_glyphs); the data pipeline
 encodes every image batch with it (pipelines/sources.py). The tokenizer's shape fields
-(model.scales, codebook_size, latent_dim; data.image_size, channels) are copied from the same
-preset of configs/vqvae_glyphs.py, so `var_glyphs.py:P` pairs with `vqvae_glyphs.py:P`; a
-tokenizer trained otherwise needs the matching --config.model.* flags (the error names them).
+(model.scales, codebook_size, latent_dim; data.image_size, image_width, channels) are copied
+from the same preset of configs/vqvae_glyphs.py, so `var_glyphs.py:P` pairs with
+`vqvae_glyphs.py:P`; a tokenizer trained otherwise needs the matching --config.model.* /
+--config.data.* flags (the error names them). A rectangular tokenizer (data.image_width = W, a
+multiple of H) gives rectangular scales s_k x (W/H) s_k: pass the same --config.data.image_width.
 Sampling: one network pass per scale (NFE = K), VAR's ramped CFG (--cfg is the weight at the
 last scale, 1 = off), top-k / top-p per scale.
 Presets:
@@ -29,33 +37,34 @@ import os
 
 import ml_collections
 
-from train.config import base_config, finalize, from_file
+from train.config import base_config, config_arg, finalize, from_file
 
 TOKENIZER_FIELDS = ('scales', 'codebook_size', 'latent_dim')
 
 
 def get_config(arg: str = 'small'):
   presets = {'tiny': _tiny, 'small': _small, 'base': _base}
-  if arg not in presets:
-    raise ValueError(f'unknown preset {arg!r} for configs/var_glyphs.py; choose one of '
-                     f'{sorted(presets)}')
+  preset, variants = config_arg(arg, presets, ('prompt',), 'configs/var_glyphs.py')
   vq = _tokenizer_config(arg)
   c = base_config()
   c.paradigm = 'next_scale'
   c.data.source = 'glyphs'
-  c.data.tokenizer = 'runs/vqvae_glyphs'
-  for k in ('image_size', 'channels', 'jitter', 'stroke'):  # the glyphs the tokenizer knows
+  c.data.tokenizer = 'runs/vqvae_glyphs' + ('_prompt' if variants else '')
+  for k in ('image_size', 'image_width', 'channels', 'jitter', 'stroke', 'prompts',
+            'max_chars'):  # the tokenizer's glyphs
     c.data[k] = vq.data[k]
   c.loss = ml_collections.ConfigDict({'label_dropout': 0.1})
   c.model = ml_collections.ConfigDict({
       **{k: vq.model[k] for k in TOKENIZER_FIELDS},
+      'image_size': c.data.get_ref('image_size'),  # W/H sets the scales' widths
+      'image_width': c.data.get_ref('image_width'),
       'label_len': c.data.max_chars, 'label_vocab': len(c.data.alphabet) + 1,
       'd_model': 128, 'n_layers': 4, 'n_heads': 4, 'd_ff': 0, 'norm_eps': 1e-6,
       'dtype': 'float32', 'param_dtype': 'float32', 'remat_policy': 'none',
       'attention_impl': 'xla'})
   c.judge.name = 'glyphs'
   c.train.update(b2=0.95, weight_decay=0.05)
-  presets[arg](c)
+  presets[preset](c)
   c.model.label_vocab = len(c.data.alphabet) + 1  # for other data set it to the largest label + 1
   c.model.label_len = c.data.get_ref('max_chars')  # the model follows data overrides
   return finalize(c)

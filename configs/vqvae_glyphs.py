@@ -2,6 +2,15 @@
 
   python -m train --config configs/vqvae_glyphs.py:small --workdir runs/vqvae_glyphs
 
+Rectangular images: --config.data.image_width=W, a multiple of data.image_size (0 = square);
+scale k is then s_k x (W/H) s_k (paradigms/vqvae.py), e.g. 32x64 with scales (1, 2, 3, 4, 6, 8)
+gives maps 1x2 ... 8x16 (L = 260 tokens).
+
+Variants (after the preset, combinable): `,single` keeps only the finest scale (a plain
+single-scale VQ-VAE: the tokenizer of raster AR and MaskGIT, configs/raster_ar_glyphs.py);
+`,prompt` trains on the prompt-conditioned glyph set (H x 2H images of 1..8 characters,
+train.config.use_prompts), e.g. `small,single,prompt`.
+
 Metrics: train 'mse' (per pixel, images in [-1, 1]), 'usage' (fraction of the V codes a batch
 uses, all scales), 'perplexity', 'dead_codes' (restarted per step); held out 'eval_mse',
 'eval_psnr', 'eval_latent_err' (||f - f_hat||^2 / ||f||^2), 'eval_usage'.
@@ -25,14 +34,12 @@ import dataclasses
 import ml_collections
 
 from paradigms.vqvae import Options, VQConfig
-from train.config import base_config, finalize
+from train.config import base_config, config_arg, finalize, use_prompts
 
 
 def get_config(arg: str = 'small'):
   presets = {'tiny': _tiny, 'small': _small, 'base': _base}
-  if arg not in presets:
-    raise ValueError(f'unknown preset {arg!r} for configs/vqvae_glyphs.py; choose one of '
-                     f'{sorted(presets)}')
+  preset, variants = config_arg(arg, presets, ('single', 'prompt'), 'configs/vqvae_glyphs.py')
   c = base_config()
   c.paradigm = 'vqvae'
   c.data.source = 'glyphs'
@@ -40,8 +47,13 @@ def get_config(arg: str = 'small'):
   c.model = ml_collections.ConfigDict(dataclasses.asdict(VQConfig()))
   c.judge.name = ''  # no sample-based judge for a tokenizer
   c.train.update(weight_decay=0.0, ema_decay=0.0, ema_halflife_nimg=0.0)  # no EMA params
-  presets[arg](c)
+  presets[preset](c)
+  if 'single' in variants:  # raster AR / MaskGIT: the finest map only, phi = identity
+    c.model.update(scales=(c.model.scales[-1],), phi_ratio=0.0)
+  if 'prompt' in variants:
+    use_prompts(c.data)
   c.model.image_size = c.data.get_ref('image_size')  # the model follows data overrides
+  c.model.image_width = c.data.get_ref('image_width')  # 0 = square; else a multiple of H
   c.model.channels = c.data.get_ref('channels')
   return finalize(c)
 

@@ -29,6 +29,8 @@ from paradigms.image_diffusion import Denoiser, Options
 from pipelines.glyphs import encode_text
 from pipelines.images import eval_batches
 from sample import hybrid as hart
+from sample import maskgit as mg
+from sample import raster_ar as rar
 from sample import image_diffusion as sd
 from sample import next_scale as var
 
@@ -100,7 +102,7 @@ def _diffusion(config, model, params, rng, labels, *, cfg: float = 1.0, tokenize
   if cfg != 1.0:
     fn = sd.cfg_denoiser(fn, cfg, 0, cfg_interval)
   d = config.data
-  shape = (len(labels), d.image_size, d.image_size, d.channels)
+  shape = (len(labels), d.image_size, d.get('image_width', 0) or d.image_size, d.channels)
   out = sd.sample(sampler, fn, params, sigmas_for(config, steps), shape, jnp.asarray(labels), rng,
                   **sampler_options)
   return out.x, out.nfe
@@ -124,6 +126,8 @@ GENERATORS = {
     'image_diffusion': (_diffusion, lambda j: {'sampler': j.sampler, 'steps': j.steps}),
     'next_scale': (_tokenized(var.sample), lambda j: {}),  # the full distribution, cfg only
     'hybrid': (_tokenized(hart.sample), lambda j: {'head_steps': int(j.steps)}),
+    'raster_ar': (_tokenized(rar.sample), lambda j: {}),
+    'maskgit': (_tokenized(mg.sample), lambda j: {'steps': int(j.steps)}),
 }
 
 
@@ -186,6 +190,9 @@ def load_judge(config, train_steps: int = 0):
   return glyph_judge.load_judge(image_size=d.image_size, alphabet=d.alphabet,
                                 max_chars=d.max_chars, cache_dir=d.cache_dir,
                                 stroke=float(d.get('stroke', 0.0)),
+                                image_width=int(d.get('image_width', 0)),
+                                prompts=bool(d.get('prompts', False)),
+                                heldout_strings=float(d.get('heldout_strings', 0.2)),
                                 **({'steps': train_steps} if train_steps else {}))
 
 

@@ -63,7 +63,7 @@ def glyph_dit(steps: int, out_png: str) -> tuple:
   d = config.data
   labels = jnp.asarray([encode_text(t, d.alphabet, d.max_chars) for t in ['7', 'A', '42', 'XY']])
   D = cfg_denoiser(Denoiser(model, 'flow'), 2.0, 0)  # D(x; sigma, label), guidance w = 2
-  shape = (len(labels), d.image_size, d.image_size, d.channels)
+  shape = (len(labels), d.image_size, d.get('image_width', 0) or d.image_size, d.channels)
   out = sample('euler', D, params, flow_sigmas(8), shape, labels, jax.random.key(3))  # one scan
   image_grid(out.x, zoom=4).save(out_png)
   return out.x.shape, int(out.nfe)

@@ -22,6 +22,8 @@ PARADIGMS = {
     'next_scale': 'paradigms.next_scale',
     'vqvae': 'paradigms.vqvae',
     'hybrid': 'paradigms.hybrid',
+    'raster_ar': 'paradigms.raster_ar',
+    'maskgit': 'paradigms.maskgit',
 }
 
 

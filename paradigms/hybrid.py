@@ -5,7 +5,8 @@ multi-scale VQ reconstruction and a residual (HART sec. 3.2):
     f = f_hat + r,   f_hat = sum_k phi_k(up(e[r_k]))   (paradigms/vqvae.py),   r = f - f_hat
 The transformer is VAR's (paradigms/next_scale.py) and models the discrete tokens r_1..r_K.
 A small MLP diffusion head (MAR's, paradigms/nn/residual_head.py) models the residual of each of
-the h*w = s_K^2 latent positions given
+the h*w = h_K w_K latent positions (a rectangle s_K x a s_K for images a = W/H times wider than
+tall, as VAR's scales; next_scale.py) given
     z_i = h_i + E_tok[r_K,i]                                              (HART sec. 3.3)
 where h_i [D] is the transformer's last-layer hidden state at the position that predicts token
 i of the last scale and E_tok a learned embedding of that token. Training (both jointly):
@@ -15,8 +16,8 @@ with the flow objective (logit-normal t, paradigms/image_diffusion.py), each res
 (sample/hybrid.py): VAR's scale-by-scale decoding, then the residuals in a few (8) solver steps,
 then the image is decode(f_hat + r).
 
-Batch: VAR's {'tokens' [B, L], 'inputs' [B, L - s_1^2, Cz], 'label' [B, S]} plus 'residual'
-float32 [B, s_K^2, Cz] (pipelines/sources.py with data.tokenizer_residual).
+Batch: VAR's {'tokens' [B, L], 'inputs' [B, L - h_1 w_1, Cz], 'label' [B, S]} plus 'residual'
+float32 [B, h_K w_K, Cz] (pipelines/sources.py with data.tokenizer_residual).
 """
 from __future__ import annotations
 
@@ -49,8 +50,8 @@ class HARTConfig(next_scale.VARConfig):
 
   @property
   def residual_len(self) -> int:
-    """s_K^2: the latent positions, one residual vector each."""
-    return self.scales[-1] ** 2
+    """h_K w_K = h w: the latent positions, one residual vector each."""
+    return self.scale_sizes[-1]
 
   def num_params(self) -> int:
     """Exact parameter count (tested against the initialised tree)."""
@@ -130,7 +131,7 @@ def build(cfg: HARTConfig) -> HART:
 
 
 def example_batch(batch_size: int, data, model_cfg: HARTConfig) -> dict:
-  """VAR's batch, whose 'residual' [B, s_K^2, Cz] the head needs (data.tokenizer_residual)."""
+  """VAR's batch, whose 'residual' [B, h_K w_K, Cz] the head needs (data.tokenizer_residual)."""
   if not data.get('tokenizer_residual', False):
     raise ValueError('HART trains its head on the tokenizer residual f - f_hat: set '
                      '--config.data.tokenizer_residual=True')
@@ -156,7 +157,8 @@ def _losses(params, batch, rng, model: HART, opts: Options, label):
   z = model.apply({'params': params}, h[:, -n:], batch['tokens'][:, -n:], method='condition')
   r = batch['residual']  # [B, n, Cz]
   if r.shape[1:] != (n, cfg.latent_dim):
-    raise ValueError(f'residual {r.shape} does not match model.scales[-1]^2={n} x '
+    raise ValueError(f'residual {r.shape} does not match the last scale '
+                     f'{cfg.scale_shapes[-1][0]}x{cfg.scale_shapes[-1][1]} = {n} positions x '
                      f'model.latent_dim={cfg.latent_dim}')
   m = opts.diffusion_mul
   x0 = jnp.repeat(r.reshape(-1, cfg.latent_dim), m, axis=0)  # [B n m, Cz]

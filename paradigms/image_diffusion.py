@@ -186,11 +186,13 @@ def build(cfg: DiTConfig) -> DiT:
 
 
 def example_batch(batch_size: int, data, model_cfg) -> dict:
-  """Shapes of one batch from the data config: every image source gives labels of
+  """Shapes of one batch from the data config: images [B, H, W, C] with H = data.image_size and
+  W = data.image_width (0 or absent: W = H); every image source gives labels of
   `data.max_chars` slots (glyph strings; a class id in slot 0; all-null when unlabelled)."""
   label_len = data.max_chars
-  return {'image': jax.ShapeDtypeStruct((batch_size, data.image_size, data.image_size,
-                                         data.channels), jnp.float32),
+  width = getattr(data, 'image_width', 0) or data.image_size
+  return {'image': jax.ShapeDtypeStruct((batch_size, data.image_size, width, data.channels),
+                                        jnp.float32),
           'label': jax.ShapeDtypeStruct((batch_size, label_len), jnp.int32)}
 
 

@@ -1,14 +1,15 @@
 """VAR: next-scale prediction over a multi-scale residual VQ-VAE's token maps (Tian et al. 2024).
 
-An image is the token maps r_1, ..., r_K of scales s_1 < ... < s_K (r_k: s_k x s_k ids of one
-shared codebook, `paradigms/vqvae.py`), and VAR factorises over scales, not raster tokens:
+An image is the token maps r_1, ..., r_K of scales h_1 x w_1 < ... < h_K x w_K (r_k: h_k x w_k
+ids of one shared codebook, `paradigms/vqvae.py`), and VAR factorises over scales, not raster
+tokens:
     p(r_1, ..., r_K) = prod_k p(r_k | r_1, ..., r_{k-1})                     (VAR eq. 6)
 with every token of r_k predicted in parallel. Teacher forcing (VAR sec. 3.2, Algorithm 2's
 inputs): the input of scale k >= 2 is the cumulative reconstruction f_hat_{<k} = sum_{j<k}
-phi_j(up(e[r_j])) area-downsampled to s_k x s_k (`vqvae.next_scale_inputs`); scale 1's input is
+phi_j(up(e[r_j])) area-downsampled to h_k x w_k (`vqvae.next_scale_inputs`); scale 1's input is
 the start token, the class embedding ("class_emb" in VAR's code; here the sum of per-slot label
-embeddings of a glyph string). Network (all positions of one image at once, L = sum_k s_k^2):
-    x = [start (s_1^2 rows); W_word inputs + b] + E_level[level] + E_pos[position]    # [B, L, D]
+embeddings of a glyph string). Network (all positions of one image at once, L = sum_k h_k w_k):
+    x = [start (h_1 w_1 rows); W_word inputs + b] + E_level[level] + E_pos[position]  # [B, L, D]
     h = the shared scanned Blocks, mask 'block_causal' with ids = level:              # [B, L, D]
         token i sees token j iff level(j) <= level(i) (VAR's attn_bias_for_masking)
     logits = W_head modulate(RMSNorm(h), adaLN(c)) + b_head                           # [B, L, V]
@@ -20,13 +21,18 @@ vectors is one learned vector). Loss: the mean cross-entropy over all L position
 with equal weight 1/L per token), labels replaced by the null label (all slots 0) with
 probability `label_dropout` so the same network gives the unconditional logits for CFG.
 
+Rectangular images: `scales` are the maps' heights s_k and the width is an integer multiple a =
+W/H of the height (`image_width` / `image_size`, the tokenizer's; 0 = square), so h_k x w_k =
+s_k x a s_k (`paradigms/vqvae.py`, VAR Algorithm 1 in h x w form). The sequence is the same
+pyramid with a s_k^2 rows per level; a square image (a = 1) is exactly the square model.
+
 The network also runs one scale at a time against a KV cache (`scale=k`, `cache`): the sampler
-feeds scale k's s_k^2 rows and gets their logits, the decoding of VAR Algorithm 2 / sec. 3.
+feeds scale k's h_k w_k rows and gets their logits, the decoding of VAR Algorithm 2 / sec. 3.
 `features=True` returns the blocks' output h [B, n, D] before the head (HART's diffusion head
 conditions on it), and `embed_latents` is W_word (HART's token embedding of a latent).
 
 Batch: {'tokens': int32 [B, L] (scale-major, raster within a scale), 'inputs': float32
-[B, L - s_1^2, Cz] (teacher-forcing inputs), 'label': int32 [B, S] (0 = null)}, made from image
+[B, L - h_1 w_1, Cz] (teacher-forcing inputs), 'label': int32 [B, S] (0 = null)}, made from image
 batches by `pipelines/sources.py` when `data.tokenizer` names a trained VQ-VAE run.
 """
 from __future__ import annotations
@@ -41,6 +47,7 @@ import numpy as np
 from paradigms.nn.attention import KVCache
 from paradigms.nn.layers import AdaLN, RMSNorm, modulate, normal_init, zeros_init
 from paradigms.nn.transformer import TransformerConfig, block_stack, run_blocks
+from paradigms.vqvae import scale_shapes
 
 # a paradigm that trains on token batches of a VQ-VAE run (config.data.tokenizer)
 TOKENIZED = True
@@ -49,7 +56,9 @@ TOKENIZED = True
 @dataclasses.dataclass(frozen=True)
 class VARConfig:
   """VAR's fields (`config.model`). scales / codebook_size / latent_dim must be the tokenizer's."""
-  scales: tuple = (1, 2, 3, 4, 6, 8)  # s_1 < ... < s_K (the tokenizer's model.scales)
+  scales: tuple = (1, 2, 3, 4, 6, 8)  # heights s_1 < ... < s_K (the tokenizer's model.scales)
+  image_size: int = 32  # H and W of the tokenizer's images: only a = W/H is used (scale k is
+  image_width: int = 0  # s_k x a s_k); image_width 0 = square
   codebook_size: int = 512  # V (the tokenizer's model.codebook_size)
   latent_dim: int = 16  # Cz (the tokenizer's model.latent_dim)
   label_len: int = 3  # label slots S (data.max_chars)
@@ -73,6 +82,10 @@ class VARConfig:
     if self.codebook_size < 2 or self.latent_dim < 1:
       raise ValueError(f'model.codebook_size={self.codebook_size} must be >= 2 and '
                        f'model.latent_dim={self.latent_dim} >= 1 (copy the tokenizer\'s)')
+    if self.image_size < 1 or self.image_width < 0 or self.image_width % self.image_size:
+      raise ValueError(f'model.image_width={self.image_width} must be 0 (square) or a multiple '
+                       f'of model.image_size={self.image_size} (the tokenizer\'s data.image_width '
+                       'and data.image_size)')
     if self.label_len < 1 or self.label_vocab < 2:
       raise ValueError(f'model.label_len={self.label_len} must be >= 1 and model.label_vocab='
                        f'{self.label_vocab} >= 2: the label gives the start token (all-zero = '
@@ -84,23 +97,38 @@ class VARConfig:
     return len(self.scales)
 
   @property
+  def aspect(self) -> int:
+    """a = W/H (1 when square)."""
+    return self.image_width // self.image_size if self.image_width else 1
+
+  @property
+  def scale_shapes(self) -> tuple:
+    """((h_k, w_k), ...) = ((s_k, a s_k), ...)."""
+    return scale_shapes(self.scales, self.aspect)
+
+  @property
+  def scale_sizes(self) -> tuple:
+    """(h_k w_k, ...): the rows of each level."""
+    return tuple(h * w for h, w in self.scale_shapes)
+
+  @property
   def num_tokens(self) -> int:
-    """L = sum_k s_k^2."""
-    return sum(s * s for s in self.scales)
+    """L = sum_k h_k w_k."""
+    return sum(self.scale_sizes)
 
   @property
   def first_len(self) -> int:
-    """s_1^2: the rows the start token fills."""
-    return self.scales[0] ** 2
+    """h_1 w_1: the rows the start token fills."""
+    return self.scale_sizes[0]
 
   @property
   def offsets(self) -> tuple:
-    """Start of each scale in the flat sequence, plus L: (0, s_1^2, s_1^2 + s_2^2, ..., L)."""
-    return tuple(int(x) for x in np.cumsum((0,) + tuple(s * s for s in self.scales)))
+    """Start of each scale in the flat sequence, plus L: (0, h_1 w_1, h_1 w_1 + h_2 w_2, ..., L)."""
+    return tuple(int(x) for x in np.cumsum((0,) + self.scale_sizes))
 
   def level_ids(self) -> np.ndarray:
     """The level (scale index k, 0-based) of each position: int32 [L]."""
-    return np.concatenate([np.full(s * s, k, np.int32) for k, s in enumerate(self.scales)])
+    return np.concatenate([np.full(n, k, np.int32) for k, n in enumerate(self.scale_sizes)])
 
   def backbone(self) -> TransformerConfig:
     """The shared blocks: block-causal over levels, adaLN-Zero on the label, no RoPE."""
@@ -125,9 +153,9 @@ Config = VARConfig
 
 
 class VAR(nn.Module):
-  """The next-scale predictor. Full forward: label [B, S], inputs [B, L - s_1^2, Cz] -> (logits
-  [B, L, V] float32, None). One scale k against a cache: inputs [B, s_k^2, Cz] (ignored at k=0)
-  -> (logits [B, s_k^2, V], cache). `features=True` returns h [B, n, D] instead of logits,
+  """The next-scale predictor. Full forward: label [B, S], inputs [B, L - h_1 w_1, Cz] -> (logits
+  [B, L, V] float32, None). One scale k against a cache: inputs [B, h_k w_k, Cz] (ignored at
+  k=0) -> (logits [B, h_k w_k, V], cache). `features=True` returns h [B, n, D] instead of logits,
   `features='both'` returns ((logits, h), cache)."""
   cfg: VARConfig
 
@@ -184,14 +212,15 @@ class VAR(nn.Module):
     cfg = self.cfg
     B = label.shape[0]
     c = self.label_embedding(label)  # [B, D]
-    start = jnp.broadcast_to(c[:, None, :], (B, cfg.first_len, cfg.d_model))  # [B, s_1^2, D]
+    start = jnp.broadcast_to(c[:, None, :], (B, cfg.first_len, cfg.d_model))  # [B, h_1 w_1, D]
     off = cfg.offsets
     if scale is None:  # the whole pyramid, teacher-forced
       want = (B, cfg.num_tokens - cfg.first_len, cfg.latent_dim)
       if inputs is None or inputs.shape != want:
-        raise ValueError(f'VAR expects inputs {want} (model.scales={cfg.scales}, model.latent_dim='
-                         f'{cfg.latent_dim}), got {None if inputs is None else inputs.shape}; '
-                         "model.scales/latent_dim must match the tokenizer run's config.json")
+        raise ValueError(f'VAR expects inputs {want} (model.scales={cfg.scales}, W/H='
+                         f'{cfg.aspect}, model.latent_dim={cfg.latent_dim}), got '
+                         f'{None if inputs is None else inputs.shape}; model.scales/latent_dim '
+                         "and the image width must match the tokenizer run's config.json")
       x, lo, hi = jnp.concatenate([start, self.embed_latents(inputs)], axis=1), 0, cfg.num_tokens
     elif not 0 <= scale < cfg.num_scales:
       raise ValueError(f'scale={scale} must be in [0, {cfg.num_scales})')
@@ -221,25 +250,33 @@ def build(cfg: VARConfig) -> VAR:
 
 
 def check_tokenizer(cfg: VARConfig, spec: dict, path: str = 'data.tokenizer') -> None:
-  """Fail loudly when the VAR's model fields differ from the tokenizer's, naming the flags."""
+  """Fail loudly when the VAR's model fields differ from the tokenizer's, naming the flags.
+  spec: the tokenizer's {'scales', 'codebook_size', 'latent_dim'} and, when known, its
+  'image_size' and 'image_width' (0 = square; their ratio W/H must be the VAR's)."""
   mine = {'scales': cfg.scales, 'codebook_size': cfg.codebook_size, 'latent_dim': cfg.latent_dim}
   bad = [f"--config.model.{k}='{spec[k]}'".replace(' ', '') for k in mine if mine[k] != spec[k]]
+  H, W = spec.get('image_size', 0), spec.get('image_width', 0)
+  aspect = W // H if W and H else 1
+  if aspect != cfg.aspect:
+    bad.append(f'--config.data.image_width={W}' if H == cfg.image_size else
+               f'--config.data.image_size={H} --config.data.image_width={W}')
   if bad:
     raise ValueError(f'the tokenizer {path} was trained with other scales / codebook / latent '
-                     f'size than this VAR ({mine}); set {" ".join(bad)}')
+                     f'size / width than this VAR ({mine}, W/H={cfg.aspect}); set '
+                     f'{" ".join(bad)}')
 
 
 def example_batch(batch_size: int, data, model_cfg: VARConfig) -> dict:
-  """Shapes of one batch: L and Cz from the model's (= the tokenizer's) scales and latent_dim,
-  plus the 'residual' [B, h*w, Cz] the pipeline adds with data.tokenizer_residual (VAR ignores
-  it)."""
-  scales, Cz = tuple(model_cfg.scales), model_cfg.latent_dim
-  L = sum(s * s for s in scales)
+  """Shapes of one batch: L and Cz from the model's (= the tokenizer's) scales, width and
+  latent_dim, plus the 'residual' [B, h*w, Cz] the pipeline adds with data.tokenizer_residual
+  (VAR ignores it)."""
+  L, Cz = model_cfg.num_tokens, model_cfg.latent_dim
   batch = {'tokens': jax.ShapeDtypeStruct((batch_size, L), jnp.int32),
-           'inputs': jax.ShapeDtypeStruct((batch_size, L - scales[0] ** 2, Cz), jnp.float32),
+           'inputs': jax.ShapeDtypeStruct((batch_size, L - model_cfg.first_len, Cz), jnp.float32),
            'label': jax.ShapeDtypeStruct((batch_size, data.max_chars), jnp.int32)}
   if getattr(data, 'tokenizer_residual', False):  # the last scale is the latent grid
-    batch['residual'] = jax.ShapeDtypeStruct((batch_size, scales[-1] ** 2, Cz), jnp.float32)
+    batch['residual'] = jax.ShapeDtypeStruct((batch_size, model_cfg.scale_sizes[-1], Cz),
+                                             jnp.float32)
   return batch
 
 
@@ -273,7 +310,7 @@ def token_nll(model: VAR, params, batch, label):
 def loss(params, batch, rng, *, model: VAR, label_dropout: float = 0.1):
   """Mean cross-entropy over all L positions (VAR's 1/L weights), labels dropped to the null
   label with probability `label_dropout` (CFG). Metrics: nll, bits_per_token, accuracy and the
-  accuracy of each scale ('acc_<s>x<s>')."""
+  accuracy of each scale ('acc_<h_k>x<w_k>')."""
   if not 0 <= label_dropout < 1:
     raise ValueError(f'loss.label_dropout={label_dropout} must be in [0, 1)')
   label = batch['label']
@@ -285,8 +322,8 @@ def loss(params, batch, rng, *, model: VAR, label_dropout: float = 0.1):
   hit = (jnp.argmax(logits, axis=-1) == batch['tokens']).astype(jnp.float32)  # [B, L]
   cfg = model.cfg
   metrics = {'nll': ce, 'bits_per_token': ce / jnp.log(2.0), 'accuracy': hit.mean()}
-  for k, s in enumerate(cfg.scales):
-    metrics[f'acc_{s}x{s}'] = hit[:, cfg.offsets[k]:cfg.offsets[k + 1]].mean()
+  for k, (h, w) in enumerate(cfg.scale_shapes):
+    metrics[f'acc_{h}x{w}'] = hit[:, cfg.offsets[k]:cfg.offsets[k + 1]].mean()
   return ce, metrics
 
 

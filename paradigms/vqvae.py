@@ -1,24 +1,31 @@
 """VAR's multi-scale residual VQ-VAE (Tian et al. 2024, "Visual Autoregressive Modeling").
 
-An image x [B, H, W, C] is encoded to f = E(x) [B, h, h, Cz] and quantised into K token maps
-r_1..r_K of growing sides s_1 < ... < s_K = h, all from one codebook e [V, Cz]
-(VAR Algorithm 1, with f_hat_0 = 0):
+An image x [B, H, W, C] is encoded to f = E(x) [B, h, w, Cz] (h = H/f, w = W/f for the
+encoder's downsampling factor f) and quantised into K token maps r_1..r_K of growing sizes
+h_1 x w_1 < ... < h_K x w_K = h x w, all from one codebook e [V, Cz]. The ladder is
+`scales` = (s_1 < ... < s_K = h), the heights; images may be wider than tall by an integer
+aspect a = W/H (`image_width`, 0 = square, a = 1), and scale k is h_k x w_k = s_k x a s_k, so a
+32x64 image with scales (1, 2, 3, 4, 6, 8) has maps 1x2, 2x4, ..., 8x16 (VAR Algorithm 1 in
+h x w form, with f_hat_0 = 0):
 
     for k = 1..K:
-      r_k  = argmin_v || area(f - f_hat_{k-1}, s_k) - e_v ||^2        # [B, s_k, s_k] ids
-      f_hat_k = f_hat_{k-1} + phi_k(up(e[r_k], h))                   # [B, h, h, Cz]
+      r_k  = argmin_v || area(f - f_hat_{k-1}, (h_k, w_k)) - e_v ||^2   # [B, h_k, w_k] ids
+      f_hat_k = f_hat_{k-1} + phi_k(up(e[r_k], (h, w)))                # [B, h, w, Cz]
     x_hat = D(f_hat_K)
 
-and decoded by VAR Algorithm 2: f_hat = sum_k phi_k(up(e[r_k], h)), x_hat = D(f_hat).
-- area(., s): exact area resampling: output cell (i, j) is the mean of the input over the
-  square [i h/s, (i+1) h/s) x [j h/s, (j+1) h/s), partial pixels weighted by their covered
-  area (`jax.image.resize(..., 'area')`). For s | h it is block averaging. (PyTorch's
-  mode='area' in VAR's code is adaptive average pooling over whole-pixel windows
-  [floor(i h/s), ceil((i+1) h/s)); the two agree whenever s | h.) area(., h) is the identity.
-- up(., h): `VQConfig.upsample`: 'bicubic' (default) is PyTorch's bicubic
+and decoded by VAR Algorithm 2: f_hat = sum_k phi_k(up(e[r_k], (h, w))), x_hat = D(f_hat).
+- area(., (h_k, w_k)): exact area resampling: output cell (i, j) is the mean of the input over
+  the rectangle [i h/h_k, (i+1) h/h_k) x [j w/w_k, (j+1) w/w_k), partial pixels weighted by
+  their covered area (`jax.image.resize(..., 'area')`). For h_k | h, w_k | w it is block
+  averaging. (PyTorch's mode='area' in VAR's code is adaptive average pooling over whole-pixel
+  windows [floor(i h/h_k), ceil((i+1) h/h_k)); the two agree whenever the sizes divide.)
+  area(., (h, w)) is the identity.
+- up(., (h, w)): `VQConfig.upsample`: 'bicubic' (default) is PyTorch's bicubic
   (F.interpolate(mode='bicubic', align_corners=False): Keys a = -0.75, edge pixels repeated),
-  exactly VAR's; 'bilinear' and 'nearest' are alternatives ('nearest' with s_k | h makes the
-  quantisation error provably non-increasing in k). up(., h) at s_K = h is the identity.
+  exactly VAR's; 'bilinear' and 'nearest' are alternatives ('nearest' with h_k | h makes the
+  quantisation error provably non-increasing in k). up(., (h, w)) at scale K is the identity.
+  Both resample each axis on its own, so a rectangle costs nothing new; a square image
+  (a = 1) is exactly the square code.
 - phi_k(z) = (1 - r) z + r conv(z) with r = `phi_ratio` (VAR's quant_resi); r = 0 is the
   identity. `n_phi` convs are shared across scales as in VAR's "partially shared" phi: conv j
   sits at tick t_j (linspace(1/(3n), 1 - 1/(3n), n) for n = 4, else linspace(1/(2n),
@@ -36,13 +43,13 @@ perceptual or GAN loss (no pretrained networks available here).
 
 Dead codes: the train state keeps an EMA of each code's share of the batch's tokens
 (`init_extra`); `after_update` replaces the codes whose share falls below dead_threshold / V by
-random vectors the batch quantised, area(f - f_hat_{k-1}, s_k) of any scale (plus a little
+random vectors the batch quantised, area(f - f_hat_{k-1}, (h_k, w_k)) of any scale (plus a little
 noise), and resets their share to the mean (Jukebox's random restarts, Dhariwal et al. 2020).
 
-Tokens for the VAR transformer: the K maps flattened scale-major, raster within a scale
-(`flatten_indices`, L = sum_k s_k^2). Its teacher-forcing input for scale k = 2..K is
-area(f_hat_{k-1}, s_k) (`next_scale_inputs`, [B, L - s_1^2, Cz]; `add_scale` gives the same one
-scale at a time). In the code scales are 0-based: k = 0..K-1.
+Tokens for the VAR transformer: the K maps flattened scale-major, raster (row-major) within a
+scale (`flatten_indices`, L = sum_k h_k w_k). Its teacher-forcing input for scale k = 2..K is
+area(f_hat_{k-1}, (h_k, w_k)) (`next_scale_inputs`, [B, L - h_1 w_1, Cz]; `add_scale` gives the
+same one scale at a time). In the code scales are 0-based: k = 0..K-1.
 
 Batch: {'image': float32 [B, H, W, C] in [-1, 1], 'label': int32 [B, S]} (labels unused).
 """
@@ -65,7 +72,8 @@ sg = jax.lax.stop_gradient
 @dataclasses.dataclass(frozen=True)
 class VQConfig:
   """The tokenizer's fields (built from `config.model` of a vqvae config)."""
-  image_size: int = 32
+  image_size: int = 32  # H (the height; also the width when image_width = 0)
+  image_width: int = 0  # W, a multiple of H (scale k is s_k x (W/H) s_k); 0 = square
   channels: int = 3
   base_channels: int = 64
   channel_mult: tuple = (1, 2, 2)  # latent side = image_size / 2^(len - 1)
@@ -73,7 +81,7 @@ class VQConfig:
   norm_groups: int = 32  # GroupNorm groups (min with the width)
   latent_dim: int = 32  # Cz
   codebook_size: int = 512  # V
-  scales: tuple = (1, 2, 3, 4, 6, 8)  # s_1 < ... < s_K = latent side
+  scales: tuple = (1, 2, 3, 4, 6, 8)  # heights s_1 < ... < s_K = latent height h
   upsample: str = 'bicubic'  # up(): 'bicubic' (PyTorch's, as VAR) | 'bilinear' | 'nearest'
   phi_kernel: int = 3
   phi_ratio: float = 0.5  # r in phi(z) = (1 - r) z + r conv(z); 0 = identity (no convs)
@@ -91,6 +99,10 @@ class VQConfig:
     if self.image_size % 2 ** (n - 1):
       raise ValueError(f'model.image_size={self.image_size} must be divisible by 2^(len('
                        f'channel_mult) - 1) = {2 ** (n - 1)}; change either')
+    if self.image_width < 0 or self.image_width % self.image_size:
+      raise ValueError(f'model.image_width={self.image_width} must be 0 (square) or a multiple '
+                       f'of model.image_size={self.image_size}: scale k is s_k x (W/H) s_k, so '
+                       'W/H must be an integer')
     for m in self.channel_mult:
       width = self.base_channels * m
       if width % group_count(width, self.norm_groups):
@@ -98,8 +110,8 @@ class VQConfig:
                          f'model.norm_groups={self.norm_groups}; change either')
     s, side = self.scales, self.latent_side
     if not s or s[0] < 1 or any(b <= a for a, b in zip(s, s[1:])) or s[-1] != side:
-      raise ValueError(f'model.scales={s} must be strictly increasing positive sides ending '
-                       f'at the latent side {side} (image_size {self.image_size} / 2^'
+      raise ValueError(f'model.scales={s} must be strictly increasing positive heights ending '
+                       f'at the latent height {side} (image_size {self.image_size} / 2^'
                        f'{n - 1}); e.g. set model.scales={_suggest(side)}')
     if self.upsample not in UPSAMPLE:
       raise ValueError(f'model.upsample={self.upsample!r}: choose one of {sorted(UPSAMPLE)}')
@@ -119,13 +131,33 @@ class VQConfig:
 
   @property
   def latent_side(self) -> int:
-    """h: the side of the latent grid f."""
+    """h: the height of the latent grid f (its side when square)."""
     return self.image_size // 2 ** (len(self.channel_mult) - 1)
 
   @property
+  def aspect(self) -> int:
+    """a = W/H (1 when square)."""
+    return self.image_width // self.image_size if self.image_width else 1
+
+  @property
+  def latent_width(self) -> int:
+    """w = a h: the width of the latent grid f."""
+    return self.aspect * self.latent_side
+
+  @property
+  def latent_shape(self) -> tuple:
+    """(h, w)."""
+    return self.latent_side, self.latent_width
+
+  @property
+  def scale_shapes(self) -> tuple:
+    """((h_k, w_k), ...) = ((s_k, a s_k), ...): the K token maps' sizes."""
+    return scale_shapes(self.scales, self.aspect)
+
+  @property
   def num_tokens(self) -> int:
-    """L = sum_k s_k^2."""
-    return sum(s * s for s in self.scales)
+    """L = sum_k h_k w_k."""
+    return sum(h * w for h, w in self.scale_shapes)
 
   @property
   def num_phi(self) -> int:
@@ -149,6 +181,16 @@ class VQConfig:
 Config = VQConfig
 
 
+def scale_shapes(scales, aspect: int = 1) -> tuple:
+  """Heights s_k and the integer aspect a = W/H -> ((s_k, a s_k), ...) (VAR's maps, h x w)."""
+  return tuple((int(s), int(aspect) * int(s)) for s in scales)
+
+
+def _pair(size) -> tuple:
+  """An int side (square) or an (h, w) pair -> (h, w)."""
+  return (int(size), int(size)) if np.ndim(size) == 0 else tuple(int(v) for v in size)
+
+
 def _suggest(side: int) -> tuple:
   """A VAR-like scale ladder ending at `side` (for error messages)."""
   return tuple(sorted({max(1, round(side * f)) for f in (1 / 8, 1 / 4, 3 / 8, 1 / 2, 3 / 4)}
@@ -157,23 +199,27 @@ def _suggest(side: int) -> tuple:
 
 # --- Resampling --------------------------------------------------------------------------------
 
-def _resize(x, s: int, method: str):
-  """x [B, h, h, C] -> [B, s, s, C] by `jax.image.resize` (antialiased for 'area' only; the
-  up-sampling kernels must not be widened). Same size: the identity."""
+def _resize(x, size, method: str):
+  """x [B, h, w, C] -> [B, h', w', C] for size = (h', w') (an int: square) by `jax.image.resize`
+  (antialiased for 'area' only; the up-sampling kernels must not be widened). Same size: the
+  identity."""
   B, h, w, C = x.shape
-  if (h, w) == (s, s):
+  size = _pair(size)
+  if (h, w) == size:
     return x
-  return jax.image.resize(x, (B, s, s, C), method, antialias=method == 'area')
+  return jax.image.resize(x, (B,) + size + (C,), method, antialias=method == 'area')
 
 
-def area_down(x, s: int):
-  """Exact area resampling x [B, h, h, C] -> [B, s, s, C] (see the module doc)."""
-  return _resize(x, s, 'area')
+def area_down(x, size):
+  """Exact area resampling x [B, h, w, C] -> [B, h_k, w_k, C], size = (h_k, w_k) or an int for
+  a square (see the module doc)."""
+  return _resize(x, size, 'area')
 
 
-def upsample(z, h: int, method: str = 'bicubic'):
-  """z [B, s, s, C] -> [B, h, h, C] with `method` in UPSAMPLE (the module doc's up())."""
-  return _resize(z, h, UPSAMPLE[method])
+def upsample(z, size, method: str = 'bicubic'):
+  """z [B, h_k, w_k, C] -> [B, h, w, C], size = (h, w) or an int for a square, with `method` in
+  UPSAMPLE (the module doc's up())."""
+  return _resize(z, size, UPSAMPLE[method])
 
 
 def nearest_code(r, e):
@@ -202,44 +248,44 @@ class VQVAE(nn.Module):
         (V, c.latent_dim))
 
   def encode(self, x):
-    """x [B, H, W, C] -> f [B, h, h, Cz] float32."""
+    """x [B, H, W, C] -> f [B, h, w, Cz] float32."""
     return self.encoder(x.astype(jnp.dtype(self.cfg.dtype))).astype(jnp.float32)
 
   def decode(self, f_hat):
-    """f_hat [B, h, h, Cz] -> x_hat [B, H, W, C] float32."""
+    """f_hat [B, h, w, Cz] -> x_hat [B, H, W, C] float32."""
     return self.decoder(f_hat.astype(jnp.dtype(self.cfg.dtype))).astype(jnp.float32)
 
   def phi(self, z, k: int):
-    """phi_k(z) for static scale index k: [B, h, h, Cz] -> [B, h, h, Cz]."""
+    """phi_k(z) for static scale index k: [B, h, w, Cz] -> [B, h, w, Cz]."""
     return self.phis[self.cfg.phi_index(k)](z) if self.phis else z.astype(jnp.float32)
 
   def embed(self, idx_k, k: int):
-    """Scale k's contribution phi_k(up(e[idx_k], h)): ids [B, s_k, s_k] or [B, s_k^2] ->
-    [B, h, h, Cz]."""
-    s = self.cfg.scales[k]
-    z = self.codebook[idx_k.reshape(idx_k.shape[0], s, s)]  # [B, s, s, Cz]
-    return self.phi(upsample(z, self.cfg.latent_side, self.cfg.upsample), k)
+    """Scale k's contribution phi_k(up(e[idx_k], (h, w))): ids [B, h_k, w_k] or [B, h_k w_k]
+    -> [B, h, w, Cz]."""
+    c = self.cfg
+    z = self.codebook[idx_k.reshape((idx_k.shape[0],) + c.scale_shapes[k])]  # [B, h_k, w_k, Cz]
+    return self.phi(upsample(z, c.latent_shape, c.upsample), k)
 
   def quantize(self, f):
-    """VAR Algorithm 1 on f [B, h, h, Cz]: (indices, tuple of K int32 [B, s_k, s_k];
-    f_hat [B, h, h, Cz] (differentiable in the codebook and phi, not in f); aux) with aux =
+    """VAR Algorithm 1 on f [B, h, w, Cz]: (indices, tuple of K int32 [B, h_k, w_k];
+    f_hat [B, h, w, Cz] (differentiable in the codebook and phi, not in f); aux) with aux =
     {'commit': mean_k ||f - sg(f_hat_k)||^2, 'codebook': mean_k ||sg(f) - f_hat_k||^2,
      'counts': float32 [K, V] code counts per scale, 'residuals': [B, L, Cz] the quantised
-     vectors area(f - f_hat_{k-1}, s_k), scale-major (stop-gradient)}."""
+     vectors area(f - f_hat_{k-1}, (h_k, w_k)), scale-major (stop-gradient)}."""
     c = self.cfg
     f = f.astype(jnp.float32)
-    B, h = f.shape[0], c.latent_side
-    if f.shape[1:] != (h, h, c.latent_dim):
-      raise ValueError(f'quantize expects f [B, {h}, {h}, {c.latent_dim}], got {f.shape}')
+    B, (h, w) = f.shape[0], c.latent_shape
+    if f.shape[1:] != (h, w, c.latent_dim):
+      raise ValueError(f'quantize expects f [B, {h}, {w}, {c.latent_dim}], got {f.shape}')
     e = sg(self.codebook)
     f_hat = jnp.zeros_like(f)
     indices, residuals, counts, commit, codebook = [], [], [], 0.0, 0.0
-    for k, s in enumerate(c.scales):
-      r_k = area_down(sg(f - f_hat), s)  # [B, s, s, Cz]
-      idx = nearest_code(r_k, e)  # [B, s, s]
+    for k, (h_k, w_k) in enumerate(c.scale_shapes):
+      r_k = area_down(sg(f - f_hat), (h_k, w_k))  # [B, h_k, w_k, Cz]
+      idx = nearest_code(r_k, e)  # [B, h_k, w_k]
       f_hat = f_hat + self.embed(idx, k)
       indices.append(idx)
-      residuals.append(r_k.reshape(B, s * s, -1))
+      residuals.append(r_k.reshape(B, h_k * w_k, -1))
       counts.append(jnp.bincount(idx.reshape(-1), length=c.codebook_size).astype(jnp.float32))
       commit += jnp.mean((f - sg(f_hat)) ** 2)
       codebook += jnp.mean((sg(f) - f_hat) ** 2)
@@ -250,27 +296,27 @@ class VQVAE(nn.Module):
 
   def indices_to_fhat(self, indices):
     """VAR Algorithm 2 up to the decoder: sum over the given (first len(indices)) scales of
-    phi_k(up(e[idx_k])): ids [B, s_k, s_k] (or [B, s_k^2]) -> f_hat [B, h, h, Cz]."""
+    phi_k(up(e[idx_k])): ids [B, h_k, w_k] (or [B, h_k w_k]) -> f_hat [B, h, w, Cz]."""
     f_hat = None
     for k, idx in enumerate(indices):
       f_hat = self.add_scale(f_hat, idx, k, next_input=False)[0]
     return f_hat
 
   def add_scale(self, f_hat, idx_k, k: int, next_input: bool = True):
-    """f_hat [B, h, h, Cz] (None = zeros) + scale k's ids [B, s_k^2] ->
-    (f_hat' = f_hat + phi_k(up(e[idx_k])), area(f_hat', s_{k+1}) flattened [B, s_{k+1}^2, Cz]
-    or None after the last scale or when not `next_input`)."""
+    """f_hat [B, h, w, Cz] (None = zeros) + scale k's ids [B, h_k w_k] ->
+    (f_hat' = f_hat + phi_k(up(e[idx_k])), area(f_hat', (h_{k+1}, w_{k+1})) flattened
+    [B, h_{k+1} w_{k+1}, Cz], or None after the last scale or when not `next_input`)."""
     c = self.cfg
     z = self.embed(idx_k, k)
     f_hat = z if f_hat is None else f_hat + z
     if not next_input or k + 1 == len(c.scales):
       return f_hat, None
-    s = c.scales[k + 1]
-    return f_hat, area_down(f_hat, s).reshape(f_hat.shape[0], s * s, c.latent_dim)
+    h_n, w_n = c.scale_shapes[k + 1]
+    return f_hat, area_down(f_hat, (h_n, w_n)).reshape(f_hat.shape[0], h_n * w_n, c.latent_dim)
 
   def next_scale_inputs(self, indices):
-    """VAR's teacher-forcing inputs: for k = 1..K-1 (0-based), area(f_hat of scales < k, s_k)
-    raster-flattened and concatenated: [B, L - s_0^2, Cz]. Uses indices[:K-1]."""
+    """VAR's teacher-forcing inputs: for k = 1..K-1 (0-based), area(f_hat of scales < k,
+    (h_k, w_k)) raster-flattened and concatenated: [B, L - h_0 w_0, Cz]. Uses indices[:K-1]."""
     c = self.cfg
     f_hat, outs = None, [jnp.zeros((indices[0].shape[0], 0, c.latent_dim), jnp.float32)]
     for k in range(len(c.scales) - 1):
@@ -291,49 +337,52 @@ def _apply(model: VQVAE, params, method: str, *args):
 
 
 def encode(model: VQVAE, params, x):
-  """x [B, H, W, C] -> f [B, h, h, Cz] float32."""
+  """x [B, H, W, C] -> f [B, h, w, Cz] float32."""
   return _apply(model, params, 'encode', x)
 
 
 def decode(model: VQVAE, params, f_hat):
-  """f_hat [B, h, h, Cz] -> x_hat [B, H, W, C] float32."""
+  """f_hat [B, h, w, Cz] -> x_hat [B, H, W, C] float32."""
   return _apply(model, params, 'decode', f_hat)
 
 
 def quantize(model: VQVAE, params, f):
-  """VAR Algorithm 1: f [B, h, h, Cz] -> (indices (K x int32 [B, s_k, s_k]), f_hat, aux)."""
+  """VAR Algorithm 1: f [B, h, w, Cz] -> (indices (K x int32 [B, h_k, w_k]), f_hat, aux)."""
   return _apply(model, params, 'quantize', f)
 
 
 def indices_to_fhat(model: VQVAE, params, indices):
-  """sum_k phi_k(up(e[idx_k])) over the given scales -> f_hat [B, h, h, Cz]."""
+  """sum_k phi_k(up(e[idx_k])) over the given scales -> f_hat [B, h, w, Cz]."""
   return _apply(model, params, 'indices_to_fhat', tuple(indices))
 
 
 def next_scale_inputs(model: VQVAE, params, indices):
-  """The VAR transformer's teacher-forcing inputs [B, L - s_1^2, Cz] (see the method)."""
+  """The VAR transformer's teacher-forcing inputs [B, L - h_1 w_1, Cz] (see the method)."""
   return _apply(model, params, 'next_scale_inputs', tuple(indices))
 
 
 def add_scale(model: VQVAE, params, f_hat, idx_k, k: int):
-  """Incremental decoding step k (static): (f_hat + scale k, next input [B, s_{k+1}^2, Cz] or
-  None). Starts from f_hat=None (zeros); agrees with `next_scale_inputs`."""
+  """Incremental decoding step k (static): (f_hat + scale k, next input [B, h_{k+1} w_{k+1}, Cz]
+  or None). Starts from f_hat=None (zeros); agrees with `next_scale_inputs`."""
   return _apply(model, params, 'add_scale', f_hat, idx_k, k)
 
 
 def flatten_indices(indices):
-  """K maps [B, s_k, s_k] -> tokens int32 [B, L], scale-major, raster within a scale."""
+  """K maps [B, h_k, w_k] -> tokens int32 [B, L], scale-major, raster within a scale."""
   return jnp.concatenate([i.reshape(i.shape[0], -1) for i in indices], axis=1)
 
 
-def split_indices(tokens, scales):
-  """tokens [B, L] -> tuple of K maps [B, s_k, s_k] (the inverse of `flatten_indices`)."""
-  if tokens.shape[1] != sum(s * s for s in scales):
-    raise ValueError(f'tokens of length {tokens.shape[1]} do not match scales {tuple(scales)} '
-                     f'(L = {sum(s * s for s in scales)})')
-  ends = np.cumsum([s * s for s in scales])[:-1].tolist()
-  return tuple(t.reshape(t.shape[0], s, s)
-               for t, s in zip(jnp.split(tokens, ends, axis=1), scales))
+def split_indices(tokens, shapes):
+  """tokens [B, L] -> tuple of K maps [B, h_k, w_k] (the inverse of `flatten_indices`);
+  shapes: the maps' (h_k, w_k) (`VQConfig.scale_shapes`), or sides s_k for square maps."""
+  shapes = tuple(_pair(s) for s in shapes)
+  sizes = [h * w for h, w in shapes]
+  if tokens.shape[1] != sum(sizes):
+    raise ValueError(f'tokens of length {tokens.shape[1]} do not match the scales {shapes} '
+                     f'(L = {sum(sizes)})')
+  ends = np.cumsum(sizes)[:-1].tolist()
+  return tuple(t.reshape((t.shape[0],) + hw) for t, hw in zip(jnp.split(tokens, ends, axis=1),
+                                                                shapes))
 
 
 def encode_tokens(model: VQVAE, params, x):
@@ -343,12 +392,12 @@ def encode_tokens(model: VQVAE, params, x):
 
 def decode_tokens(model: VQVAE, params, tokens):
   """Tokens [B, L] -> images [B, H, W, C] (VAR Algorithm 2)."""
-  f_hat = indices_to_fhat(model, params, split_indices(tokens, model.cfg.scales))
+  f_hat = indices_to_fhat(model, params, split_indices(tokens, model.cfg.scale_shapes))
   return decode(model, params, f_hat)
 
 
 def residual(model: VQVAE, params, x):
-  """x [B, H, W, C] -> (tokens [B, L], f [B, h, h, Cz], f_hat [B, h, h, Cz]); f - f_hat is the
+  """x [B, H, W, C] -> (tokens [B, L], f [B, h, w, Cz], f_hat [B, h, w, Cz]); f - f_hat is the
   continuous residual after the last scale (HART's diffusion target)."""
   f = encode(model, params, x)
   indices, f_hat, _ = quantize(model, params, f)

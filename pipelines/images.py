@@ -3,13 +3,16 @@
 Nothing here downloads. Three sources (``cfg.source``), one registry (``_SOURCES``):
 
 - ``'glyphs'`` (the default): the unbounded procedural set of rendered text of pipelines/glyphs.py;
-  image ``index`` of a split is a function of both only (random access, deterministic).
+  image ``index`` of a split is a function of both only (random access, deterministic). With
+  ``cfg.prompts`` the prompt set: training images show only 'seen' strings, eval images
+  held-out strings (a ``cfg.heldout_strings`` fraction by a hash of the string), and
+  ``eval_batches(..., split='eval_seen')`` eval images of seen strings.
 - ``'images'``: the user's image files, ``cfg.files`` is a directory (searched recursively for
   .png/.jpg/.jpeg, any case) or a glob. Each image is converted to ``cfg.channels`` (alpha is
-  composited over white), resized so its shorter side is ``image_size`` (LANCZOS) and
-  centre-cropped. Whole files are held out by ``pipelines.text.is_held_out`` (sha1 of the relative
-  path). Unlabelled: every label is the null label ``[0]``. Decoded once per process and kept
-  in memory as uint8 (meant for folders of up to ~100k small images).
+  composited over white), resized (LANCZOS) to cover H x W = ``image_size`` x ``image_width``
+  (0 = square) and centre-cropped. Whole files are held out by ``pipelines.text.is_held_out``
+  (sha1 of the relative path). Unlabelled: every label is the null label ``[0]``. Decoded once
+  per process and kept in memory as uint8 (meant for folders of up to ~100k small images).
 - ``'npz'``: ``cfg.path`` holds ``images`` (uint8 or integer in [0, 255], or float: read as
   [-1, 1] if any value is negative, else as [0, 1]; shape [N, H, W, C] with C in {1, 3, 4} or
   [N, H, W]) and optional ``labels``: int [N] class ids (label = [id + 1], 0 = null) or int
@@ -18,7 +21,8 @@ Nothing here downloads. Three sources (``cfg.source``), one registry (``_SOURCES
   ``max(1, floor(N * holdout_fraction))`` rows are held out (so shuffle rows before saving if
   they are sorted by class).
 
-Every example is ``{'image': float32 [H, W, C] in [-1, 1], 'label': int32 [L]}``.
+Every example is ``{'image': float32 [H, W, C] in [-1, 1], 'label': int32 [L]}``, H =
+``cfg.image_size``, W = ``cfg.image_width or cfg.image_size``.
 Training batches come from a grain pipeline (``train_dataset``) whose element ``i`` depends on
 ``(seed, i)`` only, so the stream is resumable from ``iterator.get_state()`` and shardable.
 """
@@ -36,8 +40,9 @@ import numpy as np
 from PIL import Image
 
 from pipelines.text import is_held_out, random_stream
-from pipelines.glyphs import (DEFAULT_ALPHABET, check_alphabet, check_stroke, render_glyph, to_float,
-                          to_gray)
+from pipelines.glyphs import (DEFAULT_ALPHABET, DEFAULT_HELDOUT_STRINGS, check_alphabet,
+                              check_prompts, check_size, check_stroke, render_glyph, to_float,
+                              to_gray)
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg')
 DEFAULT_GLYPH_EVAL_BATCHES = 8
@@ -62,34 +67,41 @@ class _Glyphs:
   label_vocab: int  # len(alphabet) + 1
   jitter: float = 1.0  # spread of text size and position (1 = full, 0 = large and centred)
   stroke: float = 0.0  # letter thickening, a fraction of the font size (0 = regular weight)
+  image_width: int = 0  # W (0 = image_size: square)
+  prompts: bool = False  # the prompt set: seen strings to train on, held-out ones to evaluate
+  heldout_strings: float = DEFAULT_HELDOUT_STRINGS  # prompts: fraction of strings held out
 
   def example(self, index: int, split: str) -> dict[str, np.ndarray]:
     image, label = render_glyph(index, self.image_size, self.alphabet, self.max_chars, split,
-                                 self.jitter, self.stroke)
+                                 self.jitter, self.stroke, image_width=self.image_width,
+                                 prompts=self.prompts, heldout_strings=self.heldout_strings)
     return {'image': to_float(image if self.channels == 3 else to_gray(image)), 'label': label}
 
   def train_example(self, index: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     return self.example(int(rng.integers(0, 2**62)), 'train')
 
-  def eval_rows(self, batch_size: int, num_batches: int) -> list[dict[str, np.ndarray]]:
+  def eval_rows(self, batch_size: int, num_batches: int,
+                split: str = 'eval') -> list[dict[str, np.ndarray]]:
     num_batches = num_batches or DEFAULT_GLYPH_EVAL_BATCHES
-    examples = [self.example(i, 'eval') for i in range(num_batches * batch_size)]
+    examples = [self.example(i, split) for i in range(num_batches * batch_size)]
     return _batches(examples, batch_size)
 
   def describe(self) -> str:
     mode = 'RGB' if self.channels == 3 else 'gray'
     spread = '' if self.jitter == 1.0 else f', jitter {self.jitter:g}'
     spread += f', stroke {self.stroke:g}' if self.stroke else ''
-    return (f'glyphs: {self.image_size}x{self.image_size} {mode}, 1-{self.max_chars} chars from '
-            f'{len(self.alphabet)} symbols{spread}, unbounded')
+    what = (f'prompts of 1-{self.max_chars} chars ({self.heldout_strings:g} of strings held '
+            'out)' if self.prompts else f'1-{self.max_chars} chars')
+    return (f'glyphs: {self.image_size}x{self.image_width or self.image_size} {mode}, {what} '
+            f'from {len(self.alphabet)} symbols{spread}, unbounded')
 
 
 @dataclasses.dataclass(frozen=True)
 class _Arrays:
   """Decoded images held in memory, split into train and held-out rows."""
-  train_images: np.ndarray  # [N_train, S, S, C] uint8
+  train_images: np.ndarray  # [N_train, H, W, C] uint8
   train_labels: np.ndarray  # [N_train, L] int32, 0 = null
-  eval_images: np.ndarray  # [N_eval, S, S, C] uint8
+  eval_images: np.ndarray  # [N_eval, H, W, C] uint8
   eval_labels: np.ndarray  # [N_eval, L] int32
   label_len: int  # L
   label_vocab: int  # every label id is < this
@@ -99,7 +111,8 @@ class _Arrays:
     row = int(rng.integers(0, len(self.train_images)))
     return {'image': to_float(self.train_images[row]), 'label': self.train_labels[row]}
 
-  def eval_rows(self, batch_size: int, num_batches: int) -> list[dict[str, np.ndarray]]:
+  def eval_rows(self, batch_size: int, num_batches: int,
+                split: str = 'eval') -> list[dict[str, np.ndarray]]:
     n = len(self.eval_images)
     fit = max(1, n // batch_size)
     num_batches = fit if num_batches == 0 else min(num_batches, fit)
@@ -109,10 +122,10 @@ class _Arrays:
                      for r in rows], batch_size)
 
   def describe(self) -> str:
-    _, s, _, c = self.train_images.shape
+    _, h, w, c = self.train_images.shape
     labels = ('unlabelled' if self.label_vocab == 1 else
               f'labels [{self.label_len}] < {self.label_vocab}')
-    return (f'{self.what}: {s}x{s} {"RGB" if c == 3 else "gray"}, {len(self.train_images)} '
+    return (f'{self.what}: {h}x{w} {"RGB" if c == 3 else "gray"}, {len(self.train_images)} '
             f'train / {len(self.eval_images)} eval images, {labels}')
 
 
@@ -127,8 +140,10 @@ def _open(cfg) -> _Glyphs | _Arrays:
   if source not in _SOURCES:
     raise ValueError(f'Unknown data.source={source!r} for images; use one of {sorted(_SOURCES)}.')
   image_size, channels = int(_get(cfg, 'image_size', 32)), int(_get(cfg, 'channels', 3))
-  if image_size < 8:
-    raise ValueError(f'data.image_size={image_size} is too small; use >= 8 (e.g. 32).')
+  check_size(image_size, int(_get(cfg, 'image_width', 0)))
+  if _get(cfg, 'prompts', False) and source != 'glyphs':
+    raise ValueError(f"data.prompts=True is the prompt-conditioned glyph set; it needs "
+                     f"data.source='glyphs', not {source!r} (set data.prompts=False).")
   if channels not in (1, 3):
     raise ValueError(f'data.channels={channels} must be 1 (grayscale) or 3 (RGB).')
   holdout_fraction = float(_get(cfg, 'holdout_fraction', 0.05))
@@ -145,15 +160,20 @@ def _open_glyphs(cfg, image_size: int, channels: int, holdout_fraction: float) -
     raise ValueError(f'data.jitter={jitter} must be in [0, 1] (1 = full size/position spread).')
   stroke = float(_get(cfg, 'stroke', 0.0))
   check_stroke(stroke, 'data.stroke')
+  prompts = bool(_get(cfg, 'prompts', False))
+  heldout = float(_get(cfg, 'heldout_strings', DEFAULT_HELDOUT_STRINGS))
+  if prompts:
+    check_prompts(alphabet, max_chars, heldout)
   return _Glyphs(image_size, channels, alphabet, max_chars, max_chars, len(alphabet) + 1, jitter,
-                 stroke)
+                 stroke, int(_get(cfg, 'image_width', 0)), prompts, heldout)
 
 
 # ---------------------------------------------------------------------------------------------
 # Decoding folders and .npz files.
 
-def _fit(image: Image.Image, image_size: int, channels: int) -> np.ndarray:
-  """Any PIL image -> uint8 [S, S, channels]: alpha over white, shorter side to S, centre crop."""
+def _fit(image: Image.Image, image_size: int, channels: int, image_width: int = 0) -> np.ndarray:
+  """Any PIL image -> uint8 [H, W, channels] (H = image_size, W = image_width or H): alpha over
+  white, scaled (LANCZOS) to cover H x W, centre crop."""
   if image.mode in ('RGBA', 'LA', 'La', 'RGBa', 'PA') or (image.mode == 'P' and
                                                          'transparency' in image.info):
     rgba = image.convert('RGBA')
@@ -163,13 +183,14 @@ def _fit(image: Image.Image, image_size: int, channels: int) -> np.ndarray:
                             .astype(np.uint8), 'L')
   image = image.convert('RGB' if channels == 3 else 'L')
   w, h = image.size
-  if (w, h) != (image_size, image_size):
-    scale = image_size / min(w, h)
-    new_w, new_h = max(image_size, round(w * scale)), max(image_size, round(h * scale))
+  out_h, out_w = image_size, image_width or image_size
+  if (w, h) != (out_w, out_h):
+    scale = max(out_h / h, out_w / w)  # square: image_size / min(w, h)
+    new_w, new_h = max(out_w, round(w * scale)), max(out_h, round(h * scale))
     image = image.resize((new_w, new_h), Image.LANCZOS)
-    left, top = (new_w - image_size) // 2, (new_h - image_size) // 2
-    image = image.crop((left, top, left + image_size, top + image_size))
-  return np.asarray(image, np.uint8).reshape(image_size, image_size, channels)
+    left, top = (new_w - out_w) // 2, (new_h - out_h) // 2
+    image = image.crop((left, top, left + out_w, top + out_h))
+  return np.asarray(image, np.uint8).reshape(out_h, out_w, channels)
 
 
 def _find_images(pattern: str) -> tuple[str, list[str]]:
@@ -196,12 +217,13 @@ def _open_folder(cfg, image_size: int, channels: int, holdout_fraction: float) -
     raise ValueError("data.source='images' needs data.files, a folder or a glob of images.")
   root, relpaths = _find_images(pattern)
   stats = tuple((p, os.stat(os.path.join(root, p)).st_mtime_ns) for p in relpaths)
-  return _decode_folder(pattern, root, stats, image_size, channels, holdout_fraction)
+  return _decode_folder(pattern, root, stats, image_size, channels, holdout_fraction,
+                        int(_get(cfg, 'image_width', 0)))
 
 
 @functools.lru_cache(maxsize=4)
 def _decode_folder(pattern: str, root: str, stats: tuple, image_size: int, channels: int,
-                   holdout_fraction: float) -> _Arrays:
+                   holdout_fraction: float, image_width: int = 0) -> _Arrays:
   images, gray_file, colour_file = [], None, None
   for relpath, _ in stats:
     path = os.path.join(root, relpath)
@@ -217,7 +239,7 @@ def _decode_folder(pattern: str, root: str, stats: tuple, image_size: int, chann
               f'data.files={pattern!r} mixes 1-channel and colour images, e.g. {gray_file!r} '
               f'(grayscale) and {colour_file!r} (colour); convert them all to one mode '
               '(e.g. RGB) or remove the odd ones, so every image means the same thing.')
-        images.append(_fit(image, image_size, channels))
+        images.append(_fit(image, image_size, channels, image_width))
     except (OSError, SyntaxError, Image.DecompressionBombError) as err:
       raise ValueError(f'Cannot decode image file {path!r} ({type(err).__name__}: {err}); '
                        'fix it or remove it from the folder.') from err
@@ -230,7 +252,7 @@ def _decode_folder(pattern: str, root: str, stats: tuple, image_size: int, chann
     held = np.zeros(len(stats), bool)
     held[len(stats) - max(1, int(len(stats) * holdout_fraction)):] = True
     how = ', too few to hold out by hash: the last ones in path order are held out'
-  images = np.stack(images)  # [N, S, S, C]
+  images = np.stack(images)  # [N, H, W, C]
   labels = np.zeros([len(images), 1], np.int32)  # unlabelled: the null label
   what = f'folder {root!r} ({int((~held).sum())} train / {int(held.sum())} eval files{how})'
   return _Arrays(images[~held], labels[~held], images[held], labels[held], 1, 1, what)
@@ -242,7 +264,8 @@ def _open_npz(cfg, image_size: int, channels: int, holdout_fraction: float) -> _
     raise ValueError(f"data.path={path!r} is not a file; data.source='npz' needs an .npz "
                      "saved with np.savez(path, images=..., labels=...).")
   path = os.path.abspath(os.path.expanduser(path))
-  return _decode_npz(path, os.stat(path).st_mtime_ns, image_size, channels, holdout_fraction)
+  return _decode_npz(path, os.stat(path).st_mtime_ns, image_size, channels, holdout_fraction,
+                     int(_get(cfg, 'image_width', 0)))
 
 
 def _npz_images_uint8(images: np.ndarray, path: str) -> np.ndarray:
@@ -288,7 +311,7 @@ def _npz_labels(labels: np.ndarray | None, n: int, path: str) -> np.ndarray:
 
 @functools.lru_cache(maxsize=4)
 def _decode_npz(path: str, mtime_ns: int, image_size: int, channels: int,
-                holdout_fraction: float) -> _Arrays:
+                holdout_fraction: float, image_width: int = 0) -> _Arrays:
   try:
     npz = np.load(path, allow_pickle=False)
   except (OSError, ValueError, EOFError) as err:
@@ -304,10 +327,10 @@ def _decode_npz(path: str, mtime_ns: int, image_size: int, channels: int,
     images = _npz_images_uint8(npz['images'], path)
     labels = _npz_labels(npz['labels'] if 'labels' in npz.files else None, len(images), path)
   n, h, w, c = images.shape
-  if (h, w) != (image_size, image_size) or c != channels:
+  if (h, w) != (image_size, image_width or image_size) or c != channels:
     modes = {1: 'L', 3: 'RGB', 4: 'RGBA'}
     images = np.stack([_fit(Image.fromarray(x if c > 1 else x[..., 0], modes[c]), image_size,
-                            channels) for x in images])
+                            channels, image_width) for x in images])
   if n < 2:
     raise ValueError(f'{path!r} holds {n} image; an .npz needs >= 2 (train and held-out rows).')
   num_eval = max(1, int(n * holdout_fraction))
@@ -338,7 +361,7 @@ def label_vocab(cfg) -> int:
 
 
 def describe(cfg) -> str:
-  """One log line, e.g. 'glyphs: 32x32 RGB, 1-3 chars from 31 symbols, unbounded'."""
+  """One log line, e.g. 'glyphs: 32x32 RGB, 1-3 chars from 31 symbols, unbounded' (H x W)."""
   return _open(cfg).describe()
 
 
@@ -362,27 +385,34 @@ def train_dataset(cfg, *, batch_size: int, seed: int, process_index: int = 0,
     process_index, process_count: this process's shard (``jax.process_index()/count()``).
 
   Returns:
-    grain.IterDataset of ``{'image': float32 [b, S, S, C] in [-1, 1], 'label': int32 [b, L]}``,
+    grain.IterDataset of ``{'image': float32 [b, H, W, C] in [-1, 1], 'label': int32 [b, L]}``,
     ``b = batch_size // process_count``.
   """
   return random_stream(_open(cfg).train_example, batch_size=batch_size, seed=seed,
                        process_index=process_index, process_count=process_count)
 
 
-def eval_batches(cfg, *, batch_size: int, num_batches: int) -> list[dict[str, np.ndarray]]:
+def eval_batches(cfg, *, batch_size: int, num_batches: int,
+                 split: str = 'eval') -> list[dict[str, np.ndarray]]:
   """Deterministic held-out batches.
 
   Glyphs: eval-split glyphs ``0 .. num_batches * batch_size - 1`` in order; ``num_batches=0``
-  means ``DEFAULT_GLYPH_EVAL_BATCHES`` (the set is unbounded). Folders/.npz: of the ``n``
+  means ``DEFAULT_GLYPH_EVAL_BATCHES`` (the set is unbounded). With ``data.prompts`` the 'eval'
+  split shows held-out strings, and ``split='eval_seen'`` gives eval images of seen (trained)
+  strings instead (its own stream: none of them is a training image). Folders/.npz: of the ``n``
   held-out images, ``num_batches * batch_size`` evenly spaced ones (``r_k = k * n // total``);
   ``num_batches=0`` uses every whole batch (one full pass up to the last partial batch). If
   fewer images are held out than asked, fewer batches are returned (``n // batch_size``), but at
   least one: when even one batch does not fit, rows wrap around (``k % n``), so some repeat.
 
   Returns:
-    list of ``{'image': float32 [batch_size, S, S, C] in [-1, 1], 'label': int32 [batch_size, L]}``.
+    list of ``{'image': float32 [batch_size, H, W, C] in [-1, 1], 'label': int32 [batch_size, L]}``.
   """
   if batch_size < 1 or num_batches < 0:
     raise ValueError(f'batch_size={batch_size} must be >= 1 and num_batches={num_batches} >= 0 '
                      '(0 = the default: all whole batches, or 8 for glyphs).')
-  return _open(cfg).eval_rows(batch_size, num_batches)
+  source = _open(cfg)
+  if split != 'eval' and not (split == 'eval_seen' and getattr(source, 'prompts', False)):
+    raise ValueError(f"split={split!r}: use 'eval', or 'eval_seen' (eval images of seen "
+                     "strings) with data.source='glyphs' and data.prompts=True.")
+  return source.eval_rows(batch_size, num_batches, split)

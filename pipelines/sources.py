@@ -105,10 +105,12 @@ def _tokenizer(cfg, tokenizer):
   from paradigms import vqvae
   model, params = tokenizer
   c = model.cfg
-  if (c.image_size, c.channels) != (cfg.image_size, cfg.channels):
-    raise ValueError(f'data.tokenizer={path!r} was trained on {c.image_size}px images with '
-                     f'{c.channels} channels; set data.image_size={c.image_size} and '
-                     f'data.channels={c.channels} (now {cfg.image_size}, {cfg.channels})')
+  width, want = c.image_width or c.image_size, cfg.get('image_width', 0) or cfg.image_size
+  if (c.image_size, width, c.channels) != (cfg.image_size, want, cfg.channels):
+    raise ValueError(f'data.tokenizer={path!r} was trained on {c.image_size}x{width} images with '
+                     f'{c.channels} channels; set data.image_size={c.image_size}, '
+                     f'data.image_width={c.image_width} and data.channels={c.channels} '
+                     f'(now {cfg.image_size}x{want}, {cfg.channels})')
   residual = bool(getattr(cfg, 'tokenizer_residual', False))
 
   @jax.jit

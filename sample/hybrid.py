@@ -2,7 +2,7 @@
 
     tokens, f_hat, h = VAR sampling (sample/next_scale.py, K passes, ramped CFG, top-k / top-p)
     z_i = h_i + E_tok[r_K,i]                    h_i: last-scale hidden state (conditional rows)
-    r_i ~ p(r | z_i): `head_steps` solver steps of the MLP head on all B s_K^2 rows at once
+    r_i ~ p(r | z_i): `head_steps` solver steps of the MLP head on all B h_K w_K rows at once
     image = Decoder(f_hat + r)                                   (Tang et al. 2024, sec. 3.3)
 
 The residual solver defaults to DPM-Solver++(2M) on a flow grid shifted toward low noise
@@ -32,7 +32,7 @@ class HARTOutput:
   residual: jax.Array  # [B, h, w, Cz] the sampled continuous residual
   images: jax.Array  # [B, H, W, C] decode(f_hat + residual)
   nfe: jax.Array  # [] int32 transformer passes (K)
-  head_nfe: jax.Array  # [] int32 head passes (over all B s_K^2 rows at once)
+  head_nfe: jax.Array  # [] int32 head passes (over all B h_K w_K rows at once)
 
 
 @functools.partial(jax.jit, static_argnames=('model', 'tokenizer', 'cfg', 'top_k', 'top_p',

@@ -1,7 +1,7 @@
 """VAR sampling: one network pass per scale against a KV cache (Tian et al. 2024, Algorithm 2).
 
     f_hat = 0;  x = start token (the label's embedding)
-    for k = 1..K:                                              # one pass of s_k^2 rows each
+    for k = 1..K:                                           # one pass of h_k w_k rows each
         l_c, l_u = VAR(x | label), VAR(x | null label)           # with the cached scales < k
         l = (1 + t_k) l_c - t_k l_u,  t_k = (w - 1) (k - 1)/(K - 1)       # VAR's ramped CFG
         r_k ~ Cat(softmax(l / T)) restricted to top-k / top-p    # sample/categorical.py
@@ -16,8 +16,11 @@ t_k = (w - 1) k/(K - 1) with 0-based k: VAR's `cfg=c` is our `cfg=1 + c` (their 
 c = 1.5 is w = 2.5). With K = 1 the single scale takes the full weight. CFG doubles the batch
 (conditional rows, then null-label rows), not the passes: NFE = K network passes either way.
 
+Scales may be rectangular, h_k x w_k = s_k x a s_k for images a = W/H times wider than tall
+(paradigms/next_scale.py); the sampler only follows the VAR's and the tokenizer's shapes.
+
 The whole loop is one `jax.jit` (a Python loop over the K scales, static shapes per scale), with
-a KV cache of L = sum_k s_k^2 slots preallocated for the (doubled) batch; deterministic given
+a KV cache of L = sum_k h_k w_k slots preallocated for the (doubled) batch; deterministic given
 `rng` (scale k draws with fold_in(rng, k), so w = 1 and w != 1 share their random numbers).
 
 The tokenizer enters through a small seam, `Tokenizer` (start / add_scale / decode), whose
@@ -46,14 +49,14 @@ from sample.categorical import sample_categorical
 class Tokenizer:
   """The sampler's tokenizer seam over a multi-scale residual VQ-VAE module (hashable by value).
 
-  start(params, batch) -> f_hat [B, h, w, Cz] zeros; add_scale(params, f_hat, idx [B, s_k^2], k)
-  -> (f_hat, next input [B, s_{k+1}^2, Cz] or None after the last scale); decode(params, f_hat)
-  -> images [B, H, W, C]."""
+  start(params, batch) -> f_hat [B, h, w, Cz] zeros; add_scale(params, f_hat, idx [B, h_k w_k],
+  k) -> (f_hat, next input [B, h_{k+1} w_{k+1}, Cz] or None after the last scale);
+  decode(params, f_hat) -> images [B, H, W, C]."""
   model: Any
 
   def start(self, params, batch: int):
     c = self.model.cfg
-    return jnp.zeros((batch, c.latent_side, c.latent_side, c.latent_dim), jnp.float32)
+    return jnp.zeros((batch,) + c.latent_shape + (c.latent_dim,), jnp.float32)
 
   def add_scale(self, params, f_hat, idx, k: int):
     from paradigms import vqvae
@@ -66,12 +69,12 @@ class Tokenizer:
 @struct.dataclass
 class VAROutput:
   tokens: jax.Array  # [B, L] int32, scale-major, raster within a scale
-  inputs: jax.Array  # [B, L - s_1^2, Cz] the teacher-forcing inputs built on the way
+  inputs: jax.Array  # [B, L - h_1 w_1, Cz] the teacher-forcing inputs built on the way
   f_hat: jax.Array  # [B, h, w, Cz] the summed residual reconstruction
   images: jax.Array  # [B, H, W, C] decoded, about [-1, 1]
   nfe: jax.Array  # [] int32 network passes (K)
   rows: jax.Array  # [] int32 rows per pass (B, or 2B with CFG)
-  hidden: jax.Array | None = None  # [B, s_K^2, D] last-scale hidden states (return_hidden)
+  hidden: jax.Array | None = None  # [B, h_K w_K, D] last-scale hidden states (return_hidden)
 
 
 def cfg_ratio(k: int, K: int) -> float:
@@ -103,17 +106,17 @@ def sample_with(var_model, var_params, tokenizer: Tokenizer, tok_params, label, 
   for k in range(K):
     both = return_hidden and k == K - 1
     logits, cache = var_model.apply({'params': var_params}, rows_label, x, scale=k, cache=cache,
-                                    features='both' if both else False)  # [R, s_k^2, V]
+                                    features='both' if both else False)  # [R, h_k w_k, V]
     if both:
-      logits, hidden = logits[0], logits[1][:B]  # hidden [B, s_K^2, D]
+      logits, hidden = logits[0], logits[1][:B]  # hidden [B, h_K w_K, D]
     if guided:
       logits = guided_logits(logits[:B], logits[B:], k, K, cfg)
     idx = sample_categorical(jax.random.fold_in(rng, k), logits, temperature or 1.0, top_k, top_p,
                              greedy=temperature == 0)
-    tokens.append(idx)  # [B, s_k^2]
+    tokens.append(idx)  # [B, h_k w_k]
     f_hat, nxt = tokenizer.add_scale(tok_params, f_hat, idx, k)
     if k + 1 < K:
-      inputs.append(nxt)  # [B, s_{k+1}^2, Cz]
+      inputs.append(nxt)  # [B, h_{k+1} w_{k+1}, Cz]
       x = jnp.concatenate([nxt, nxt]) if guided else nxt
   Cz = c.latent_dim
   return VAROutput(

@@ -76,6 +76,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.max_chars = 3  # glyph string length bound = label slots of every image source
   c.data.jitter = 1.0  # glyph size/position spread in [0, 1]: 1 = full, 0 = large and centred
   c.data.stroke = 0.0  # glyph letter thickening, a fraction of the font size: 0 regular, 0.06 bold
+  c.data.image_width = 0  # image width W (data.image_size is the height H); 0 = square (W = H)
+  c.data.prompts = False  # glyphs: the prompt set (strings of 1..max_chars <= 8, hash-split into
+  #                          seen (train) and held-out (eval) strings); False = the label set
+  c.data.heldout_strings = 0.2  # prompts: fraction of strings held out of training (by hash)
   c.data.tokenizer = ''  # a trained VQ-VAE workdir: image batches gain its 'tokens' and 'inputs'
   c.data.tokenizer_residual = False  # also 'residual' f - f_hat [B, h*w, Cz] (HART)
 
@@ -137,6 +141,29 @@ def base_config() -> ml_collections.ConfigDict:
   c.mesh.shape = (-1, 1, 1)  # sizes of (data, fsdp, tensor); one -1 takes the remaining devices
   c.mesh.rules = DEFAULT_RULES
   return c
+
+
+def config_arg(arg: str, presets, variants, name: str) -> tuple[str, set]:
+  """'preset[,variant...]' of a config file -> (preset, {variants}); a clear error naming the
+  choices otherwise. E.g. 'small,prompt' -> ('small', {'prompt'})."""
+  preset, *rest = arg.split(',')
+  bad = [v for v in rest if v not in variants]
+  if preset not in presets or bad:
+    what = f'preset {preset!r}' if preset not in presets else f'variant {bad[0]!r}'
+    extra = f', optionally followed by ,{" / ,".join(variants)}' if variants else ''
+    raise ValueError(f'unknown {what} for {name}; give one of {sorted(presets)}{extra} '
+                     f'(e.g. small{"," + variants[0] if variants else ""})')
+  return preset, set(rest)
+
+
+PROMPT_MAX_CHARS = 8
+
+
+def use_prompts(data: ml_collections.ConfigDict) -> None:
+  """The `prompt` variant of the glyph configs: the prompt-conditioned glyph set (strings of 1..8
+  characters on H x 2H images, strings split by hash into seen and held-out, pipelines/glyphs.py);
+  the condition is the string as max_chars character tokens."""
+  data.update(image_width=2 * data.image_size, prompts=True, max_chars=PROMPT_MAX_CHARS)
 
 
 def finalize(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

@@ -1,6 +1,7 @@
 """DiT (Peebles & Xie 2023): a Transformer over image patches with adaLN-Zero conditioning.
 
     x [B, H, W, C] -> patchify -> [B, N, p*p*C] -> linear + fixed 2-D sin-cos positions
+                                  N = (H/p)(W/p), raster order over the (H/p) x (W/p) grid
     c = MLP(sinusoid(1000 c_noise)) + sum_j E_j[label_j] (+ E_step[k])        # [B, D]
     h = the shared scanned Blocks (bidirectional, adaLN-Zero on c, no RoPE)  # paradigms.nn
     out = Linear(modulate(RMSNorm(h), adaLN(c)))  (zero-init) -> unpatchify  # [B, H, W, C]
@@ -15,6 +16,11 @@ set of weights for both streams): a glyph string is a sequence, and attention le
 look up the symbol it is drawing, which a single pooled vector makes the MLPs decode. With
 `step_conditioning` the network also takes a step-size index k (d = 2^-k) for shortcut models
 (Frans et al. 2024).
+
+Images may be rectangular: `image_size` is the height H and `image_width` the width W (0 = square,
+W = H). The position embedding is MAE's 2-D sin-cos on the rectangular grid: patch (i, j) gets
+[sincos(i; D/2), sincos(j; D/2)], the first half of the channels from its row, the second from its
+column, so a square grid is exactly the old table and a wide grid extends the columns.
 """
 from __future__ import annotations
 
@@ -33,7 +39,8 @@ from paradigms.nn.transformer import TransformerConfig, block_stack, run_blocks
 @dataclasses.dataclass(frozen=True)
 class DiTConfig:
   """The DiT's fields (built from `config.model` of an image config)."""
-  image_size: int = 32
+  image_size: int = 32  # H (the height; also the width when image_width = 0)
+  image_width: int = 0  # W; 0 = square (W = image_size)
   channels: int = 3
   patch_size: int = 2
   label_len: int = 3  # label slots; 0 = unconditional model
@@ -54,9 +61,12 @@ class DiTConfig:
   attention_impl: str = 'xla'
 
   def __post_init__(self):
-    if self.image_size % self.patch_size:
-      raise ValueError(f'model.image_size={self.image_size} must be a multiple of '
-                       f'model.patch_size={self.patch_size}')
+    if self.image_size % self.patch_size or self.width % self.patch_size:
+      raise ValueError(f'the image {self.image_size}x{self.width} (model.image_size x '
+                       f'model.image_width) must have both sides multiples of '
+                       f'model.patch_size={self.patch_size}; change either')
+    if self.image_width < 0:
+      raise ValueError(f'model.image_width={self.image_width} must be >= 0 (0 = square)')
     if self.label_len and self.label_vocab < 2:
       raise ValueError(f'model.label_vocab={self.label_vocab} must be >= 2 (0 is the null id) '
                        f'when model.label_len={self.label_len} > 0')
@@ -66,12 +76,18 @@ class DiTConfig:
     self.backbone()  # validates the shared fields
 
   @property
-  def grid(self) -> int:
-    return self.image_size // self.patch_size
+  def width(self) -> int:
+    """W: image_width, or image_size when square (image_width = 0)."""
+    return self.image_width or self.image_size
+
+  @property
+  def grid(self) -> tuple:
+    """(H/p, W/p): the patch grid's rows and columns."""
+    return self.image_size // self.patch_size, self.width // self.patch_size
 
   @property
   def num_patches(self) -> int:
-    return self.grid ** 2
+    return self.grid[0] * self.grid[1]
 
   @property
   def num_tokens(self) -> int:
@@ -109,21 +125,32 @@ def patchify(x, p: int):
   return x.reshape(B, (H // p) * (W // p), p * p * C)
 
 
-def unpatchify(x, p: int, channels: int):
-  """The inverse of `patchify`: [B, N, p*p*C] -> [B, H, W, C] with H = W = p sqrt(N)."""
+def unpatchify(x, p: int, channels: int, grid: int | tuple | None = None):
+  """The inverse of `patchify`: [B, N, p*p*C] -> [B, H, W, C] with (H, W) = p grid, grid =
+  (rows, columns) of patches (an int for a square grid; None: square, sqrt(N) a side)."""
   B, N, _ = x.shape
-  g = math.isqrt(N)
-  x = x.reshape(B, g, g, p, p, channels).transpose(0, 1, 3, 2, 4, 5)
-  return x.reshape(B, g * p, g * p, channels)
+  gh, gw = _pair(math.isqrt(N) if grid is None else grid)
+  if gh * gw != N:
+    raise ValueError(f'unpatchify: {N} patches do not fill a {gh}x{gw} grid')
+  x = x.reshape(B, gh, gw, p, p, channels).transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(B, gh * p, gw * p, channels)
 
 
-def sincos_2d(grid: int, d: int) -> np.ndarray:
-  """DiT/MAE fixed 2-D sin-cos position embedding: [grid*grid, d], half for rows, half columns."""
+def _pair(grid) -> tuple:
+  """An int side (square) or a (rows, columns) pair -> (rows, columns)."""
+  return (int(grid), int(grid)) if np.ndim(grid) == 0 else tuple(int(g) for g in grid)
+
+
+def sincos_2d(grid: int | tuple, d: int) -> np.ndarray:
+  """DiT/MAE fixed 2-D sin-cos position embedding of a (rows, columns) grid (an int: square):
+  [rows*columns, d] in raster order, the first d/2 channels from the row, the last from the
+  column."""
   def one_axis(pos, dim):
     omega = 1.0 / 10_000 ** (np.arange(dim // 2, dtype=np.float64) / (dim / 2))  # [dim/2]
     out = pos[:, None] * omega[None]
     return np.concatenate([np.sin(out), np.cos(out)], axis=1)  # [N, dim]
-  rows, cols = np.meshgrid(np.arange(grid, dtype=np.float64), np.arange(grid, dtype=np.float64),
+  gh, gw = _pair(grid)
+  rows, cols = np.meshgrid(np.arange(gh, dtype=np.float64), np.arange(gw, dtype=np.float64),
                            indexing='ij')
   emb = np.concatenate([one_axis(rows.ravel(), d // 2), one_axis(cols.ravel(), d // 2)], axis=1)
   return emb.astype(np.float32)
@@ -152,9 +179,9 @@ class DiT(nn.Module):
     bb = cfg.backbone()
     dt, pdt = bb.compute_dtype, jnp.dtype(cfg.param_dtype)
     d, B = cfg.d_model, x.shape[0]
-    if x.shape[1:] != (cfg.image_size, cfg.image_size, cfg.channels):
-      raise ValueError(f'DiT expects images [B, {cfg.image_size}, {cfg.image_size}, '
-                       f'{cfg.channels}], got {x.shape}')
+    if x.shape[1:] != (cfg.image_size, cfg.width, cfg.channels):
+      raise ValueError(f'DiT expects images [B, {cfg.image_size}, {cfg.width}, {cfg.channels}] '
+                       f'(model.image_size, model.image_width, model.channels), got {x.shape}')
 
     def dense(h, n_in, n_out, name, std=None, names=(None, 'embed')):
       init = zeros_init(names) if std == 0 else normal_init(std or n_in ** -0.5, names)
@@ -196,4 +223,4 @@ class DiT(nn.Module):
     shift, scale = AdaLN(d, 2, dt, pdt, name='final_adaln')(c)
     h = modulate(RMSNorm(cfg.norm_eps, dt, pdt, name='final_norm')(h), shift, scale)
     out = dense(h, d, cfg.patch_dim, 'out', std=0, names=('embed', None))
-    return unpatchify(out, cfg.patch_size, cfg.channels).astype(jnp.float32)
+    return unpatchify(out, cfg.patch_size, cfg.channels, cfg.grid).astype(jnp.float32)
