@@ -160,6 +160,15 @@ def image_flops_per_example(config, n_params: int) -> float:
   return float(flops)
 
 
+def same_config(saved: dict, now: dict) -> bool:
+  """True when a finished run's saved resolved config is `now`'s, up to keys the config schema
+  gained since it was trained (absent from `saved`: a new key's default keeps the old behaviour,
+  the schema's rule), so adding a field does not invalidate every trained run."""
+  if not isinstance(saved, dict) or not isinstance(now, dict):
+    return saved == now
+  return set(saved) <= set(now) and all(same_config(v, now[k]) for k, v in saved.items())
+
+
 @dataclasses.dataclass
 class Context:
   """What every experiment gets: the budget, where results and runs go, the seed."""
@@ -204,7 +213,7 @@ class Context:
     resolved = json.loads(config.to_json_best_effort())
     resolved['train'].pop('progress', None)
     done = _read(marker)
-    if done and done.get('config') != resolved:
+    if done and not same_config(done.get('config', {}), resolved):
       raise ValueError(f'{workdir} holds a finished run of another config (the budget changed?); '
                        'delete it or pass --retrain to train it again.')
     if not done:

@@ -9,7 +9,8 @@ temperature 1 with no top-k / top-p and no EOS:
   confidence_topk       MaskGIT / LLaDA low-confidence remasking, min(S, N) steps;
   confidence_threshold  Fast-dLLM (Wu et al. 2025), tau 0.9: it picks its own step count (at
                         most N), so it runs once, not once per S;
-  semi_autoregressive   LLaDA semi-AR, blocks of min(32, N), top-k inside each block;
+  semi_autoregressive   LLaDA semi-AR, blocks of the largest divisor of N up to 32 (31 for
+                        N = 124), top-k inside each block;
   block_diffusion       BD3-LM (Arriola et al. 2025) block by block with a KV cache;
   ar_int8               the AR model with int8 weights (per-output-channel scales) and an
                         int8 KV cache (`paradigms.nn.quant`): the same loop, a quarter of the
@@ -57,7 +58,7 @@ SAMPLERS = ('ar', 'ar_int8', 'ancestral', 'remdm', 'confidence_topk', 'confidenc
             'block_diffusion', 'speculative')
 AR_SAMPLERS = ('ar', 'ar_int8', 'speculative')  # the AR side of the race; the rest is diffusion
 SPEC_GAMMAS = (2, 4)  # draft lengths of the speculative rows
-SEMI_AR_BLOCK = 32  # LLaDA semi-AR block length (capped at N)
+SEMI_AR_BLOCK = 32  # LLaDA semi-AR block length bound (the largest divisor of N up to it)
 TAU = 0.9  # Fast-dLLM confidence threshold
 ETA = 0.5  # ReMDM remasking strength
 FACTOR = 1.0  # Fast-dLLM factor rule's f
@@ -66,6 +67,12 @@ EB_GAMMA = 0.1  # EB-sampler's entropy bound (nats)
 
 def log_stderr(msg: str) -> None:
   print(msg, file=sys.stderr, flush=True)
+
+
+def semi_ar_block(new_tokens: int) -> int:
+  """The semi-AR block length for N new tokens: the largest divisor of N up to SEMI_AR_BLOCK
+  (whole blocks, which the dual cache needs; 31 for N = 124)."""
+  return max(b for b in range(1, min(SEMI_AR_BLOCK, new_tokens) + 1) if new_tokens % b == 0)
 
 
 def settings(new_tokens: int, steps: Sequence[int], bd3_block: int, *,
@@ -102,8 +109,8 @@ def settings(new_tokens: int, steps: Sequence[int], bd3_block: int, *,
   for drafter in ('ar_draft', 'bd3_draft'):
     for g in SPEC_GAMMAS:
       add('speculative', 'ar', None, drafter=drafter, gamma=g)
-  semi_block = min(SEMI_AR_BLOCK, N)
-  semi_blocks = -(-N // semi_block)
+  semi_block = semi_ar_block(N)
+  semi_blocks = N // semi_block
   bd3_blocks = N // bd3_block
   for S in steps:
     add('ancestral', 'mdlm', S, steps=S, **exact)

@@ -16,20 +16,21 @@ from that preset, so `raster_ar_glyphs.py:P` pairs with `vqvae_glyphs.py:P,singl
 is the label: data.max_chars tokens (label_vocab = len(alphabet) + 1, 0 = blank / null), prefixed
 to the raster code sequence. Sampling: N network passes (KV cache), CFG (--cfg w, 1 = off) in
 the same pass as a doubled batch, temperature / top-k / top-p per code.
-Presets (second field `prompt`: 32x64 images, data.prompts=True, max_chars 8, tokenizer
+Presets: configs/var_glyphs.py's recipes, so VAR, raster AR and MaskGIT see the same images in
+the same steps (second field `prompt`: 32x64 images, data.prompts=True, max_chars 8, tokenizer
 runs/vqvae_glyphs_single_prompt):
   tiny   tests; d=32, 1 layer, batch 8, 20 steps over the tiny tokenizer (4x4 codes): seconds.
   small  CPU demo; d=128, 6 layers, 4 heads, batch 64, 3000 steps over the small tokenizer's
          8x8 codes (8x16 with prompts). Not yet measured.
   base   one GPU; d=1024, 16 layers, 16 heads, batch 256, bf16, lr 1e-4 (LlamaGen-B scale).
 """
+import importlib.util
 import os
 
 import ml_collections
 
-from train.config import base_config, config_arg, finalize, from_file
+from train.config import base_config, config_arg, finalize
 
-PRESETS = ('tiny', 'small', 'base')
 
 
 def get_config(arg: str = 'small'):
@@ -39,8 +40,9 @@ def get_config(arg: str = 'small'):
 def token_image_config(arg: str, paradigm: str, name: str):
   """The config of a token-image paradigm ('raster_ar' or 'maskgit') for `arg` = 'P' or
   'P,prompt' (shared by configs/maskgit_glyphs.py)."""
-  preset, variants = config_arg(arg, PRESETS, ('prompt',), name)
-  vq = _tokenizer_config(preset + ',single' + (',prompt' if variants else ''))
+  var = _var_config_module()
+  preset, variants = config_arg(arg, var.PRESETS, ('prompt',), name)
+  vq = var.tokenizer_config(preset + ',single' + (',prompt' if variants else ''))
   c = base_config()
   c.paradigm = paradigm
   c.data.source = 'glyphs'
@@ -60,40 +62,18 @@ def token_image_config(arg: str, paradigm: str, name: str):
   c.judge.name = 'glyphs'
   c.judge.steps = 8  # MaskGIT's T (raster AR takes N passes and ignores it)
   c.train.update(b2=0.95, weight_decay=0.05)
-  {'tiny': _tiny, 'small': _small, 'base': _base}[preset](c)
+  var.PRESETS[preset](c)  # VAR's recipe: matched images seen and steps
   c.model.label_vocab = len(c.data.alphabet) + 1  # for other data set it to the largest label + 1
   c.model.label_len = c.data.get_ref('max_chars')  # the model follows data overrides
   return finalize(c)
 
 
-def _tokenizer_config(preset: str):
-  """The same preset of configs/vqvae_glyphs.py (its shape fields and image size)."""
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'vqvae_glyphs.py')
-  if not os.path.exists(path):
-    raise FileNotFoundError(f'{path} is missing: the token-image configs copy the tokenizer '
-                            'shape fields from it')
-  return from_file(f'{path}:{preset}')
-
-
-def _tiny(c):
-  c.data.update(batch_size=8)
-  c.model.update(d_model=32, n_layers=1, n_heads=2)
-  c.train.update(steps=20, warmup_steps=2, lr=1e-3, log_every=10, eval_every=10, eval_batches=1,
-                 ckpt_every=10, progress=False, ema_halflife_nimg=500.0)
-  c.judge.update(num=16, every=0, train_steps=20)
-
-
-def _small(c):
-  c.data.update(batch_size=64)
-  c.model.update(d_model=128, n_layers=6, n_heads=4)
-  c.train.update(steps=3000, warmup_steps=100, lr=1e-3, log_every=50, eval_every=750,
-                 eval_batches=8, ckpt_every=300, ema_halflife_nimg=20_000.0)
-  c.judge.update(num=256, every=1500)
-
-
-def _base(c):
-  c.data.update(batch_size=256)
-  c.model.update(d_model=1024, n_layers=16, n_heads=16, dtype='bfloat16')
-  c.train.update(steps=100_000, warmup_steps=2000, lr=1e-4, clip_norm=2.0, log_every=100,
-                 eval_every=5000, eval_batches=16, ckpt_every=5000, ema_halflife_nimg=500_000.0)
-  c.judge.update(num=2048, every=5000)
+def _var_config_module():
+  """configs/var_glyphs.py, by path (as --config loads this file): its presets and tokenizer."""
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'var_glyphs.py')
+  spec = importlib.util.spec_from_file_location('_config_var_glyphs', path)
+  if spec is None or not os.path.exists(path):
+    raise FileNotFoundError(f'{path} is missing: configs/raster_ar_glyphs.py builds on it')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module

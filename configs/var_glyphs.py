@@ -43,9 +43,8 @@ TOKENIZER_FIELDS = ('scales', 'codebook_size', 'latent_dim')
 
 
 def get_config(arg: str = 'small'):
-  presets = {'tiny': _tiny, 'small': _small, 'base': _base}
-  preset, variants = config_arg(arg, presets, ('prompt',), 'configs/var_glyphs.py')
-  vq = _tokenizer_config(arg)
+  preset, variants = config_arg(arg, PRESETS, ('prompt',), 'configs/var_glyphs.py')
+  vq = tokenizer_config(arg)
   c = base_config()
   c.paradigm = 'next_scale'
   c.data.source = 'glyphs'
@@ -64,19 +63,20 @@ def get_config(arg: str = 'small'):
       'attention_impl': 'xla'})
   c.judge.name = 'glyphs'
   c.train.update(b2=0.95, weight_decay=0.05)
-  presets[preset](c)
+  PRESETS[preset](c)
   c.model.label_vocab = len(c.data.alphabet) + 1  # for other data set it to the largest label + 1
   c.model.label_len = c.data.get_ref('max_chars')  # the model follows data overrides
   return finalize(c)
 
 
-def _tokenizer_config(preset: str):
-  """The same preset of configs/vqvae_glyphs.py (its model's shape fields and image size)."""
+def tokenizer_config(arg: str):
+  """configs/vqvae_glyphs.py at `arg` (the same preset and variants: its model's shape fields
+  and image size). Also used by configs/raster_ar_glyphs.py."""
   path = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'vqvae_glyphs.py')
   if not os.path.exists(path):
-    raise FileNotFoundError(f'{path} is missing: configs/var_glyphs.py copies the tokenizer '
+    raise FileNotFoundError(f'{path} is missing: the VQ-token configs copy the tokenizer '
                             'shape fields from it')
-  return from_file(f'{path}:{preset}')
+  return from_file(f'{path}:{arg}')
 
 
 def _tiny(c):
@@ -103,3 +103,8 @@ def _base(c):
   c.train.update(steps=100_000, warmup_steps=2000, lr=1e-4, clip_norm=2.0, log_every=100,
                  eval_every=5000, eval_batches=16, ckpt_every=5000, ema_halflife_nimg=500_000.0)
   c.judge.update(num=2048, every=5000)
+
+
+# the training recipes, shared with configs/raster_ar_glyphs.py and configs/maskgit_glyphs.py so
+# the VQ-token contestants see the same images in the same steps
+PRESETS = {'tiny': _tiny, 'small': _small, 'base': _base}

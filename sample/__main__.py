@@ -49,7 +49,8 @@ def _parse(argv):
   p.add_argument('--json', action='store_true', help='one JSON object per sample on stdout')
   p.add_argument('--chat', action='store_true', help="--prompt as a user message in the model's "
                  'chat template')
-  p.add_argument('--prompt', default='', help="text prompt, e.g. 'def '")
+  p.add_argument('--prompt', default='', help="text prompt, e.g. 'def '; glyph image runs: the "
+                 'string to draw, e.g. AB7 (= --label AB7)')
   p.add_argument('--prompt-ids', default='', help='comma-separated token ids (token-array corpora)')
   p.add_argument('--num', type=int, default=4, help='number of samples (the batch); --batch: '
                  'rows per batch')
@@ -157,7 +158,7 @@ def _parse(argv):
 # the flags each kind of run reads, beyond --workdir, --num, --seed, --step, --no-ema
 _TEXT = {'--prompt', '--prompt-ids', '--max-new-tokens', '--temperature', '--top-k', '--top-p',
          '--quantize', '--kv-int8', '--batch', '--bucket', '--out'}
-_GRID = {'--label', '--out', '--zoom', '--judge', '--cfg'}
+_GRID = {'--prompt', '--label', '--out', '--zoom', '--judge', '--cfg'}
 FLAGS = {'autoregressive': _TEXT | {'--draft', '--gamma', '--draft-steps'},
          'masked_diffusion': _TEXT | {'--strategy', '--steps', '--block-size', '--threshold',
                                       '--factor', '--eb-gamma', '--confidence', '--rule',
@@ -192,8 +193,10 @@ def cli_labels(args, config) -> np.ndarray:
   if args.judge and config.judge.name not in images.JUDGES:
     raise UserError(f'--judge: this run has no glyph judge (config.judge.name={config.judge.name!r}); '
              'drop --judge')
-  if args.label:
-    return images.parse_labels(config, args.label, args.num)
+  if args.label and args.prompt:
+    raise UserError('give the text to draw once: --prompt AB7 (or --label AB7, repeatable)')
+  if args.label or args.prompt:
+    return images.parse_labels(config, args.label or [args.prompt], args.num)
   return images.reference(config, args.num)['label']
 
 

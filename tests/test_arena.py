@@ -149,3 +149,13 @@ def test_every_budget_builds_valid_configs(budget):
   for c in configs:
     validate(c)
     assert c.data.seq_len % max(c.loss.get('block_size', 0), 1) == 0 if c.paradigm == 'masked_diffusion' else True
+
+
+def test_a_run_saved_before_the_schema_gained_a_key_still_matches():
+  from arena.runs import same_config
+  saved = {'data': {'image_size': 32, 'seq_len': 128}, 'train': {'steps': 500}}
+  assert same_config(saved, {'data': {'image_size': 32, 'seq_len': 128, 'prompts': False},
+                             'train': {'steps': 500}})  # a key added to the schema since
+  assert not same_config(saved, {'data': {'image_size': 32, 'seq_len': 256},
+                                 'train': {'steps': 500}})  # a changed value
+  assert not same_config(saved, {'data': {'image_size': 32}, 'train': {'steps': 500}})  # removed

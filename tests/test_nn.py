@@ -57,10 +57,11 @@ def test_kv_cache_decode_equals_full_forward(dtype, tol):
   x = jax.random.randint(jax.random.key(3), (2, 20), 0, cfg.vocab_size)
   full, _ = model.apply({'params': params}, x)
   cache = model.init_cache(2, 24)
-  logits, cache = model.apply({'params': params}, x[:, :7], cache=cache)  # prefill
+  apply = jax.jit(lambda tokens, cache: model.apply({'params': params}, tokens, cache=cache))
+  logits, cache = apply(x[:, :7], cache)  # prefill
   steps = [logits]
   for t in range(7, 20):  # one token at a time
-    logits, cache = model.apply({'params': params}, x[:, t:t + 1], cache=cache)
+    logits, cache = apply(x[:, t:t + 1], cache)
     steps.append(logits)
   cached = jnp.concatenate(steps, axis=1)
   assert int(cache.index[0]) == 20
@@ -200,7 +201,7 @@ def test_remat_policies_give_the_same_gradients(unroll):
   for policy in REMAT_POLICIES:
     cfg = dataclasses.replace(CFG, remat_policy=policy, scan_unroll=unroll)
     model, params = _init(cfg)
-    grads.append(jax.grad(lambda p: model.apply({'params': p}, x)[0].sum())(params))
+    grads.append(jax.jit(jax.grad(lambda p: model.apply({'params': p}, x)[0].sum()))(params))
   scale = max(float(jnp.abs(a).max()) for a in jax.tree.leaves(grads[0]))
   for g in grads[1:]:
     if unroll == 1:

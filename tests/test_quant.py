@@ -153,12 +153,14 @@ def test_int8_cache_decode_tracks_the_float_cache_and_greedy_agrees():
   model, params, x = _init(L=24)
   full, _ = model.apply({'params': params}, x)
 
+  apply = jax.jit(lambda tokens, cache: model.apply({'params': params}, tokens, cache=cache))
+
   def teacher_forced(kv_int8):
     cache = model.init_cache(2, 32, kv_int8=kv_int8)
-    logits, cache = model.apply({'params': params}, x[:, :7], cache=cache)  # prefill
+    logits, cache = apply(x[:, :7], cache)  # prefill
     steps = [logits]
     for t in range(7, 24):
-      logits, cache = model.apply({'params': params}, x[:, t:t + 1], cache=cache)
+      logits, cache = apply(x[:, t:t + 1], cache)
       steps.append(logits)
     return np.asarray(jnp.concatenate(steps, axis=1))[..., :CFG.vocab_size]
 
