@@ -134,7 +134,8 @@ def sample_masked_diffusion(args, config, model, params, prompt, rng, tok, pad=N
     prompt = np.concatenate([np.full((num, extra), fill, np.int32), prompt], 1)
     n_blocks = -(-args.max_new_tokens // B)
     total = prompt.shape[1] + n_blocks * B
-    return mds.block_diffusion(fn, params, jnp.asarray(prompt), rng, model.init_cache(num, total),
+    cache = model.init_cache(num, total, kv_int8=args.kv_int8)
+    return mds.block_diffusion(fn, params, jnp.asarray(prompt), rng, cache,
                                block_size=B, num_blocks=n_blocks, steps_per_block=args.steps or B,
                                schedule=config.loss.schedule, **common), prompt.shape[1]
   if args.infill:
@@ -169,7 +170,8 @@ def sample_masked_diffusion(args, config, model, params, prompt, rng, tok, pad=N
         raise UserError('--dllm-cache decodes after a prompt; drop --infill or --dllm-cache')
       from sample.dllm_cache import cached_semi_autoregressive
       N, T = args.max_new_tokens, x.shape[1]
-      cache = model.init_cache(num, T + (block if args.dllm_cache == 'dual' else N))
+      cache = model.init_cache(num, T + (block if args.dllm_cache == 'dual' else N),
+                               kv_int8=args.kv_int8)
       out = cached_semi_autoregressive(fn, params, x[:, :P], rng, cache, gen_len=N,
                                        block_len=block, cache_mode=args.dllm_cache,
                                        confidence=args.confidence,

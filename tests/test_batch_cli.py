@@ -193,6 +193,10 @@ def test_dllm_flags_reach_the_samplers_and_refresh_1_is_the_uncached_sampler(md_
   toks, _ = tokens('--strategy', 'semi_ar', '--rule', 'topk', '--steps', '4', '--block-size', '8',
                    '--dllm-cache', 'prefix')
   assert all(len(t) == 16 and 257 not in t for t in toks)
+  for strategy in (['semi_ar', '--dllm-cache', 'dual'], ['block']):  # int8 caches read back
+    toks, _ = tokens('--strategy', *strategy, '--block-size', '8', '--kv-int8', '--quantize',
+                     'int8')
+    assert all(len(t) == 16 and 257 not in t for t in toks)
 
 
 def test_batch_flags_fail_at_the_parser(ar_run, tmp_path):
