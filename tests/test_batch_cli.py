@@ -147,7 +147,7 @@ def test_left_padded_ar_batch_equals_the_single_prompt_cli(ar_run, tmp_path, cap
   _run(ar_run, inp, out, '--temperature', '0', '--max-new-tokens', '10')
   got = {r['id']: r['tokens'] for r in _records(out)}
   capsys.readouterr()
-  for i, p in enumerate(PROMPTS):
+  for i, p in [(i, PROMPTS[i]) for i in (0, 3, 4, 6)]:  # 4, 1, 18 and 25 bytes: both ends
     sample_main(['--workdir', ar_run, '--prompt', p, '--json', '--num', '1', '--temperature', '0',
                  '--max-new-tokens', '10'])
     single = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
