@@ -58,8 +58,11 @@ def settings(config, model, *, samplers: Sequence[str] = ('euler',), steps: Sequ
     return [dict(top_k=top_k, head_steps=n) for n in head_steps]
   if config.paradigm == 'maskgit':
     return [dict(top_k=top_k, steps=n) for n in steps]
+  if config.paradigm == 'transfusion':
+    return [dict(sampler='euler', steps=n) for n in steps]
   raise ValueError(f'{config.paradigm!r} runs are not image generators; give runs of '
-                   "'image_diffusion', 'next_scale', 'hybrid', 'raster_ar' or 'maskgit'")
+                   "'image_diffusion', 'next_scale', 'hybrid', 'raster_ar', 'maskgit' or "
+                   "'transfusion'")
 
 
 def describe(row: dict) -> str:

@@ -31,6 +31,7 @@ from pipelines.images import eval_batches
 from sample import hybrid as hart
 from sample import maskgit as mg
 from sample import raster_ar as rar
+from sample import transfusion as tfs
 from sample import image_diffusion as sd
 from sample import next_scale as var
 
@@ -122,12 +123,25 @@ def _tokenized(draw):
 
 # paradigm -> (generate(config, model, params, rng, labels, *, cfg, tokenizer, **options) ->
 # (images, nfe), the options the trainer's judge passes from config.judge)
+def _transfusion(config, model, params, rng, labels, *, cfg=1.0, tokenizer=None, sampler='euler',
+                 steps=32, cfg_interval=None, **unused):
+  """Transfusion: Euler steps on the image block behind the KV-cached prompt."""
+  del tokenizer
+  if sampler != 'euler' or cfg_interval is not None or unused:
+    raise ValueError(f'a transfusion run takes sampler=euler, steps and cfg only (got {sampler!r}, '
+                     f'cfg_interval={cfg_interval}, {sorted(unused)})')
+  out = tfs.text_to_image(model, params, jnp.asarray(labels, jnp.int32), rng, steps=int(steps),
+                          cfg=float(cfg))
+  return out.images, out.nfe
+
+
 GENERATORS = {
     'image_diffusion': (_diffusion, lambda j: {'sampler': j.sampler, 'steps': j.steps}),
     'next_scale': (_tokenized(var.sample), lambda j: {}),  # the full distribution, cfg only
     'hybrid': (_tokenized(hart.sample), lambda j: {'head_steps': int(j.steps)}),
     'raster_ar': (_tokenized(rar.sample), lambda j: {}),
     'maskgit': (_tokenized(mg.sample), lambda j: {'steps': int(j.steps)}),
+    'transfusion': (_transfusion, lambda j: {'sampler': j.sampler, 'steps': int(j.steps)}),
 }
 
 

@@ -24,6 +24,7 @@ PARADIGMS = {
     'hybrid': 'paradigms.hybrid',
     'raster_ar': 'paradigms.raster_ar',
     'maskgit': 'paradigms.maskgit',
+    'transfusion': 'paradigms.transfusion',
 }
 
 

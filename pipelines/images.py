@@ -171,7 +171,8 @@ def _open_glyphs(cfg, image_size: int, channels: int, holdout_fraction: float) -
 # ---------------------------------------------------------------------------------------------
 # Decoding folders and .npz files.
 
-def _fit(image: Image.Image, image_size: int, channels: int, image_width: int = 0) -> np.ndarray:
+def fit_image(image: Image.Image, image_size: int, channels: int,
+              image_width: int = 0) -> np.ndarray:
   """Any PIL image -> uint8 [H, W, channels] (H = image_size, W = image_width or H): alpha over
   white, scaled (LANCZOS) to cover H x W, centre crop."""
   if image.mode in ('RGBA', 'LA', 'La', 'RGBa', 'PA') or (image.mode == 'P' and
@@ -239,7 +240,7 @@ def _decode_folder(pattern: str, root: str, stats: tuple, image_size: int, chann
               f'data.files={pattern!r} mixes 1-channel and colour images, e.g. {gray_file!r} '
               f'(grayscale) and {colour_file!r} (colour); convert them all to one mode '
               '(e.g. RGB) or remove the odd ones, so every image means the same thing.')
-        images.append(_fit(image, image_size, channels, image_width))
+        images.append(fit_image(image, image_size, channels, image_width))
     except (OSError, SyntaxError, Image.DecompressionBombError) as err:
       raise ValueError(f'Cannot decode image file {path!r} ({type(err).__name__}: {err}); '
                        'fix it or remove it from the folder.') from err
@@ -329,8 +330,8 @@ def _decode_npz(path: str, mtime_ns: int, image_size: int, channels: int,
   n, h, w, c = images.shape
   if (h, w) != (image_size, image_width or image_size) or c != channels:
     modes = {1: 'L', 3: 'RGB', 4: 'RGBA'}
-    images = np.stack([_fit(Image.fromarray(x if c > 1 else x[..., 0], modes[c]), image_size,
-                            channels, image_width) for x in images])
+    images = np.stack([fit_image(Image.fromarray(x if c > 1 else x[..., 0], modes[c]),
+                                 image_size, channels, image_width) for x in images])
   if n < 2:
     raise ValueError(f'{path!r} holds {n} image; an .npz needs >= 2 (train and held-out rows).')
   num_eval = max(1, int(n * holdout_fraction))

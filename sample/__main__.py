@@ -25,6 +25,7 @@ line in fixed-shape batches of --num rows, streamed and resumable (sample/batch.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -108,6 +109,8 @@ def _parse(argv):
   i.add_argument('--label', action='append', default=[],
                  help='text (glyph runs) or class id to draw; repeat or give one for all; '
                       'default: random labels')
+  i.add_argument('--image', default='', help='transfusion runs: read the text in this image '
+                 '(PNG/JPEG, fitted to the run\'s image size) instead of drawing')
   i.add_argument('--zoom', type=int, default=1,
                  help='draw each pixel as a zoom x zoom block in the grid (3 suits 32x32 glyphs)')
   i.add_argument('--judge', action='store_true',
@@ -168,6 +171,8 @@ FLAGS = {'autoregressive': _TEXT | {'--draft', '--gamma', '--draft-steps'},
          'hybrid': _GRID | {'--temperature', '--top-k', '--top-p', '--steps'},
          'raster_ar': _GRID | {'--temperature', '--top-k', '--top-p'},
          'maskgit': _GRID | {'--temperature', '--top-k', '--top-p', '--steps'},
+         'transfusion': _GRID | {'--sampler', '--steps', '--image', '--temperature', '--top-k',
+                                 '--top-p'},
          'vqvae': {'--out', '--zoom', '--judge', '--label'}}
 _BATCH = {'--batch', '--bucket', '--out'}  # text runs with --batch
 _COMMON = {'--workdir', '--hf', '--dtype', '--json', '--chat', '--num', '--seed', '--step',
@@ -220,8 +225,9 @@ def image_cli(args, config, model, params, rng) -> None:
   """An image-diffusion run: `--num 16 --out grid.png [--sampler --steps --cfg --label --judge]`."""
   from evaluators import images
   from sample import image_diffusion as sd
-  sampler = args.sampler or ('euler' if model.cfg.step_conditioning else config.judge.sampler)
-  steps = args.steps or (4 if model.cfg.step_conditioning else config.judge.steps)
+  few_step = getattr(model.cfg, 'step_conditioning', False)  # a shortcut DiT
+  sampler = args.sampler or ('euler' if few_step else config.judge.sampler)
+  steps = args.steps or (4 if few_step else config.judge.steps)
   interval = args.cfg_interval or None  # (lo, hi), parsed with the arguments
   if sampler not in sd.SAMPLERS:
     raise UserError(f'--sampler {sampler!r}: choose one of {sorted(sd.SAMPLERS)}')
@@ -234,6 +240,31 @@ def image_cli(args, config, model, params, rng) -> None:
         f'evaluations, {time.perf_counter() - t0:.2f}s including compilation', file=sys.stderr)
   if args.judge:
     cli_judge(config, x, labels, nfe)
+
+
+def transfusion_cli(args, config, model, params, rng) -> None:
+  """A Transfusion run: draws like an image-diffusion run (--prompt/--label, --steps, --cfg, --out),
+  or with --image IMG.png reads the image's text (OCR: the image block, then AR decoding of the
+  string with the KV cache; --temperature 0 by default here means greedy)."""
+  if not args.image:
+    return image_cli(args, config, model, params, rng)
+  import jax.numpy as jnp
+  from PIL import Image, UnidentifiedImageError
+  from pipelines.glyphs import decode_label
+  from pipelines.images import fit_image
+  from sample import transfusion as tfs
+  d = config.data
+  try:
+    with Image.open(args.image) as im:
+      x = fit_image(im, d.image_size, d.channels, d.get('image_width', 0))
+  except (OSError, UnidentifiedImageError) as err:
+    raise UserError(f'--image {args.image}: cannot read it as an image ({err})') from None
+  x = jnp.asarray(x[None].astype(np.float32) / 127.5 - 1.0)  # [1, H, W, C] in [-1, 1]
+  temperature = args.temperature if '--temperature' in args.given else 0.0
+  out = tfs.image_to_text(model, params, x, rng, temperature=temperature, top_k=args.top_k,
+                          top_p=args.top_p)
+  text = decode_label(np.asarray(out.label[0]), d.alphabet)
+  print(json.dumps({'image': args.image, 'text': text, 'nfe': int(out.nfe)}) if args.json else text)
 
 
 def scale_cli(args, config, model, params, rng) -> None:
@@ -303,6 +334,7 @@ SAMPLERS = {'autoregressive': text_entry(sample_autoregressive),
             'hybrid': scale_cli,
             'raster_ar': scale_cli,
             'maskgit': scale_cli,
+            'transfusion': transfusion_cli,
             'vqvae': tokenizer_cli}
 
 
