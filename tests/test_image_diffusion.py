@@ -217,6 +217,7 @@ def test_cli_judge_scores_the_grid_it_drew_with_the_requested_labels(monkeypatch
       'judge': {'name': 'glyphs', 'sampler': 'euler', 'steps': 3, 'train_steps': 0}})
   model = types.SimpleNamespace(cfg=types.SimpleNamespace(step_conditioning=False))
   args = argparse.Namespace(sampler='', steps=0, cfg_interval='', cfg=1.0, num=4, label=['7A'],
+                            prompt='',
                             judge=True, zoom=1, out=str(tmp_path / 'g.png'))
   sample_cli.image_cli(args, config, model, None, None)
   out = capsys.readouterr().out
