@@ -63,11 +63,15 @@ def main(argv=None) -> None:
   tic, fresh = time.perf_counter(), ctx.untrained()
   for name in names:
     run_experiment(name, ctx)
-  if args.experiment == 'all':
+  readme = os.path.join(args.out, 'README.md')
+  if args.experiment == 'all' or os.path.exists(readme):  # one experiment refreshes its section
     # the total is a first run's cost only when this call trained every model it used
-    total = time.perf_counter() - tic if fresh else None
-    trained = report.training_time(ctx.workdir(''), total)
-    path = report.write_readme(args.out, list(EXPERIMENTS), args.budget, INTRO + '\n\n' + trained)
+    total = time.perf_counter() - tic if fresh and args.experiment == 'all' else None
+    trained = (report.training_time(ctx.workdir(''), total) if args.experiment == 'all' else
+               report.kept_training_line(readme) or report.training_time(ctx.workdir('')))
+    command = ' '.join(['python -m arena'] + (sys.argv[1:] if argv is None else list(argv)))
+    path = report.write_readme(args.out, list(EXPERIMENTS), args.budget,
+                               INTRO + '\n\n' + trained, command)
     ctx.log(f'report: {path}')
 
 

@@ -161,11 +161,22 @@ def training_time(runs_dir: str, total_s: float | None = None) -> str:
                  f'{total_s / 60:.0f} min.')
 
 
-def write_readme(out: str, order: Sequence[str], budget: str, intro: str) -> str:
-  """`<out>/README.md` from the section files present, in `order`."""
+def kept_training_line(path: str) -> str | None:
+  """The 'Training the N models took ...' line of an existing README (a one-experiment rerun
+  keeps the first full run's cost), or None."""
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return next((l.strip() for l in f if l.startswith('Training the ')), None)
+
+
+def write_readme(out: str, order: Sequence[str], budget: str, intro: str,
+                 command: str = '') -> str:
+  """`<out>/README.md` from the section files present, in `order`; `command` is the one that
+  regenerated it (default `python -m arena all ...`)."""
+  command = command or f'python -m arena all --budget {budget} --out {out}'
   parts = [f'# Arena report ({budget} budget)\n', intro.strip() + '\n',
-           f'Regenerated {datetime.date.today().isoformat()} by `python -m arena all --budget '
-           f'{budget} --out {out}` on {machine()}.\n']
+           f'Regenerated {datetime.date.today().isoformat()} by `{command}` on {machine()}.\n']
   timing = []
   for name in order:
     path = os.path.join(out, f'{name}.md')
