@@ -9,7 +9,7 @@ in the folder's chat template as one user message.
 
 Masked / block diffusion runs take --strategy, --steps, --block-size, --threshold, --factor,
 --eb-gamma, --confidence, --rule, --dllm-cache, --refresh, --eta and --infill (a template with
-{mask:N} holes); the text side lives in sample/cli_text.py. Image diffusion runs take --sampler, --steps, --cfg,
+{mask:N} holes); the text side lives in train/sample_text.py. Image diffusion runs take --sampler, --steps, --cfg,
 --label, --out (a PNG grid) and --judge (score the samples with the run's external judge).
 Next-scale (VAR) runs take --cfg (VAR's ramped guidance), --top-k, --top-p, --temperature,
 --label, --out and --judge; they decode with the tokenizer run named by data.tokenizer.
@@ -32,7 +32,7 @@ import time
 
 import numpy as np
 
-from sample.cli_text import (RULES, STRATEGIES, TEXT_SAMPLERS, batch_cli, sample_autoregressive,
+from train.sample_text import (RULES, STRATEGIES, TEXT_SAMPLERS, batch_cli, sample_autoregressive,
                              sample_masked_diffusion, text_entry)
 from train.cli import ArgumentParser, UserError, run_main
 

@@ -2,8 +2,8 @@
 
   1   paradigms (with paradigms/nn): model definitions; may import only the stdlib, jax, flax,
       numpy and chex (no other third-party package)
-  2   sample: jitted samplers (sample/__main__.py and sample/cli_text.py are the `python -m
-      sample` entry point, layer 5)
+  2   sample: jitted samplers (sample/__main__.py is the `python -m sample` entry point, layer 5;
+      its text half, which loads runs, is train/sample_text.py)
   3a  pipelines: data
   3b  evaluators: judges (3b may import 3a, 3a may not import 3b)
   3a  interop: checkpoint formats (Hugging Face folders), beside pipelines
@@ -29,7 +29,7 @@ ENTRY_POINTS = ('configs', 'arena', 'benchmarks', 'tpu', 'examples')
 LAYERS.update({d: (6, '5') for d in ENTRY_POINTS})
 SKIP_DIRS = {'.venv', '.ci-venv', 'build', 'tests', '__pycache__'}
 PARADIGMS_MAY_IMPORT = {'jax', 'flax', 'numpy', 'chex', 'paradigms', '__future__'}
-CLI_MODULES = ('sample.__main__', 'sample.cli_text')  # `python -m sample`: entry points in sample/
+CLI_MODULES = ('sample.__main__',)  # `python -m sample`: the entry point inside sample/
 HEAVY = ('train', 'pipelines', 'evaluators', 'grain', 'orbax', 'PIL', 'tqdm')
 
 

@@ -1,8 +1,9 @@
 """`python -m sample` for token paradigms (autoregressive, masked and block diffusion): prompts,
 the per-batch samplers behind a single prompt and --batch, and the printed or JSON output.
 
-An entry point like sample/__main__.py (layer 5: it reads `args`, the parsed command line, and
-loads drafter runs); the samplers it calls are the jitted functions of sample/*.py.
+It lives in train/ (layer 4), not sample/: it reads `args`, the parsed command line, and loads
+drafter runs (train.checkpoint, train.hf), which sample/ may not import; the samplers it calls
+are the jitted functions of sample/*.py.
 
 One batch of a token paradigm: TEXT_SAMPLERS[paradigm](args, config, model, params, prompt [B, P],
 rng, tok, pad=None) -> (output with .tokens [B, T] and .nfe, P = the slot where new tokens start).
