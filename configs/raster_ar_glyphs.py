@@ -9,6 +9,11 @@ Prompts (issue 25: strings of 1..8 characters at 32x64, held-out strings never t
       --workdir runs/vqvae_glyphs_single_prompt
   python -m train --config configs/raster_ar_glyphs.py:small,prompt --workdir runs/raster_ar_prompt
 
+`,interleaved` (raster AR only, item 8): the model reads text and images as one token sequence,
+BOS c1 BOI x1 EOI c2 BOI x2 EOI EOS (two pairs per sequence, model.max_images=2, next-token loss
+on every token after BOS but EOI), and `python -m sample --workdir RUN --interleaved A7` lets it
+decide when an image starts (sample/raster_ar.py `interleaved`).
+
 The tokenizer is a single-scale VQ-VAE (VQConfig.scales = (h,): the finest map of the same
 preset of configs/vqvae_glyphs.py, N = h w codes, w = h W/H); its shape fields (scales,
 codebook_size, latent_dim; data.image_size, image_width, channels, jitter, stroke) are copied
@@ -41,12 +46,14 @@ def token_image_config(arg: str, paradigm: str, name: str):
   """The config of a token-image paradigm ('raster_ar' or 'maskgit') for `arg` = 'P' or
   'P,prompt' (shared by configs/maskgit_glyphs.py)."""
   var = _var_config_module()
-  preset, variants = config_arg(arg, var.PRESETS, ('prompt',), name)
-  vq = var.tokenizer_config(preset + ',single' + (',prompt' if variants else ''))
+  extra = ('interleaved',) if paradigm == 'raster_ar' else ()
+  preset, variants = config_arg(arg, var.PRESETS, ('prompt',) + extra, name)
+  prompt = 'prompt' in variants
+  vq = var.tokenizer_config(preset + ',single' + (',prompt' if prompt else ''))
   c = base_config()
   c.paradigm = paradigm
   c.data.source = 'glyphs'
-  c.data.tokenizer = 'runs/vqvae_glyphs_single' + ('_prompt' if variants else '')
+  c.data.tokenizer = 'runs/vqvae_glyphs_single' + ('_prompt' if prompt else '')
   for k in ('image_size', 'image_width', 'channels', 'jitter', 'stroke', 'prompts',
             'max_chars'):  # the tokenizer's glyphs
     c.data[k] = vq.data[k]
@@ -56,6 +63,7 @@ def token_image_config(arg: str, paradigm: str, name: str):
       'codebook_size': vq.model.codebook_size, 'latent_dim': vq.model.latent_dim,
       'image_size': c.data.get_ref('image_size'), 'image_width': c.data.get_ref('image_width'),
       'label_len': c.data.max_chars, 'label_vocab': len(c.data.alphabet) + 1,
+      'max_images': 2 if 'interleaved' in variants else 1,
       'd_model': 128, 'n_layers': 4, 'n_heads': 4, 'n_kv_heads': 0, 'd_ff': 0,
       'rope_base': 10_000.0, 'norm_eps': 1e-6, 'dtype': 'float32', 'param_dtype': 'float32',
       'remat_policy': 'none', 'scan_unroll': 0, 'attention_impl': 'xla'})

@@ -8,6 +8,13 @@ prediction), trained with L = L_LM + 5 L_diff (paradigms/transfusion.py).
 Prompts (issue 25: strings of 1..8 characters at 32x64, held-out strings never trained on):
   python -m train --config configs/transfusion_glyphs.py:small,prompt --workdir runs/transfusion_prompt
 
+Variants (after the preset, combinable with ,prompt):
+  ,captioner    the separately trained AR captioner that Transfusion's reading direction is
+                compared with: the same network, trained on image -> text only (ocr_fraction 1)
+                with clean images (ocr_t_max 0, so L_diff = 0): next-token loss alone.
+  ,interleaved  sequences of two (string, image) pairs, BOS c1 BOI I1 EOI c2 BOI I2 EOI EOS
+                (loss.interleaved, model.max_images=2); `python -m sample --interleaved A7`.
+
 No tokenizer: images enter as p x p pixel patches (N = (H/p)(W/p)), the prompt as the label's
 max_chars character tokens. Each batch is half text -> image and half image -> text (OCR)
 examples (loss.ocr_fraction); OCR images are noised to at most t = 0.5 (loss.ocr_t_max).
@@ -31,7 +38,10 @@ from train.config import base_config, config_arg, finalize, use_prompts
 
 def get_config(arg: str = 'small'):
   presets = {'tiny': _tiny, 'small': _small, 'base': _base}
-  preset, variants = config_arg(arg, presets, ('prompt',), 'configs/transfusion_glyphs.py')
+  preset, variants = config_arg(arg, presets, ('prompt', 'captioner', 'interleaved'),
+                                'configs/transfusion_glyphs.py')
+  if {'captioner', 'interleaved'} <= variants:
+    raise ValueError(f'{arg!r}: a captioner reads single images; drop ,captioner or ,interleaved')
   c = base_config()
   c.paradigm = 'transfusion'
   c.data.source = 'glyphs'
@@ -43,6 +53,11 @@ def get_config(arg: str = 'small'):
   presets[preset](c)
   if 'prompt' in variants:
     use_prompts(c.data)
+  if 'captioner' in variants:  # the AR captioner: image -> text only, clean images, no L_diff
+    c.loss.update(ocr_fraction=1.0, ocr_t_max=0.0)
+  if 'interleaved' in variants:  # item 8: two (string, image) pairs per sequence
+    c.loss.interleaved = True
+    c.model.max_images = 2
   c.model.label_vocab = len(c.data.alphabet) + 1  # for other data set it to the largest label + 1
   c.model.label_len = c.data.get_ref('max_chars')  # the model follows data overrides
   c.model.image_size = c.data.get_ref('image_size')  # H

@@ -6,10 +6,10 @@
   python -m sample --workdir runs/var_glyphs --num 16 --out grid.png --label 7A --judge
 
 Prompts (issue 25): `P,prompt` pairs with the tokenizer `vqvae_glyphs.py:P,prompt` (default
-runs/vqvae_glyphs_prompt): strings of 1..8 characters on H x 2H images. The prompt enters as
-VAR's class condition c = sum_j E_j[label_j] (a position-aware embedding per character slot:
-start tokens and adaLN), dropped for CFG; a prefix of prompt tokens in the sequence is not built
-yet.
+runs/vqvae_glyphs_prompt): strings of 1..8 characters on H x 2H images. The prompt enters twice
+(model.prompt_prefix): as the S tokens E_j[label_j] that lead the sequence (attended token by
+token by every scale, as a text-to-image AR model's prompt) and as their pooled sum c, VAR's
+class condition (start tokens and adaLN); the null prompt (all slots 0) is the CFG drop.
 
 `data.tokenizer` names the tokenizer's workdir (default runs/vqvae_glyphs); the data pipeline
 encodes every image batch with it (pipelines/sources.py). The tokenizer's shape fields
@@ -58,6 +58,7 @@ def get_config(arg: str = 'small'):
       'image_size': c.data.get_ref('image_size'),  # W/H sets the scales' widths
       'image_width': c.data.get_ref('image_width'),
       'label_len': c.data.max_chars, 'label_vocab': len(c.data.alphabet) + 1,
+      'prompt_prefix': bool(variants),  # prompts: the S prompt tokens lead the sequence
       'd_model': 128, 'n_layers': 4, 'n_heads': 4, 'd_ff': 0, 'norm_eps': 1e-6,
       'dtype': 'float32', 'param_dtype': 'float32', 'remat_policy': 'none',
       'attention_impl': 'xla'})

@@ -21,6 +21,13 @@ vectors is one learned vector). Loss: the mean cross-entropy over all L position
 with equal weight 1/L per token), labels replaced by the null label (all slots 0) with
 probability `label_dropout` so the same network gives the unconditional logits for CFG.
 
+Prompt prefix (`prompt_prefix`, issue 25 item 6): the S prompt tokens E_j[label_j] (the same
+per-slot table whose sum is c) also lead the sequence, as the text tokens of a text-to-image AR
+model (LlamaGen's T2I prefix); they take mask level 0 and scale k level k + 1, so every token
+sees the whole prompt, token by token, besides its pooled sum c in the start token and adaLN
+(SD3 / HART keep the pooled text too). The prefix predicts nothing and adds no parameters; the
+KV cache holds P + L slots (P = S) and the first cached pass writes the prefix with scale 1.
+
 Rectangular images: `scales` are the maps' heights s_k and the width is an integer multiple a =
 W/H of the height (`image_width` / `image_size`, the tokenizer's; 0 = square), so h_k x w_k =
 s_k x a s_k (`paradigms/vqvae.py`, VAR Algorithm 1 in h x w form). The sequence is the same
@@ -63,6 +70,7 @@ class VARConfig:
   latent_dim: int = 16  # Cz (the tokenizer's model.latent_dim)
   label_len: int = 3  # label slots S (data.max_chars)
   label_vocab: int = 32  # ids per slot, 0 = null
+  prompt_prefix: bool = False  # the S prompt tokens also lead the sequence (module doc)
   d_model: int = 128
   n_layers: int = 4
   n_heads: int = 4
@@ -117,6 +125,11 @@ class VARConfig:
     return sum(self.scale_sizes)
 
   @property
+  def prefix_len(self) -> int:
+    """P: the prompt tokens before the pyramid (S with prompt_prefix, else 0)."""
+    return self.label_len if self.prompt_prefix else 0
+
+  @property
   def first_len(self) -> int:
     """h_1 w_1: the rows the start token fills."""
     return self.scale_sizes[0]
@@ -134,7 +147,8 @@ class VARConfig:
     """The shared blocks: block-causal over levels, adaLN-Zero on the label, no RoPE."""
     return TransformerConfig(
         vocab_size=self.codebook_size, d_model=self.d_model, n_layers=self.n_layers,
-        n_heads=self.n_heads, d_ff=self.d_ff, max_len=self.num_tokens, mask='block_causal',
+        n_heads=self.n_heads, d_ff=self.d_ff, max_len=self.prefix_len + self.num_tokens,
+        mask='block_causal',
         rope_base=0.0, norm_eps=self.norm_eps, cond_dim=self.d_model, dtype=self.dtype,
         param_dtype=self.param_dtype, remat_policy=self.remat_policy, scan_unroll=self.scan_unroll,
         attention_impl=self.attention_impl)
@@ -180,19 +194,23 @@ class VAR(nn.Module):
     self.head_b = self.param('head_b', zeros_init(('vocab',)), (cfg.codebook_size,), pdt)
 
   def init_cache(self, batch: int) -> KVCache:
-    """An empty cache for `batch` images (L slots, a leading [n_layers] axis)."""
+    """An empty cache for `batch` images (P + L slots, a leading [n_layers] axis)."""
     bb = self.cfg.backbone()
-    one = KVCache.zeros(batch, self.cfg.num_tokens, bb.kv_heads, bb.head_size, bb.compute_dtype)
+    one = KVCache.zeros(batch, self.cfg.prefix_len + self.cfg.num_tokens, bb.kv_heads, bb.head_size, bb.compute_dtype)
     return jax.tree.map(lambda a: jnp.broadcast_to(a, (bb.n_layers,) + a.shape), one)
 
   def label_embedding(self, label):
     """c = sum_j E_j[label_j]: label int32 [B, S] -> [B, D] (start token and adaLN condition)."""
+    return self.prompt_embeddings(label).sum(axis=1)
+
+  def prompt_embeddings(self, label):
+    """The per-slot embeddings E_j[label_j]: label int32 [B, S] -> [B, S, D] (their sum is c;
+    with prompt_prefix they are also the prefix tokens)."""
     S = self.cfg.label_len
     if label.shape[-1] != S:
       raise ValueError(f'label has {label.shape[-1]} slots but model.label_len={S}; set '
                        'model.label_len to data.max_chars')
-    dt = jnp.dtype(self.cfg.dtype)
-    return self.label_table[jnp.arange(S)[None, :], label].astype(dt).sum(axis=1)
+    return self.label_table[jnp.arange(S)[None, :], label].astype(jnp.dtype(self.cfg.dtype))
 
   def embed_latents(self, z):
     """W_word z + b (VAR's `word_embed`): latents [B, n, Cz] -> [B, n, D]."""
@@ -234,10 +252,17 @@ class VAR(nn.Module):
       x = self.embed_latents(inputs)
     levels = jnp.asarray(cfg.level_ids()[lo:hi])  # [n]
     x = x + (self.level_table[levels] + self.pos_table[lo:hi]).astype(x.dtype)[None]
+    P = cfg.prefix_len
+    ids = levels + (1 if P else 0)  # the prefix is level 0 of the mask: every position sees it
+    if P and lo == 0:  # the pass that holds scale 1 also writes the prompt prefix
+      x = jnp.concatenate([self.prompt_embeddings(label), x], axis=1)
+      ids, lo = jnp.concatenate([jnp.zeros((P,), jnp.int32), ids]), -P
     x = nn.with_logical_constraint(x, ('batch', 'length', 'act_embed'))
-    positions = jnp.broadcast_to(jnp.arange(lo, hi, dtype=jnp.int32), (B, hi - lo))
-    ids = jnp.broadcast_to(levels, (B, hi - lo))
+    positions = jnp.broadcast_to(jnp.arange(lo + P, hi + P, dtype=jnp.int32), (B, hi - lo))
+    ids = jnp.broadcast_to(ids, (B, hi - lo))
     h, cache = run_blocks(self.layers, x, cache, positions, ids, c, None)
+    if P and lo == -P:
+      h = h[:, P:]  # no prediction from the prefix
     if features == 'both':
       return (self.logits(h, c), h), cache
     return (h if features else self.logits(h, c)), cache

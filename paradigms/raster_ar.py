@@ -56,6 +56,7 @@ class TokenImageConfig:
   latent_dim: int = 16  # Cz (the tokenizer's; the network does not read it)
   label_len: int = 3  # S prompt tokens (data.max_chars)
   label_vocab: int = 32  # ids per prompt slot, 0 = blank / null
+  max_images: int = 1  # M >= 2: interleaved text-image sequences (raster AR only; module doc)
   d_model: int = 128
   n_layers: int = 4
   n_heads: int = 4
@@ -85,13 +86,21 @@ class TokenImageConfig:
     if self.label_len < 1 or self.label_vocab < 2:
       raise ValueError(f'model.label_len={self.label_len} must be >= 1 and model.label_vocab='
                        f'{self.label_vocab} >= 2 (0 is the null prompt token)')
+    if self.max_images < 1 or (self.max_images > 1 and self.MASKED):
+      raise ValueError(f'model.max_images={self.max_images} must be 1, or >= 2 for interleaved '
+                       'sequences of a raster AR model (MaskGIT draws one image)')
     self.backbone()  # validates the shared fields
+
+  @property
+  def aspect(self) -> int:
+    """a = W/H (1 when square; `next_scale.check_tokenizer` compares it with the tokenizer's)."""
+    return self.image_width // self.image_size if self.image_width else 1
 
   @property
   def grid(self) -> tuple:
     """(h, w): the token grid."""
     h = self.scales[0]
-    return h, h * (self.image_width // self.image_size if self.image_width else 1)
+    return h, h * self.aspect
 
   @property
   def num_tokens(self) -> int:
@@ -100,10 +109,44 @@ class TokenImageConfig:
     return h * w
 
   @property
+  def interleaved(self) -> bool:
+    return self.max_images > 1
+
+  @property
   def seq_len(self) -> int:
     """Positions the network reads: S + N - 1 (AR: the last code is never an input),
-    S + N (MaskGIT)."""
+    S + N (MaskGIT), or M (S + N + 2) + 2 (an interleaved sequence of M images)."""
+    if self.interleaved:
+      return self.max_images * (self.label_len + self.num_tokens + 2) + 2
     return self.label_len + self.num_tokens - (0 if self.MASKED else 1)
+
+  @property
+  def pad_id(self) -> int:
+    """PAD of an interleaved sequence: the null prompt id V."""
+    return self.codebook_size
+
+  @property
+  def bos(self) -> int:
+    """The interleaved specials BOS, EOS, BOI, EOI follow the prompt ids (M >= 2 only)."""
+    return self.codebook_size + self.label_vocab
+
+  @property
+  def eos(self) -> int:
+    return self.bos + 1
+
+  @property
+  def boi(self) -> int:
+    return self.bos + 2
+
+  @property
+  def eoi(self) -> int:
+    return self.bos + 3
+
+  @property
+  def vocab_size(self) -> int:
+    """V codes + label_vocab prompt ids + ([MASK] for MaskGIT, or 4 interleaved specials)."""
+    extra = 1 if self.MASKED else (4 if self.interleaved else 0)
+    return self.codebook_size + self.label_vocab + extra
 
   @property
   def mask_id(self) -> int:
@@ -112,9 +155,8 @@ class TokenImageConfig:
 
   def backbone(self) -> TransformerConfig:
     """The shared Transformer: causal (raster AR) or bidirectional (MaskGIT)."""
-    vocab = self.codebook_size + self.label_vocab + (1 if self.MASKED else 0)
     return TransformerConfig(
-        vocab_size=vocab, d_model=self.d_model, n_layers=self.n_layers, n_heads=self.n_heads,
+        vocab_size=self.vocab_size, d_model=self.d_model, n_layers=self.n_layers, n_heads=self.n_heads,
         n_kv_heads=self.n_kv_heads, d_ff=self.d_ff, max_len=self.seq_len,
         mask='bidirectional' if self.MASKED else 'causal', rope_base=self.rope_base,
         norm_eps=self.norm_eps, dtype=self.dtype, param_dtype=self.param_dtype,
@@ -131,7 +173,8 @@ Config = TokenImageConfig
 
 class TokenImageTransformer(nn.Module):
   """The shared Transformer over [prompt ; image codes]: tokens int32 [B, T] (ids as in the
-  module doc) -> (logits [B, T, V] float32 over the V image codes, cache). `cache` (a KVCache
+  module doc) -> (logits [B, T, V] float32 over the V image codes, or over the whole vocabulary
+  for an interleaved model, cache). `cache` (a KVCache
   with a leading [n_layers] axis, `init_cache`) decodes a few positions at a time."""
   cfg: TokenImageConfig
 
@@ -144,7 +187,7 @@ class TokenImageTransformer(nn.Module):
 
   def __call__(self, tokens, *, cache: KVCache | None = None):
     logits, cache = self.net(tokens, cache=cache)
-    return logits[..., :self.cfg.codebook_size], cache
+    return (logits if self.cfg.interleaved else logits[..., :self.cfg.codebook_size]), cache
 
 
 def prompt_tokens(cfg: TokenImageConfig, label):
@@ -213,7 +256,11 @@ def image_nll(model: TokenImageTransformer, params, tokens, label):
 
 def loss(params, batch, rng, *, model: TokenImageTransformer, label_dropout: float = 0.1):
   """Mean next-token cross entropy over the N image tokens (module doc), prompts dropped to
-  null with probability `label_dropout`. Metrics: nll, bits_per_token, accuracy."""
+  null with probability `label_dropout`. Metrics: nll, bits_per_token, accuracy. An interleaved
+  model (max_images >= 2) trains on the interleaved sequences (`interleaved_layout`)."""
+  if model.cfg.interleaved:
+    del rng  # no prompt dropout: the model writes its own prompts
+    return _interleaved_nll(model, params, batch, mean=True)
   label = drop_prompt(rng, batch['label'], label_dropout)
   nll, logits = image_nll(model, params, batch['tokens'], label)
   ce = nll.mean()
@@ -225,6 +272,73 @@ def evaluate(params, batch, rng, *, model: TokenImageTransformer,
              label_dropout: float = 0.1) -> dict:
   """Held-out sums {'nats', 'tokens'} of the exact NLL with the true prompts (bits per image
   token)."""
+  if model.cfg.interleaved:
+    return _interleaved_nll(model, params, batch, mean=False)
   del rng, label_dropout
   nll, _ = image_nll(model, params, batch['tokens'], batch['label'])
   return {'nats': nll.sum(), 'tokens': jnp.asarray(nll.size, jnp.float32)}
+
+
+# --- Interleaved text-image sequences (issue 25 item 8; model.max_images = M >= 2) ------------
+
+def interleaved_layout(cfg: TokenImageConfig, labels, codes):
+  """M (string, image) pairs as one token sequence, right-padded to L = M (S + N + 2) + 2:
+      [BOS] c^1 [BOI] x^1_1 .. x^1_N [EOI] c^2 [BOI] x^2 [EOI] .. c^M [BOI] x^M [EOI] [EOS] [PAD..]
+  labels int32 [B, M, S] (character ids, 0 = blank: squeezed out), codes int32 [B, M, N] ->
+  (tokens [B, L], targets [B, L] (the next token), mask float32 [B, L]: 1 where targets[:, i]
+  is trained, i.e. every token after BOS up to EOS but EOI, which the sampler writes itself;
+  image [B, L] bool: targets[:, i] is an image code). The characters are ids V + label, PAD is
+  V (the null prompt id)."""
+  B, M, S = labels.shape
+  N, V = cfg.num_tokens, cfg.codebook_size
+  L = cfg.seq_len
+  if (M, S, codes.shape[-1]) != (cfg.max_images, cfg.label_len, N):
+    raise ValueError(f'interleaved batch of {M} images x {S} slots x {codes.shape[-1]} codes; '
+                     f'the model has model.max_images={cfg.max_images}, label_len='
+                     f'{cfg.label_len}, {N} codes per image')
+  labels = labels.astype(jnp.int32)
+  c = jnp.take_along_axis(labels, jnp.argsort(labels == 0, axis=2, stable=True), axis=2)
+  n = (c != 0).sum(axis=2)  # [B, M] characters per string
+  seg = 1 + jnp.cumsum(n + N + 2, axis=1) - (n + N + 2)  # [B, M] index of each string's c_1
+  p = jnp.arange(L)[None]  # [1, L]
+  end = seg[:, -1:] + n[:, -1:] + N + 2  # [B, 1] the EOS
+  tokens = jnp.where(p == 0, cfg.bos, jnp.where(p == end, cfg.eos, cfg.pad_id))
+  image = jnp.zeros((B, L), bool)
+  for m in range(M):
+    j = p - seg[:, m:m + 1]
+    nm = n[:, m:m + 1]
+    ch = V + jnp.take_along_axis(c[:, m], jnp.clip(j, 0, S - 1), axis=1)
+    code = jnp.take_along_axis(codes[:, m].astype(jnp.int32), jnp.clip(j - nm - 1, 0, N - 1),
+                               axis=1)
+    inside = (j > nm) & (j <= nm + N)
+    tokens = jnp.select([(j >= 0) & (j < nm), j == nm, inside, j == nm + N + 1],
+                        [ch, cfg.boi, code, cfg.eoi], tokens)
+    image = image | inside
+  shift = lambda a, fill: jnp.concatenate([a[:, 1:], jnp.full((B, 1), fill, a.dtype)], axis=1)
+  targets = shift(tokens, cfg.pad_id)
+  mask = (p < end) & (targets != cfg.eoi)
+  return tokens, targets, mask.astype(jnp.float32), shift(image, False)
+
+
+def _interleaved_nll(model: TokenImageTransformer, params, batch, *, mean: bool):
+  """Next-token cross entropy of interleaved sequences made from M consecutive batch rows
+  (tokens [B, N], label [B, S]; B a multiple of M). mean: (loss, metrics) with bits per image
+  code and per text token; else held-out sums {'nats', 'tokens'} over every target."""
+  cfg = model.cfg
+  check_tokens(cfg, batch['tokens'])
+  B, M = batch['tokens'].shape[0], cfg.max_images
+  if B % M:
+    raise ValueError(f'an interleaved model packs model.max_images={M} images per sequence: '
+                     f'data.batch_size={B} must be a multiple of it')
+  tokens, targets, mask, image = interleaved_layout(
+      cfg, batch['label'].reshape(B // M, M, -1), batch['tokens'].reshape(B // M, M, -1))
+  logits, _ = model.apply({'params': params}, tokens[:, :-1])  # the last token is never read
+  logits, targets, mask, image = logits, targets[:, :-1], mask[:, :-1], image[:, :-1]
+  nll = jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, targets[..., None], -1)[..., 0]
+  if not mean:
+    return {'nats': (nll * mask).sum(), 'tokens': mask.sum()}
+  img, txt = mask * image, mask * ~image
+  per = lambda w: (nll * w).sum() / jnp.maximum(w.sum(), 1.0)
+  ce = per(mask)
+  return ce, {'nll': ce, 'bits_per_token': ce / jnp.log(2.0),
+              'bits_per_code': per(img) / jnp.log(2.0), 'bits_per_text': per(txt) / jnp.log(2.0)}

@@ -106,6 +106,17 @@ def encode_text(text: str, alphabet: str = DEFAULT_ALPHABET, max_chars: int = 3)
   return label
 
 
+def prompt_label(text: str, alphabet: str = DEFAULT_ALPHABET, max_chars: int = 3) -> np.ndarray:
+  """The characters of a prompt that starts an interleaved sequence, as label ids
+  ``1 + alphabet.index(c)``: int32 [len(text)]. Refuses, with the fix in the message, an empty
+  prompt (the sampler would have no string to start from), characters outside the alphabet and
+  strings longer than the model's ``max_chars`` (nothing is truncated)."""
+  if not text:
+    raise ValueError('the prompt is empty: give the first string to draw, e.g. "A7" (the '
+                     'samplers take a token prompt of BOS alone to start from nothing)')
+  return encode_text(text, alphabet, max_chars)[:len(text)]
+
+
 def decode_label(label, alphabet: str = DEFAULT_ALPHABET) -> str:
   """Inverse of ``encode_text``: slot ids ``[L]`` -> text; blanks (0) are skipped."""
   return ''.join(alphabet[int(i) - 1] for i in np.asarray(label).reshape(-1) if 0 < i

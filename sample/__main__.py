@@ -111,6 +111,9 @@ def _parse(argv):
                       'default: random labels')
   i.add_argument('--image', default='', help='transfusion runs: read the text in this image '
                  '(PNG/JPEG, fitted to the run\'s image size) instead of drawing')
+  i.add_argument('--interleaved', default='', help='runs trained on interleaved sequences (raster '
+                 'AR / Transfusion ,interleaved): the first string, e.g. A7; the model goes on '
+                 'with images and text, deciding when an image starts')
   i.add_argument('--zoom', type=int, default=1,
                  help='draw each pixel as a zoom x zoom block in the grid (3 suits 32x32 glyphs)')
   i.add_argument('--judge', action='store_true',
@@ -169,10 +172,10 @@ FLAGS = {'autoregressive': _TEXT | {'--draft', '--gamma', '--draft-steps'},
          'image_diffusion': _GRID | {'--sampler', '--steps', '--cfg-interval'},
          'next_scale': _GRID | {'--temperature', '--top-k', '--top-p'},
          'hybrid': _GRID | {'--temperature', '--top-k', '--top-p', '--steps'},
-         'raster_ar': _GRID | {'--temperature', '--top-k', '--top-p'},
+         'raster_ar': _GRID | {'--temperature', '--top-k', '--top-p', '--interleaved'},
          'maskgit': _GRID | {'--temperature', '--top-k', '--top-p', '--steps'},
          'transfusion': _GRID | {'--sampler', '--steps', '--image', '--temperature', '--top-k',
-                                 '--top-p'},
+                                 '--top-p', '--interleaved'},
          'vqvae': {'--out', '--zoom', '--judge', '--label'}}
 _BATCH = {'--batch', '--bucket', '--out'}  # text runs with --batch
 _COMMON = {'--workdir', '--hf', '--dtype', '--json', '--chat', '--num', '--seed', '--step',
@@ -246,6 +249,8 @@ def transfusion_cli(args, config, model, params, rng) -> None:
   """A Transfusion run: draws like an image-diffusion run (--prompt/--label, --steps, --cfg, --out),
   or with --image IMG.png reads the image's text (OCR: the image block, then AR decoding of the
   string with the KV cache; --temperature 0 by default here means greedy)."""
+  if model.cfg.max_images > 1 or args.interleaved:
+    return interleaved_cli(args, config, model, params, rng)
   if not args.image:
     return image_cli(args, config, model, params, rng)
   import jax.numpy as jnp
@@ -273,6 +278,8 @@ def scale_cli(args, config, model, params, rng) -> None:
   its decoding steps (default 8); decodes through data.tokenizer."""
   from evaluators import images
   from train.checkpoint import load_tokenizer
+  if getattr(model.cfg, 'max_images', 1) > 1 or args.interleaved:
+    return interleaved_cli(args, config, model, params, rng)
   labels = cli_labels(args, config)
   tokenizer = load_tokenizer(config)
   t0 = time.perf_counter()
@@ -290,6 +297,49 @@ def scale_cli(args, config, model, params, rng) -> None:
         file=sys.stderr)
   if args.judge:
     cli_judge(config, x, labels, nfe)
+
+
+def interleaved_cli(args, config, model, params, rng) -> None:
+  """A run trained on interleaved sequences (raster AR or Transfusion, model.max_images >= 2):
+  --interleaved A7 (or --prompt A7) starts --num sequences with BOS and that string; the model
+  writes on, text and images, and decides when an image starts. Prints each sequence's text
+  with <img> where an image stands; --out gets one row of M image slots per sequence."""
+  import jax.numpy as jnp
+  from evaluators import images
+  from pipelines.glyphs import decode_label, prompt_label
+  c, d = model.cfg, config.data
+  if c.max_images < 2:
+    raise UserError(f'--interleaved: this {config.paradigm} run draws single images (model.'
+                    f'max_images=1); train a ,interleaved config, or use --prompt')
+  try:
+    ids = prompt_label(args.interleaved or args.prompt, d.alphabet, d.max_chars)
+  except ValueError as err:
+    raise UserError(f'--interleaved: {err}') from None
+  t0 = time.perf_counter()
+  opts = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+  if config.paradigm == 'raster_ar':
+    from sample import raster_ar as sar
+    from train.checkpoint import load_tokenizer
+    prompt = jnp.tile(sar.prompt_ids(c, ids), (args.num, 1))
+    out = sar.interleaved(model, params, *load_tokenizer(config), prompt, rng, **opts)
+    first_char = c.codebook_size  # characters are ids V + label
+  else:
+    from sample import transfusion as tfs
+    prompt = jnp.tile(jnp.concatenate([jnp.array([c.bos]), jnp.asarray(ids)])[None],
+                      (args.num, 1))
+    out = tfs.interleaved(model, params, prompt, rng, steps=args.steps or config.judge.steps, **opts)
+    first_char = 0
+  for row in np.asarray(out.tokens):
+    text = [decode_label([t - first_char], d.alphabet) if 0 < t - first_char < c.label_vocab
+            else ' <img> ' if t == c.boi else '' for t in row]
+    print(''.join(text).strip())
+  x = np.asarray(out.images)  # [num, M, H, W, C]
+  drawn = np.arange(c.max_images)[None] < np.asarray(out.n_images)[:, None]
+  x = np.where(drawn[..., None, None, None], x, 1.0)  # empty slots stay white
+  images.image_grid(x.reshape((-1,) + x.shape[2:]), cols=c.max_images, zoom=args.zoom).save(args.out)
+  print(f'wrote {args.out}: {args.num} sequences x {c.max_images} image slots '
+        f'({int(np.asarray(out.n_images).sum())} images drawn), '
+        f'{time.perf_counter() - t0:.2f}s including compilation', file=sys.stderr)
 
 
 def tokenizer_cli(args, config, model, params, rng) -> None:

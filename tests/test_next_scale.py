@@ -16,9 +16,9 @@ from sample import next_scale as sns
 
 
 
-def tiny_var(scales=(1, 2, 4), V=13, Cz=4, S=2, layers=2):
+def tiny_var(scales=(1, 2, 4), V=13, Cz=4, S=2, layers=2, prefix=False):
   return ns.VARConfig(scales=scales, codebook_size=V, latent_dim=Cz, label_len=S, label_vocab=5,
-                      d_model=32, n_layers=layers, n_heads=2)
+                      d_model=32, n_layers=layers, n_heads=2, prompt_prefix=prefix)
 
 
 def random_params(model, seed=0):
@@ -45,8 +45,9 @@ def teacher_inputs(cfg, B, seed=2):
                                                   cfg.latent_dim))
 
 
-def test_param_count_shapes_and_kv_cached_scales_equal_the_full_forward():
-  cfg = tiny_var(scales=(1, 2, 3, 5))
+@pytest.mark.parametrize('prefix', [False, True])
+def test_param_count_shapes_and_kv_cached_scales_equal_the_full_forward(prefix):
+  cfg = tiny_var(scales=(1, 2, 3, 5), prefix=prefix)
   model = ns.build(cfg)
   params = random_params(model, seed=3)
   assert sum(x.size for x in jax.tree.leaves(params)) == cfg.num_params()
@@ -70,7 +71,27 @@ def test_param_count_shapes_and_kv_cached_scales_equal_the_full_forward():
   assert full.shape == (B, 39, 13) and full.dtype == jnp.float32 and none is None
   assert h.shape == (B, 39, 32)
   np.testing.assert_allclose(cached, full, atol=1e-5, rtol=0)
-  assert int(index[0]) == cfg.num_tokens
+  assert int(index[0]) == cfg.num_tokens + (cfg.label_len if prefix else 0)
+
+
+def test_prompt_prefix_is_seen_by_every_level_slot_by_slot():
+  """With prompt_prefix the prompt's tokens lead the sequence: changing slot j's embedding of
+  its id, with the pooled condition c held fixed by an equal and opposite change of another
+  slot's id embedding, still changes every level's logits (the prefix is attended token by
+  token); without the prefix the same swap leaves every logit unchanged (c alone conditions)."""
+  for prefix in (False, True):
+    cfg = tiny_var(scales=(1, 2, 3), prefix=prefix)
+    model = ns.build(cfg)
+    params = random_params(model, seed=5)
+    label, inputs = jnp.array([[1, 3]]), teacher_inputs(cfg, 1)
+    f = jax.jit(lambda p: model.apply({'params': p}, label, inputs)[0][0])  # [L, V]
+    d = jax.random.normal(jax.random.key(9), (32,))
+    table = params['label_embed'].at[0, 1].add(d).at[1, 3].add(-d)  # sum c unchanged
+    changed = np.abs(np.asarray(f(dict(params, label_embed=table)) - f(params))).max(axis=-1)
+    if prefix:
+      assert (changed > 1e-4).all(), changed
+    else:
+      np.testing.assert_allclose(changed, 0, atol=1e-5)
 
 
 def test_level_mask_property_over_random_scale_schedules():
