@@ -70,6 +70,10 @@ def describe(row: dict) -> str:
   if 'sampler' in row:
     return f'{row["sampler"]} x {row["steps"]}'
   k = f', top-k {row["top_k"]}' if row.get('top_k') else ''
+  if row.get('paradigm') == 'maskgit':
+    return f'{row["steps"]} steps{k}'
+  if row.get('paradigm') == 'raster_ar':
+    return f'{row["nfe"]} codes{k}'
   if 'head_steps' in row:
     return f'{row["nfe"]} scales + head {row["head_steps"]} steps{k}'
   return f'{row["nfe"]} scales{k}'
@@ -157,11 +161,31 @@ def timing_pass(calls: Sequence[Callable], repeats: int) -> list[float]:
   return [statistics.median(t) for t in times]
 
 
+def batch_calls(contestants: Sequence[Contestant], *, ref: dict, cfg: float, rng,
+                batch: int) -> list[Callable]:
+  """One call per (contestant, setting), in `quality_pass` order, drawing `batch` images for the
+  first `batch` reference labels (compiled by a first untimed call each)."""
+  import jax
+  from evaluators import images
+  calls = []
+  for c in contestants:
+    for opts in c.settings:
+      call = lambda c=c, o=opts: images.generate(c.config, c.model, c.params, rng, num=batch,
+                                                 cfg=cfg, labels=ref['label'][:batch],
+                                                 tokenizer=c.tokenizer, **o)
+      jax.block_until_ready(call()[0])
+      calls.append(call)
+  return calls
+
+
 def measure(contestants: Sequence[Contestant], *, num: int, cfg: float = 1.0, seed: int = 0,
             repeats: int = 2, judge_steps: int = 0, quality_only: bool = False,
-            keep_samples: bool = False, log: Callable[[str], None] = log_stderr) -> Measured:
+            keep_samples: bool = False, timing_batches: Sequence[int] = (),
+            log: Callable[[str], None] = log_stderr) -> Measured:
   """The quality pass, then (unless quality_only) the timing pass, over all contestants with
-  one rng, one judge and one reference set (the first contestant's held-out glyphs)."""
+  one rng, one judge and one reference set (the first contestant's held-out glyphs). The timing
+  pass times the quality calls (`num` images: 'images_per_s'), or with `timing_batches` calls
+  of each of those batch sizes ('images_per_s_b<B>', and 'images_per_s' = the largest B's)."""
   import jax
   from evaluators import images
   if not contestants:
@@ -171,7 +195,12 @@ def measure(contestants: Sequence[Contestant], *, num: int, cfg: float = 1.0, se
   judge = load_judge(first, judge_steps)
   rows, calls, samples = quality_pass(contestants, ref=ref, judge=judge, num=num, cfg=cfg,
                                       rng=jax.random.key(seed), keep_samples=keep_samples, log=log)
-  if not quality_only:
+  if not quality_only and not timing_batches:
     for row, med in zip(rows, timing_pass(calls, repeats)):
       row.update(median_seconds=med, images_per_s=num / med)
+  for b in ([] if quality_only else sorted(timing_batches)):
+    log(f'timing every setting at batch {b}')
+    bcalls = batch_calls(contestants, ref=ref, cfg=cfg, rng=jax.random.key(seed), batch=b)
+    for row, med in zip(rows, timing_pass(bcalls, repeats)):
+      row.update({f'images_per_s_b{b}': b / med, 'images_per_s': b / med})
   return Measured(rows=rows, reference=ref, judge=judge, samples=samples)

@@ -1,401 +1,250 @@
-"""The `images` experiment: DiT (an NFE sweep + a shortcut few-step model) vs VAR vs HART.
+"""The `images` experiment on prompts: which paradigm renders legible text in images?
 
     python -m arena images --budget small --out arena/report
 
-Claims under test (the seed's): VAR is ~20x faster than raster AR and far faster than DiT;
-HART has 4.5-7.7x the throughput of diffusion; autoregressive models have an edge at text in
-images. Five runs on one glyph set (same image size, alphabet, max_chars, jitter), trained by
-the one trainer:
-  vqvae     the multi-scale residual VQ-VAE (configs/vqvae_glyphs.py): VAR's and HART's
-            tokenizer; its own training cost is stated apart from theirs;
-  dit       a DiT rectified-flow model (configs/dit_glyphs.py), sampled with Euler at an NFE
-            sweep and one 2nd-order sampler (DPM-Solver++(2M), Lu et al. 2022);
-  shortcut  a shortcut DiT (Frans et al. 2024; `dit_glyphs.py:P,shortcut`), the few-step model,
-            Euler at 1, 2, 4 steps (a separate model: its self-consistency share of the batch
-            costs it many-step quality, so it does not stand in for the flow model's sweep);
-  var       VAR next-scale prediction (configs/var_glyphs.py) over `vqvae`: NFE = K scales;
-  hart      HART (configs/hart_glyphs.py): VAR + the residual diffusion head, head 2 and 8 steps.
-The four generators share the Transformer width, depth and heads (parameters within ~15%; HART
-adds its head and token embedding), the batch and the step count (the same training images);
-DiT's patch grid equals the tokenizer's latent grid (the finest VAR scale). Training FLOPs are
-analytic (arena.runs.image_flops_per_example), the tokenizer's from XLA's cost analysis.
+The seed's claims under test: "autoregressive (GPT-4o) renders sharp, legible text in images far
+more reliably than diffusion"; VAR is far faster than raster AR and DiT; HART has several times
+the throughput of diffusion; AR extends to text and images in one sequence (Transfusion reads
+as well as it draws). Every model is conditioned on the prompt itself (strings of 1..8
+characters on H x 2H glyph images, `train.config.use_prompts`; strings hash-split, so held-out
+strings were never trained on) and trained by the one trainer with the same backbone width,
+depth and heads, batch and steps (the same images seen):
+  vqvae         the multi-scale residual VQ-VAE: VAR's and HART's tokenizer;
+  vqvae_single  its finest scale alone (phi = identity): raster AR's and MaskGIT's tokenizer;
+  dit           DiT, rectified flow on pixel patches, the prompt as in-context tokens; Euler at
+                a step sweep (few-step to its best);
+  var           VAR next-scale prediction, the prompt as a token prefix (NFE = K scales);
+  hart          HART: VAR plus the residual diffusion head (head 2 and 8 steps);
+  raster_ar     raster-order AR over the single-scale codes (LlamaGen / GPT-4o; NFE = N);
+  maskgit       MaskGIT over the same codes (cosine schedule, confidence decoding; T sweep);
+  transfusion   one Transformer, next-token loss on text and flow on pixel patches; draws
+                (Euler sweep) and reads (OCR);
+  captioner     the same network trained on image -> text alone (`transfusion_glyphs.py:,captioner`),
+                the separately trained AR captioner Transfusion's reading is compared with.
+DiT's patch grid equals the tokenizers' latent grid and Transfusion's patch grid.
 
-Measurement (arena/image_samplers.py, shared with benchmarks/image_samplers.py): every setting
-draws `num` images for the labels of `num` held-out glyphs with one seed and guidance weight
-`cfg` (VAR's ramped form for VAR and HART), scored by the glyph judge: classifier FD, strings and
-characters read, both by string length; images/s is the median of `repeats` timed calls after
-a compiling one. Reference rows: a second held-out set of real glyphs (the judge's ceiling and
-FD's floor) and its VQ-VAE reconstructions, discrete (decode f_hat: VAR's ceiling) and
-continuous (decode f: HART's ceiling).
+Measurement (arena/image_samplers.py): every setting draws `num` images for the prompts of
+`num` held-out strings with one seed and guidance weight `cfg`, scored by the CTC glyph judge:
+legibility (exact strings and characters) by string length 1..8, classifier FD, and images/s
+at batch 1 and at batch `timing[-1]` (median of `repeats` rounds after a compiling call).
+Then each model's most legible setting draws the prompts of `num` *seen* strings (eval images of
+trained strings): legibility on seen vs held-out strings. Reading: Transfusion and the
+captioner read `num` real held-out (and seen) renders, greedy; exact-match by length.
+References: a second held-out set of real glyphs (the judge's ceiling, FD's floor) and both
+tokenizers' reconstructions (the VQ-token models' ceilings).
 """
 from __future__ import annotations
 
 import json
-import math
 import os
 
 import numpy as np
 
 from arena import image_samplers as bench
+from arena import images_report as rep
 from arena import report
 from arena.runs import apply, config_file
 
-MODELS = ('dit', 'shortcut', 'var', 'hart')
-TOKENIZER_FIELDS = ('scales', 'codebook_size', 'latent_dim')  # VAR / HART model <- the VQ-VAE
-LABELS = {'dit': 'DiT (flow)', 'shortcut': 'DiT shortcut', 'var': 'VAR', 'hart': 'HART',
-          'real': 'real glyphs (2nd held-out set)', 'vq': 'VQ-VAE reconstruction (f_hat)',
-          'vq_f': 'VQ-VAE decode of f (no quantisation)'}
+MODELS = ('dit', 'var', 'hart', 'raster_ar', 'maskgit', 'transfusion')
+TOKENIZERS = {'var': 'vqvae', 'hart': 'vqvae', 'raster_ar': 'vqvae_single',
+              'maskgit': 'vqvae_single'}
+TOKENIZER_FIELDS = ('scales', 'codebook_size', 'latent_dim')
 
-# Per budget: the glyph set, the tokenizer, the generators' shared backbone and training, and
-# the measurement.
-#   tiny   a smoke run: untrained models (~20 s a run, mostly compilation), 16 samples.
-#   small  ~12-15 minutes on a 2-core CPU shared with another job, all in: 16px glyphs, whose
-#          4x4 patch / latent grid keeps T at 19 (DiT) and 21 (VAR: scales 1, 2, 4) tokens. Sized
-#          by timing 40 steps of each (batch 32, shared CPU): tokenizer 68k params ~30 steps/s;
-#          DiT 738k ~9 steps/s, shortcut 739k ~10, VAR 723k ~7.5, HART 819k ~6.5 (800 steps:
-#          1.5-2 min each); measurement ~1.5 min; the 16px glyph judge trains once (~2 min,
-#          cached). Expect nothing legible: 26k training images is ~1/10 of what made the 32px
-#          DiT preset read single characters, and the tokenizer (21 dB after 1500 steps) has
-#          its reconstructions read at ~10% (1-char strings ~30%); the judge reads real 16px
-#          strings at ~98 / 90 / 40% for 1 / 2 / 3 characters.
-#   gpu    one GPU (not yet run): 32px, the base tokenizer, d=512 x 12 layers, 40k x 256 images.
+# Per budget: the glyphs, the tokenizers, the shared backbone and training, the measurement.
+#   tiny   a smoke run: every contestant, a few steps each (~20 s a run, mostly compilation).
+#   small  2-core CPU: 32x64 bold glyphs, an 8x downsampling tokenizer (4x8 latent grid; VAR
+#          scales 1x2, 2x4, 4x8), DiT / Transfusion 8x8 patches (the same 4x8 grid), d=128 x 4
+#          layers. A DiT of this shape trains at ~5 steps/s of 64 images alone (a probe run:
+#          docs/prompts.md has its legibility by step); `steps` is the budget that must let the
+#          best model read half of held-out 2-character strings (issue 25).
+#   gpu    one GPU, sized for a <= 8 minute slot (`bash benchmarks/arena_gpu.sh images`): d=256 x 6,
+#          batch 256, 1200 steps per model; not yet run.
 IMAGES = {
     'tiny': dict(
-        preset='tiny', data=dict(image_size=16, jitter=0.3, stroke=0.0),
-        vqvae=dict(data=dict(batch_size=8), train=dict(steps=8, ckpt_every=8, eval_every=8)),
-        backbone=dict(d_model=32, n_layers=1, n_heads=2), dit=dict(patch_size=4, freq_dim=32),
+        preset='tiny', data=dict(jitter=0.3, stroke=0.0),
+        vqvae=dict(data=dict(batch_size=8), train=dict(steps=4, ckpt_every=4, eval_every=4)),
+        backbone=dict(d_model=32, n_layers=1, n_heads=2), patch=8,
         hart=dict(head_width=16, head_depth=1, head_freq_dim=32),
-        train=dict(steps=6, warmup_steps=2, lr=1e-3, log_every=3, eval_every=6, eval_batches=1,
-                   ckpt_every=6, ema_halflife_nimg=500.0),
+        train=dict(steps=4, warmup_steps=2, lr=1e-3, log_every=2, eval_every=4, eval_batches=1,
+                   ckpt_every=4, ema_halflife_nimg=500.0),
         batch_size=8,
-        measure=dict(num=16, repeats=1, cfg=3.0, euler=(1, 2), second=('dpmpp_2m', 2),
-                     shortcut=(1, 2), head_steps=(2,), judge_steps=20, grid=16)),
+        measure=dict(num=8, repeats=1, cfg=3.0, euler=(2,), head_steps=(2,), maskgit=(2,),
+                     timing=(1, 8), judge_steps=20, grid=8)),
     'small': dict(
-        preset='small', data=dict(image_size=16, jitter=0.3, stroke=0.0),
+        preset='small', data=dict(jitter=0.3, stroke=0.06),
         vqvae=dict(data=dict(batch_size=32),
-                   model=dict(base_channels=16, n_res_blocks=0, norm_groups=8, scales=(1, 2, 4),
-                              n_phi=3),
-                   train=dict(steps=1500, warmup_steps=50, eval_every=1500, eval_batches=4,
-                              ckpt_every=750)),
-        backbone=dict(d_model=96, n_layers=4, n_heads=4), dit=dict(patch_size=4),
+                   model=dict(base_channels=32, channel_mult=(1, 2, 2, 2), n_res_blocks=1,
+                              latent_dim=16, codebook_size=256, scales=(1, 2, 4), n_phi=3),
+                   train=dict(steps=2000, warmup_steps=50, eval_every=2000, eval_batches=4,
+                              ckpt_every=500)),
+        backbone=dict(d_model=128, n_layers=4, n_heads=4), patch=8,
         hart=dict(head_width=64, head_depth=2),
-        train=dict(steps=800, warmup_steps=50, lr=1e-3, log_every=50, eval_every=800,
-                   eval_batches=4, ckpt_every=400, ema_halflife_nimg=5000.0),
-        batch_size=32,
-        measure=dict(num=256, repeats=2, cfg=3.0, euler=(1, 2, 4, 8, 16), second=('dpmpp_2m', 8),
-                     shortcut=(1, 2, 4), head_steps=(2, 8), judge_steps=0, grid=36)),
+        train=dict(steps=6000, warmup_steps=100, lr=1e-3, log_every=50, eval_every=3000,
+                   eval_batches=4, ckpt_every=500, ema_halflife_nimg=20_000.0),
+        batch_size=64,
+        measure=dict(num=256, repeats=2, cfg=3.0, euler=(4, 16, 32), head_steps=(2, 8),
+                     maskgit=(4, 8, 16), timing=(1, 64), judge_steps=0, grid=24)),
     'gpu': dict(
-        preset='base', data=dict(image_size=32, jitter=0.3, stroke=0.0),
-        vqvae=dict(train=dict(steps=20_000)),
-        backbone=dict(d_model=512, n_layers=12, n_heads=8, dtype='bfloat16'),
-        dit=dict(patch_size=4),
-        hart=dict(head_width=384, head_depth=3, head_freq_dim=256),
-        train=dict(steps=40_000, warmup_steps=1000, lr=3e-4, log_every=100, eval_every=5000,
-                   eval_batches=16, ckpt_every=5000, ema_halflife_nimg=500_000.0),
+        preset='small', data=dict(jitter=0.3, stroke=0.06),
+        vqvae=dict(data=dict(batch_size=128),
+                   model=dict(base_channels=64, channel_mult=(1, 2, 2, 2), n_res_blocks=1,
+                              latent_dim=16, codebook_size=512, scales=(1, 2, 4), n_phi=3),
+                   train=dict(steps=1200, warmup_steps=50, eval_every=1200, eval_batches=4,
+                              ckpt_every=600)),
+        backbone=dict(d_model=256, n_layers=6, n_heads=8, dtype='bfloat16'), patch=8,
+        hart=dict(head_width=256, head_depth=3),
+        train=dict(steps=1200, warmup_steps=100, lr=1e-3, log_every=100, eval_every=1200,
+                   eval_batches=4, ckpt_every=600, ema_halflife_nimg=50_000.0),
         batch_size=256,
-        measure=dict(num=1024, repeats=3, cfg=3.0, euler=(1, 2, 4, 8, 16, 32),
-                     second=('dpmpp_2m', 16), shortcut=(1, 2, 4, 8), head_steps=(2, 8),
-                     judge_steps=0, grid=64)),
+        measure=dict(num=512, repeats=2, cfg=3.0, euler=(4, 16, 32), head_steps=(2, 8),
+                     maskgit=(4, 8, 16), timing=(1, 64), judge_steps=0, grid=24)),
 }
 
 
-def configs(spec: dict, tokenizer: str) -> dict:
-  """{'vqvae', 'dit', 'shortcut', 'var', 'hart'} -> ConfigDicts of one budget's `spec`; VAR and
-  HART read the tokenizer run at `tokenizer` and copy its shape fields."""
+def configs(spec: dict, tokenizers: dict) -> dict:
+  """The budget's ConfigDicts: {'vqvae', 'vqvae_single', *MODELS, 'captioner'}. tokenizers:
+  {'vqvae': workdir, 'vqvae_single': workdir} the token models read (their shape fields are
+  copied from the tokenizer configs built here)."""
   p, data = spec['preset'], spec['data']
-  vq = apply(config_file(f'vqvae_glyphs.py:{p}'), {**spec['vqvae'], 'data': {
-      **data, **spec['vqvae'].get('data', {})}})
+  out = {}
+  for name, variant in (('vqvae', ''), ('vqvae_single', ',single')):
+    vq = config_file(f'vqvae_glyphs.py:{p}{variant},prompt')
+    model = dict(spec['vqvae'].get('model', {}))
+    if variant and 'scales' in model:
+      model.update(scales=(model['scales'][-1],), n_phi=0)
+    out[name] = apply(vq, {**spec['vqvae'], 'model': model,
+                           'data': {**data, **spec['vqvae'].get('data', {})}})
   gen_data = {**data, 'batch_size': spec['batch_size']}
-  tok = {k: vq.model[k] for k in TOKENIZER_FIELDS}  # configs/var_glyphs.py copies the same
-  out = {'vqvae': vq}
-  for name, file, model in [('dit', 'dit_glyphs.py:{p}', spec['dit']),
-                            ('shortcut', 'dit_glyphs.py:{p},shortcut', spec['dit']),
-                            ('var', 'var_glyphs.py:{p}', tok),
-                            ('hart', 'hart_glyphs.py:{p}', {**tok, **spec['hart']})]:
+  pix = {'patch_size': spec['patch']}
+  for name, file, model in [
+      ('dit', 'dit_glyphs.py:{p},prompt', pix),
+      ('var', 'var_glyphs.py:{p},prompt', {}),
+      ('hart', 'hart_glyphs.py:{p},prompt', spec['hart']),
+      ('raster_ar', 'raster_ar_glyphs.py:{p},prompt', {}),
+      ('maskgit', 'maskgit_glyphs.py:{p},prompt', {}),
+      ('transfusion', 'transfusion_glyphs.py:{p},prompt', pix),
+      ('captioner', 'transfusion_glyphs.py:{p},prompt,captioner', pix)]:
     c = config_file(file.format(p=p))
-    d = dict(gen_data, tokenizer=tokenizer) if name in ('var', 'hart') else gen_data
+    d = dict(gen_data)
+    if name in TOKENIZERS:
+      tok = out[TOKENIZERS[name]]
+      d['tokenizer'] = tokenizers[TOKENIZERS[name]]
+      model = {**model, **{k: tok.model[k] for k in TOKENIZER_FIELDS}}
     apply(c, {'data': d, 'model': {**spec['backbone'], **model}, 'train': spec['train']})
     c.judge.name = ''  # the experiment measures every model itself, after training
     out[name] = c
   return out
 
 
-def tokenizer_flops(run) -> tuple[float, float]:
-  """(training FLOPs, FLOPs to encode one image) of the VQ-VAE run: XLA's cost analysis of one
-  image's forward (encode, quantise, decode), x 3 for forward + backward, x steps x batch; and
-  of one encode + quantise (what every VAR / HART training image costs the data pipeline)."""
+def settings(name: str, run, m: dict) -> list[dict]:
+  """The sampler settings measured for one model (module doc)."""
+  steps = {'dit': m['euler'], 'transfusion': m['euler'], 'maskgit': m['maskgit']}.get(name, (1,))
+  return bench.settings(run.config, run.model, steps=steps, head_steps=m['head_steps'])
+
+
+def seen_rows(picks: dict, contestants: dict, num: int, cfg: float, seed: int, judge) -> dict:
+  """Each model's pick redrawn for the prompts of `num` eval images of *seen* strings:
+  {name: score row}."""
+  import jax
+  from evaluators import images
+  from pipelines.images import eval_batches
+  first = next(iter(contestants.values())).config.data
+  ref = eval_batches(first, batch_size=num, num_batches=1, split='eval_seen')[0]
+  out = {}
+  for name, row in picks.items():
+    c = contestants[name]
+    opts = {k: row[k] for k in ('sampler', 'steps', 'top_k', 'head_steps') if k in row}
+    x, _ = images.generate(c.config, c.model, c.params, jax.random.key(seed), num=num, cfg=cfg,
+                           labels=np.asarray(ref['label']), tokenizer=c.tokenizer, **opts)
+    out[name] = {'name': name, **bench.score(judge, x, ref['label'], ref['image'])}
+  return out
+
+
+def reading_rows(readers: dict, config, num: int, seed: int) -> list[dict]:
+  """Greedy OCR of `num` real held-out and seen renders by each Transfusion-network reader:
+  rows {'name', 'split', 'accuracy', 'char_accuracy', 'by_length'}."""
   import jax
   import jax.numpy as jnp
-  from paradigms import vqvae
-  d = run.config.data
-  x = jnp.zeros((1, d.image_size, d.image_size, d.channels), jnp.float32)
+  from evaluators.glyph_judge import match_rates, match_rates_by_length
+  from pipelines.images import eval_batches
+  from sample import transfusion as tfs
+  rows = []
+  for split in ('eval', 'eval_seen'):
+    ref = eval_batches(config.data, batch_size=num, num_batches=1, split=split)[0]
+    for name, run in readers.items():
+      out = tfs.image_to_text(run.model, run.params, jnp.asarray(ref['image']),
+                              jax.random.key(seed), temperature=0.0)
+      pred, label = np.asarray(out.label), np.asarray(ref['label'])
+      exact, per_char = match_rates(pred, label)
+      rows.append({'name': name, 'split': 'held-out' if split == 'eval' else 'seen',
+                   'nfe': int(out.nfe), 'accuracy': exact, 'char_accuracy': per_char,
+                   'by_length': match_rates_by_length(pred, label)})
+  return rows
 
-  def flops(fn) -> float:
-    cost = jax.jit(fn).lower(run.params, x).compile().cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    return float((cost or {}).get('flops', float('nan')))
 
-  fwd = flops(lambda p, x: run.model.apply({'params': p}, x))
-  enc = flops(lambda p, x: vqvae.residual(run.model, p, x))
-  t = run.config.train
-  return 3 * fwd * t.steps * d.batch_size, enc
-
-
-def reference_rows(vq_run, judge, ref: dict, num: int) -> tuple[list[dict], np.ndarray]:
-  """Scores of a second held-out set of `num` real glyphs and of its VQ-VAE reconstructions
-  against the reference set `ref` (module doc). Returns (rows, the discrete reconstructions
-  [num, H, W, C] of ref's own images, for the tokenizer's sample grid)."""
+def reference_rows(vq_runs: dict, judge, ref: dict, num: int) -> tuple[list[dict], dict]:
+  """A second held-out set of `num` real glyphs and its reconstructions by each tokenizer,
+  scored against `ref`. Returns (rows, {tokenizer: discrete reconstructions of ref's images})."""
   import jax
   from paradigms import vqvae
   from pipelines.images import eval_batches
-
-  @jax.jit
-  def recon(p, x):  # x [B, H, W, C] -> (decode(f_hat), decode(f)), both [B, H, W, C]
-    return vqvae.reconstruct(vq_run.model, p, x)[::-1]
-
-  real = eval_batches(vq_run.config.data, batch_size=num, num_batches=2)[1]
-  x_hat, x_f = recon(vq_run.params, real['image'])
-  shown = {'real': real['image'], 'vq': np.asarray(x_hat), 'vq_f': np.asarray(x_f)}
-  rows = [{'name': k, **bench.score(judge, x, real['label'], ref['image'])}
-          for k, x in shown.items()]
-  return rows, np.asarray(recon(vq_run.params, ref['image'])[0])
+  real = eval_batches(next(iter(vq_runs.values())).config.data, batch_size=num,
+                      num_batches=2)[1]
+  rows = [{'name': 'real', **bench.score(judge, real['image'], real['label'], ref['image'])}]
+  grids = {}
+  for name, run in vq_runs.items():
+    recon = jax.jit(lambda p, x, m=run.model: vqvae.reconstruct(m, p, x)[1])
+    x_hat = np.asarray(recon(run.params, real['image']))
+    rows.append({'name': name, **bench.score(judge, x_hat, real['label'], ref['image'])})
+    grids[name] = np.asarray(recon(run.params, ref['image']))
+  return rows, grids
 
 
 def legibility_pick(rows: list[dict], name: str) -> dict:
   """The model's setting with the most characters read (ties: strings read, then speed)."""
   mine = [r for r in rows if r['name'] == name]
-  key = lambda r: (_num(r['char_accuracy']), _num(r['accuracy']), r.get('images_per_s', 0.0))
+  key = lambda r: (rep.num(r['char_accuracy']), rep.num(r['accuracy']),
+                   r.get('images_per_s', 0.0))
   return max(mine, key=key)
 
 
 def run(ctx) -> report.Section:
   spec = IMAGES[ctx.budget]
   m = spec['measure']
-  cs = configs(spec, ctx.workdir('vqvae'))
-  runs = {name: ctx.run(name, c) for name, c in cs.items()}  # the tokenizer first
-  gens = [runs[k] for k in MODELS]
-  tok_train, tok_encode = tokenizer_flops(runs['vqvae'])
-  runs['vqvae'].train_flops = tok_train  # convolutions: not the 6 N per image fallback
-  ctx.log('images: ' + '; '.join(r.describe() for r in gens))
-  dit_settings = ([dict(sampler='euler', steps=n) for n in m['euler']] +
-                  [dict(sampler=m['second'][0], steps=m['second'][1])])
-  contestants = []
+  cs = configs(spec, {k: ctx.workdir(k) for k in ('vqvae', 'vqvae_single')})
+  runs = {name: ctx.run(name, c) for name, c in cs.items()}  # the tokenizers first
+  ctx.log('images: ' + '; '.join(runs[k].describe() for k in MODELS))
+  contestants = {}
   for name in MODELS:
     r = runs[name]
-    opts = (dit_settings if name == 'dit' else
-            bench.settings(r.config, r.model, steps=m['shortcut'], head_steps=m['head_steps']))
-    tokenizer = (runs['vqvae'].model, runs['vqvae'].params) if r.config.data.tokenizer else None
-    contestants.append(bench.Contestant(name, r.config, r.model, r.params, opts, tokenizer))
-  result = bench.measure(contestants, num=m['num'], cfg=m['cfg'], seed=ctx.seed,
+    tok = runs[TOKENIZERS[name]] if name in TOKENIZERS else None
+    contestants[name] = bench.Contestant(name, r.config, r.model, r.params,
+                                         settings(name, r, m),
+                                         (tok.model, tok.params) if tok else None)
+  result = bench.measure(list(contestants.values()), num=m['num'], cfg=m['cfg'], seed=ctx.seed,
                          repeats=m['repeats'], judge_steps=m['judge_steps'], keep_samples=True,
-                         log=ctx.log)
+                         timing_batches=m['timing'], log=ctx.log)
   rows = result.rows
-  refs, vq_grid = reference_rows(runs['vqvae'], result.judge, result.reference, m['num'])
   picks = {name: legibility_pick(rows, name) for name in MODELS}
-  plots, texts = _draw(ctx.out, rows, refs, picks, result, vq_grid, m['grid'],
-                       cs['dit'].data.alphabet)
-  compute = (report.compute_line(gens) + f' Tokenizer (VAR and HART only): vqvae '
-             f'{runs["vqvae"].n_params:,} params / {tok_train:.2e} FLOPs to train (XLA cost '
-             f'analysis), plus {tok_encode:.2e} FLOPs to encode each VAR/HART training image.')
-  md = _markdown(ctx.budget, spec, rows, refs, picks, runs, compute, plots, texts, result, m)
+  seen = seen_rows(picks, contestants, m['num'], m['cfg'], ctx.seed, result.judge)
+  reading = reading_rows({k: runs[k] for k in ('transfusion', 'captioner')}, cs['transfusion'],
+                         m['num'], ctx.seed)
+  refs, vq_grids = reference_rows({k: runs[k] for k in ('vqvae', 'vqvae_single')},
+                                  result.judge, result.reference, m['num'])
+  plots = rep.draw(ctx.out, rows, refs, picks, result, vq_grids, m['grid'])
+  md = rep.markdown(ctx.budget, spec, rows, refs, picks, seen, reading, runs, plots, result, m)
   return report.Section(
-      name='images', title='Images: DiT vs shortcut vs VAR vs HART (speed, FD, legibility)',
+      name='images', title='Images on prompts: who renders legible text? (DiT, VAR, HART, '
+                           'raster AR, MaskGIT, Transfusion)',
       markdown=md, plots=list(plots.values()),
       results={'budget_spec': spec, 'seed': ctx.seed, 'rows': rows, 'reference_rows': refs,
-               'legibility': {k: _by_length(v) for k, v in picks.items()},
+               'legibility': {k: rep.by_length(v) for k, v in picks.items()},
+               'seen': {k: rep.by_length(v) for k, v in seen.items()}, 'reading': reading,
                'judge': {'info': result.judge.info, 'image_size': result.judge.image_size},
-               'runs': {k: _run_record(r) for k, r in runs.items()},
-               'tokenizer_flops': {'train': tok_train, 'encode_per_image': tok_encode}})
-
-
-# --- Report ----------------------------------------------------------------------------------
-
-def _num(v) -> float:
-  return -1.0 if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
-
-
-def _pct(v) -> float | None:
-  return None if v is None or (isinstance(v, float) and math.isnan(v)) else 100 * v
-
-
-def _by_length(row: dict) -> dict:
-  return {'setting': bench.describe(row) if 'nfe' in row else 'reference',
-          **{str(n): v for n, v in row['by_length'].items()}}
+               'runs': {k: _run_record(r) for k, r in runs.items()}})
 
 
 def _run_record(r) -> dict:
   return {'workdir': r.workdir, 'n_params': r.n_params, 'train_flops': r.train_flops,
           'train_seconds': r.train_seconds, 'eval': r.eval,
           'config': json.loads(r.config.to_json_best_effort())}
-
-
-def _texts(labels, alphabet: str) -> list[str]:
-  return [''.join(alphabet[i - 1] for i in row if i > 0) for row in np.asarray(labels)]
-
-
-def _draw(out, rows, refs, picks, result, vq_grid, grid: int, alphabet: str) -> tuple[dict, str]:
-  """The speed-FD plot, the legibility plot and one sample grid per model (+ the real glyphs
-  and their VQ-VAE reconstructions);
-  returns ({what: file name}, the grid's requested strings in reading order)."""
-  from evaluators.images import image_grid
-  plots = {}
-  series, notes = {}, {}
-  for name in MODELS:  # one line per model and sampler, points in NFE order
-    mine = [r for r in rows if r['name'] == name and 'images_per_s' in r]
-    for sampler in dict.fromkeys(r.get('sampler') for r in mine):
-      pts = [r for r in mine if r.get('sampler') == sampler]
-      label = LABELS[name] + (f' {sampler}' if name == 'dit' else '')
-      series[label] = ([r['images_per_s'] for r in pts], [r['fd'] for r in pts])
-      notes[label] = [f'NFE {r["nfe"]}' + (f'+{r["head_steps"]}h' if 'head_steps' in r else '')
-                      for r in pts]
-  real_fd = next(r['fd'] for r in refs if r['name'] == 'real')
-  plots['speed'] = report.plot(os.path.join(out, 'images_speed_fd.png'), series,
-                               xlabel='images / s (log)', ylabel='classifier FD (lower is better)',
-                               title='Images: speed vs quality', logx=True,
-                               hlines={'two real sets': real_fd}, annotate=notes)
-  lengths = sorted(rows[0]['by_length'])
-  leg = {f'{LABELS[k]} ({bench.describe(r)})': (lengths, [_pct(r['by_length'][n]['accuracy'])
-                                                         for n in lengths])
-         for k, r in picks.items()}
-  for r in refs:
-    leg[LABELS[r['name']]] = (lengths, [_pct(r['by_length'][n]['accuracy']) for n in lengths])
-  plots['legibility'] = report.plot(os.path.join(out, 'images_legibility.png'), leg,
-                                    xlabel='string length (characters)',
-                                    ylabel='% of strings read by the judge',
-                                    title='Legibility vs string length (dashed: references)',
-                                    style={LABELS[r['name']]: 's--' for r in refs},
-                                    xticks=lengths)
-  size = result.reference['image'].shape[1]
-  scale = max(1, 64 // size)  # small glyphs shown enlarged, pixels kept sharp
-  shown = {k: result.samples[next(i for i, x in enumerate(rows) if x is r)]
-           for k, r in picks.items()}
-  shown['real'], shown['vq'] = result.reference['image'], vq_grid
-  for k, x in shown.items():
-    img = image_grid(np.clip(x[:grid], -1, 1))
-    path = os.path.join(out, f'images_grid_{k}.png')
-    img.resize((img.width * scale, img.height * scale), 0).save(path)
-    plots[f'grid_{k}'] = os.path.basename(path)
-  return plots, ' '.join(_texts(result.reference['label'][:grid], alphabet))
-
-
-def _markdown(budget, spec, rows, refs, picks, runs, compute, plots, texts, result, m) -> str:
-  gens = [runs[k] for k in MODELS]
-  table_rows = []
-  for r in rows:
-    table_rows.append({'model': LABELS[r['name']], 'setting': bench.describe(r), 'nfe': r['nfe'],
-                       'ips': r.get('images_per_s'), 'fd': r['fd'],
-                       'acc': _pct(r['accuracy']), 'chars': _pct(r['char_accuracy'])})
-  for r in refs:
-    table_rows.append({'model': LABELS[r['name']], 'setting': 'reference', 'fd': r['fd'],
-                       'acc': _pct(r['accuracy']), 'chars': _pct(r['char_accuracy'])})
-  speed = report.table(table_rows, [('model', 'model'), ('setting', 'sampler / steps'),
-                                    ('nfe', 'NFE'), ('ips', 'images/s', '.4g'),
-                                    ('fd', 'FD', '.4g'), ('acc', 'strings read %', '.1f'),
-                                    ('chars', 'characters read %', '.1f')])
-  lengths = sorted(rows[0]['by_length'])
-  leg_rows = []
-  for k, r in [*picks.items(), *((x['name'], x) for x in refs)]:
-    row = {'model': LABELS[k], 'setting': bench.describe(r) if 'nfe' in r else 'reference'}
-    for n in lengths:
-      b = r['by_length'][n]
-      row[f's{n}'] = (f'{report.fmt(_pct(b["accuracy"]), ".1f")} / '
-                      f'{report.fmt(_pct(b["char_accuracy"]), ".1f")} (n={b["count"]})')
-    leg_rows.append(row)
-  legibility = report.table(leg_rows, [('model', 'model'), ('setting', 'setting')] +
-                            [(f's{n}', f'{n} char{"s" if n > 1 else ""}: strings / chars %')
-                             for n in lengths])
-  n_params = [r.n_params for r in gens]
-  spread = max(n_params) / min(n_params) - 1
-  vq_eval = runs['vqvae'].eval
-  alt = {**LABELS, 'real': 'real glyphs', 'vq': 'their VQ-VAE reconstructions'}
-  grids = ' '.join(f'![{alt[k]}]({plots[f"grid_{k}"]})' for k in (*MODELS, 'real', 'vq'))
-  s = spec['data']
-  parts = [
-      f'Budget `{budget}`: {s["image_size"]}px glyphs (jitter {s["jitter"]}, 1-'
-      f'{result.reference["label"].shape[1]} characters), every generator trained '
-      f'{spec["train"]["steps"]} steps x batch {spec["batch_size"]} '
-      f'({spec["train"]["steps"] * spec["batch_size"]:,} images) on the shared backbone '
-      f'(d={spec["backbone"]["d_model"]}, {spec["backbone"]["n_layers"]} layers); parameter '
-      f'counts within {100 * spread:.0f}% of each other. {m["num"]} samples per setting for the '
-      f'same labels and seed, guidance w={m["cfg"]} for all; the judge reads '
-      f'{_fmt_pct(result.judge.info.get("eval_accuracy"))} of its own held-out strings (full '
-      f'size and position spread). Tokenizer: '
-      f'held-out PSNR {report.fmt(vq_eval.get("eval_psnr"), ".1f")} dB.',
-      '### Speed vs quality', speed, compute,
-      f'![speed vs FD]({plots["speed"]})',
-      '### Legibility vs string length',
-      'Each model at its setting with the most characters read (the diffusion models choose '
-      'among more settings, which favours them slightly). Cells: % of strings / % of '
-      'characters read, n = samples of that length.', legibility, compute,
-      f'![legibility]({plots["legibility"]})',
-      f'Sample grids ({", ".join(LABELS[k] for k in MODELS)}, then the real glyphs and their '
-      f'VQ-VAE reconstructions; requested '
-      f'strings in reading order: `{texts}`):', grids,
-      '### Findings', _findings(rows, picks, refs, runs, m)]
-  return '\n\n'.join(parts)
-
-
-def _fmt_pct(v) -> str:
-  p = _pct(v)
-  return '-' if p is None else f'{p:.1f}%'
-
-
-def _lengths_text(row: dict) -> str:
-  """'98 / 90 / 40%': strings read by length 1, 2, 3."""
-  return ' / '.join(report.fmt(_pct(b['accuracy']), '.0f')
-                    for _, b in sorted(row['by_length'].items())) + '%'
-
-
-def _chars(row: dict) -> int:
-  """Characters requested over the row's samples (the denominator of char_accuracy)."""
-  return sum(n * b['count'] for n, b in row['by_length'].items())
-
-
-def _findings(rows, picks, refs, runs, m) -> str:
-  """3-4 sentences computed from the numbers (the claims are in the module doc)."""
-  by = lambda name: [r for r in rows if r['name'] == name]
-  ips = lambda r: r.get('images_per_s', float('nan'))
-  out = []
-  dit_best = min(by('dit'), key=lambda r: r['fd'])
-  for name, claim, bar in [('var', 'far faster than DiT', 2.0),
-                           ('hart', '4.5-7.7x the throughput of diffusion', 4.5)]:
-    r = min(by(name), key=lambda r: r['fd'])
-    # the fastest DiT setting (flow or shortcut) at least as good in FD: equal-quality speed
-    ok = [x for x in by('dit') + by('shortcut') if x['fd'] <= r['fd']]
-    match = max(ok, key=ips) if ok else None
-    ratio = ips(r) / ips(match if match is not None else dit_best)
-    text = (f'{LABELS[name]} ({bench.describe(r)}) draws {ips(r):.3g} images/s at FD '
-            f'{r["fd"]:.4g}, {ips(r) / ips(dit_best):.3g}x the images/s of DiT\'s best-FD '
-            f'setting ({bench.describe(dit_best)}, FD {dit_best["fd"]:.4g})')
-    if match is not None:
-      text += (f' and {ratio:.3g}x the fastest DiT setting at least as good in FD '
-               f'({LABELS[match["name"]]} {bench.describe(match)}, FD {match["fd"]:.4g})')
-    else:
-      text += ' (no DiT setting reaches its FD)'
-    verdict = 'consistent with' if ratio >= bar else 'against'
-    out.append(f'{text}: {verdict} the claim that it is {claim}.')
-  v = runs['var'].model.cfg
-  side, K = v.scales[-1], v.num_scales
-  out.append(f'Raster AR is not among these runs; over the same {side}x{side} token grid it '
-             f'would take {side * side} sequential passes to VAR\'s {K} ({side * side / K:.2g}x '
-             'the NFE; the ~20x of the VAR paper is at 256px, 16x16 tokens over 10 scales).')
-  ar = max((picks['var'], picks['hart']), key=lambda r: _num(r['char_accuracy']))
-  dif = max((picks['dit'], picks['shortcut']), key=lambda r: _num(r['char_accuracy']))
-  pa, pb, na, nb = _num(ar['char_accuracy']), _num(dif['char_accuracy']), _chars(ar), _chars(dif)
-  pool = (pa * na + pb * nb) / max(na + nb, 1)
-  se = math.sqrt(max(pool * (1 - pool), 0.0) * (1 / max(na, 1) + 1 / max(nb, 1)))
-  if min(pa, pb) < 0 or abs(pa - pb) <= 2 * se:
-    verdict = 'within 2 standard errors of each other: no evidence for or against'
-  else:
-    verdict = 'for' if pa > pb else 'against'
-  real = next(r for r in refs if r['name'] == 'real')
-  vq = next(r for r in refs if r['name'] == 'vq')
-  out.append(
-      f'Legibility: the AR family\'s best ({LABELS[ar["name"]]}) reads '
-      f'{_fmt_pct(ar["char_accuracy"])} of characters ({_lengths_text(ar)} of 1 / 2 / 3-character strings) against diffusion\'s '
-      f'best ({LABELS[dif["name"]]}) {_fmt_pct(dif["char_accuracy"])} ({_lengths_text(dif)}), '
-      f'{verdict} the claim of AR\'s edge at text in images at this scale. Both are bounded by '
-      f'the judge, which reads real glyphs at {_lengths_text(real)}, and the AR family also by '
-      f'its tokenizer, whose reconstructions it reads at {_lengths_text(vq)}; every model here '
-      'is trained for minutes, far short of legible text.')
-  return ' '.join(out)

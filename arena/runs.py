@@ -97,7 +97,8 @@ def train_flops(config, n_params: int) -> float:
   Token paradigms use `TransformerConfig.flops_per_token`: AR counts the useful (causal) half
   of attention, MDLM all of it; BD3 runs the network on concat(x_t, x_0), 2 seq_len tokens,
   under a mask about as dense as a causal one. Image Transformers (DiT, VAR, HART) count their
-  tokens per image (`image_flops_per_example`); other paradigms 6 N per example."""
+  tokens per image (`image_flops_per_example`), raster AR / MaskGIT / Transfusion their sequence's
+(SEQUENCE_IMAGE_MODELS); other paradigms 6 N per example."""
   from train.config import model_config
   d, t = config.data, config.train
   if config.paradigm in ('autoregressive', 'masked_diffusion'):
@@ -108,11 +109,21 @@ def train_flops(config, n_params: int) -> float:
     return float(t.steps * d.batch_size * T * cfg.flops_per_token(T, causal=causal))
   if config.paradigm in IMAGE_TRANSFORMERS:
     return float(t.steps * d.batch_size * image_flops_per_example(config, n_params))
+  if config.paradigm in SEQUENCE_IMAGE_MODELS:  # one Transformer sequence per image
+    m = model_config(config)
+    T = m.seq_len
+    per_token = m.backbone().flops_per_token(T, causal=config.paradigm != 'maskgit')
+    return float(t.steps * d.batch_size * T * per_token)
   return float(t.steps * d.batch_size * 6 * n_params)
 
 
 # Image paradigms whose network is the shared Transformer over a token sequence.
 IMAGE_TRANSFORMERS = ('image_diffusion', 'next_scale', 'hybrid')
+# ... and those over [prompt ; image] sequences of the text backbone, counted as text models:
+# T = model.seq_len tokens of TransformerConfig.flops_per_token (causal for raster AR and
+# Transfusion, whose image block is bidirectional: slightly under-counted; MaskGIT
+# bidirectional); Transfusion's patch encoder and decoder are left out.
+SEQUENCE_IMAGE_MODELS = ('raster_ar', 'maskgit', 'transfusion')
 
 
 def image_tokens(config) -> tuple[int, float]:
