@@ -12,8 +12,9 @@ Experiments (one module each, `run(ctx) -> Section`; EXPERIMENTS is the registry
   infill  fill in the middle of held-out code: masked diffusion with prefix and suffix vs AR
           with the prefix only; exact match and judge bits/byte of the span.
   blocks  AR as a special case of block diffusion: BD3 NELBO for B = 1 .. L beside AR NLL.
-  images  DiT (NFE sweep + shortcut few-step) vs VAR vs HART at matched size and compute:
-          images/s vs classifier FD, and legibility against string length.
+  images  on prompts: DiT, VAR, HART, raster AR, MaskGIT and Transfusion at one backbone and
+          images seen: legibility by string length (seen and held-out strings), classifier
+          FD, images/s at batch 1 and 64; Transfusion's reading vs an AR captioner.
 
 Every model is trained by the one trainer (`train.trainer.train`) into `--runs/<budget>/<name>`
 and reused when finished, so a second invocation only re-measures. Each experiment writes

@@ -73,6 +73,8 @@ def token_image_config(arg: str, paradigm: str, name: str):
   var.PRESETS[preset](c)  # VAR's recipe: matched images seen and steps
   c.model.label_vocab = len(c.data.alphabet) + 1  # for other data set it to the largest label + 1
   c.model.label_len = c.data.get_ref('max_chars')  # the model follows data overrides
+  if 'interleaved' in variants:  # the judge's single-image sampler does not apply: no judge
+    c.judge.name = ''
   return finalize(c)
 
 

@@ -58,6 +58,7 @@ def get_config(arg: str = 'small'):
   if 'interleaved' in variants:  # item 8: two (string, image) pairs per sequence
     c.loss.interleaved = True
     c.model.max_images = 2
+    c.judge.name = ''  # sequences, not single images: no judge during training
   c.model.label_vocab = len(c.data.alphabet) + 1  # for other data set it to the largest label + 1
   c.model.label_len = c.data.get_ref('max_chars')  # the model follows data overrides
   c.model.image_size = c.data.get_ref('image_size')  # H

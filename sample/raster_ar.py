@@ -73,6 +73,9 @@ def generate_tokens(model, params, label, rng, *, cfg: float = 1.0, top_k: int =
   guided logits [B, N, V] each code was drawn from)."""
   c = model.cfg
   B, N, V = label.shape[0], c.num_tokens, c.codebook_size
+  if c.interleaved:
+    raise ValueError('this raster AR model was trained on interleaved sequences (model.'
+                     'max_images > 1): sample it with sample.raster_ar.interleaved')
   check_options(temperature, top_k, top_p, V)
   rows = stream_rows(label, cfg)  # [R, S]
   cache = model.init_cache(rows.shape[0])  # S + N - 1 slots
