@@ -25,6 +25,7 @@ PARADIGMS = {
     'raster_ar': 'paradigms.raster_ar',
     'maskgit': 'paradigms.maskgit',
     'transfusion': 'paradigms.transfusion',
+    'sedd': 'paradigms.sedd',
 }
 
 

@@ -253,6 +253,23 @@ def print_texts(args, out, P: int, tok, t0):
   print(f'[{int(out.nfe)} network evaluations, {dt:.2f}s including compilation]', file=sys.stderr)
 
 
+def sample_sedd(args, config, model, params, prompt, rng, tok, pad=None):
+  """SEDD (uniform or absorbing): prompt [B, P] held fixed, --max-new-tokens drawn in --steps
+  (default 64) Tweedie tau-leaping steps (--strategy euler for Euler steps) -> (SEDDOutput, P)."""
+  del tok, pad
+  import jax.numpy as jnp
+  from paradigms.sedd import Options
+  from sample import sedd as ss
+  method = args.strategy or 'tweedie'
+  if method not in ss.METHODS:
+    raise UserError(f'--strategy {method!r}: a SEDD run samples with one of {ss.METHODS}')
+  fn = ss.LogScoreFn(model, Options(**config.loss))
+  length = prompt.shape[1] + args.max_new_tokens
+  return ss.sample(fn, params, jnp.asarray(prompt), rng, length=length, steps=args.steps or 64,
+                   method=method), prompt.shape[1]
+
+
 # one batch of a token paradigm: (args, config, model, params, prompt, rng, tok, pad) -> (out, P)
 TEXT_SAMPLERS = {'autoregressive': sample_autoregressive,
-                 'masked_diffusion': sample_masked_diffusion}
+                 'masked_diffusion': sample_masked_diffusion,
+                 'sedd': sample_sedd}
