@@ -26,6 +26,7 @@ PARADIGMS = {
     'maskgit': 'paradigms.maskgit',
     'transfusion': 'paradigms.transfusion',
     'sedd': 'paradigms.sedd',
+    'duo': 'paradigms.duo',
 }
 
 

@@ -33,7 +33,7 @@ import time
 import numpy as np
 
 from train.sample_text import (RULES, STRATEGIES, TEXT_SAMPLERS, batch_cli, sample_autoregressive,
-                             sample_masked_diffusion, sample_sedd, text_entry)
+                             sample_duo, sample_masked_diffusion, sample_sedd, text_entry)
 from train.cli import ArgumentParser, UserError, run_main
 
 
@@ -78,9 +78,10 @@ def _parse(argv):
   p.add_argument('--step', type=int, default=None, help='checkpoint step (default: newest)')
   p.add_argument('--no-ema', action='store_true', help='use raw params even if EMA was kept')
   d = p.add_argument_group('masked / block diffusion')
-  d.add_argument('--strategy', default='', choices=('',) + STRATEGIES + ('tweedie', 'euler'),
+  d.add_argument('--strategy', default='', choices=('',) + STRATEGIES + ('tweedie', 'euler', 'greedy_tail'),
                  help="default: 'block' for BD3 runs (loss.block_size > 0), else 'ancestral'; SEDD "
-                 "runs: 'tweedie' (default) or 'euler'")
+                 "runs: 'tweedie' (default) or 'euler'; uniform-state (duo) runs: 'ancestral' (default) or "
+                 "'greedy_tail'")
   d.add_argument('--steps', type=int, default=0, help='denoising steps (default: one per token; '
                  'per block for block/semi_ar)')
   d.add_argument('--block-size', type=int, default=0,
@@ -171,6 +172,7 @@ FLAGS = {'autoregressive': _TEXT | {'--draft', '--gamma', '--draft-steps'},
                                       '--factor', '--eb-gamma', '--confidence', '--rule',
                                       '--dllm-cache', '--refresh', '--eta', '--infill'},
          'sedd': _TEXT | {'--strategy', '--steps'},
+         'duo': _TEXT | {'--strategy', '--steps'},
          'image_diffusion': _GRID | {'--sampler', '--steps', '--cfg-interval'},
          'next_scale': _GRID | {'--temperature', '--top-k', '--top-p'},
          'hybrid': _GRID | {'--temperature', '--top-k', '--top-p', '--steps'},
@@ -382,6 +384,7 @@ def tokenizer_cli(args, config, model, params, rng) -> None:
 SAMPLERS = {'autoregressive': text_entry(sample_autoregressive),
             'masked_diffusion': text_entry(sample_masked_diffusion),
             'sedd': text_entry(sample_sedd),
+            'duo': text_entry(sample_duo),
             'image_diffusion': image_cli,
             'next_scale': scale_cli,
             'hybrid': scale_cli,
@@ -404,7 +407,7 @@ def main(argv=None):
     from train.checkpoint import load_run, load_text_tokenizer
     config, model, params = load_run(args.workdir, args.step, ema=False if args.no_ema else None)
     args.tokenizer = None
-    if config.paradigm in ('autoregressive', 'masked_diffusion', 'sedd') and \
+    if config.paradigm in ('autoregressive', 'masked_diffusion', 'sedd', 'duo') and \
         config.data.source != 'tokens':
       args.tokenizer = load_text_tokenizer(config, args.workdir)
   if config.paradigm not in SAMPLERS:

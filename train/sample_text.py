@@ -269,7 +269,24 @@ def sample_sedd(args, config, model, params, prompt, rng, tok, pad=None):
                    method=method), prompt.shape[1]
 
 
+def sample_duo(args, config, model, params, prompt, rng, tok, pad=None):
+  """Uniform-state diffusion (UDLM / DUO): prompt [B, P] held fixed, --max-new-tokens drawn in
+  --steps (default 64) ancestral steps; --strategy greedy_tail takes the last step's argmax."""
+  del tok, pad
+  import jax.numpy as jnp
+  from paradigms.duo import Options
+  from sample import duo as sd
+  if args.strategy not in ('', 'ancestral', 'greedy_tail'):
+    raise UserError(f'--strategy {args.strategy!r}: a uniform-state run samples with ancestral '
+                    '(default) or greedy_tail')
+  fn = sd.XThetaFn(model, Options(**config.loss))
+  length = prompt.shape[1] + args.max_new_tokens
+  return sd.sample(fn, params, jnp.asarray(prompt), rng, length=length, steps=args.steps or 64,
+                   greedy_tail=args.strategy == 'greedy_tail'), prompt.shape[1]
+
+
 # one batch of a token paradigm: (args, config, model, params, prompt, rng, tok, pad) -> (out, P)
 TEXT_SAMPLERS = {'autoregressive': sample_autoregressive,
                  'masked_diffusion': sample_masked_diffusion,
-                 'sedd': sample_sedd}
+                 'sedd': sample_sedd,
+                 'duo': sample_duo}
