@@ -8,7 +8,7 @@ library's source (byte level).
 The presets, data and optimiser of configs/ar_code.py (and configs/mdlm_code.py), with a
 bidirectional mask, the uniform chain over the 257 byte-and-separator states and the log-linear
 schedule alpha_t = 1 - (1 - 1e-3) t (paradigms/duo.py). The network is conditioned on t through
-the adaLN hook (model.cond_dim = d_model / 2). DUO's Gaussian curriculum and consistency
+the adaLN hook (model.cond_dim = 16). DUO's Gaussian curriculum and consistency
 distillation are not built yet.
 """
 import dataclasses
@@ -26,7 +26,7 @@ def get_config(arg: str = 'small'):
   c.unlock()
   c.paradigm = 'duo'
   c.model.mask = 'bidirectional'
-  c.model.cond_dim = c.model.d_model // 2
+  c.model.cond_dim = 16  # sinusoidal features of t: +6 d (16 + 1) params per block
   c.loss = ml_collections.ConfigDict(dataclasses.asdict(Options()))
   c.lock()
   return c

@@ -11,7 +11,7 @@ bidirectional mask and the DWDSE loss (paradigms/sedd.py). Variants after the pr
            (sigma from 1e-4 to 20);
   absorb   the absorbing chain (mask id 257) with the log-linear schedule: MDLM's process in
            SEDD's parameterisation.
-The network is conditioned on t through the adaLN hook (model.cond_dim = d_model / 2), which
+The network is conditioned on t through the adaLN hook (model.cond_dim = 16), which
 adds 6 d (cond_dim + 1) parameters per block over the AR and MDLM models of the same preset.
 """
 import dataclasses
@@ -30,7 +30,7 @@ def get_config(arg: str = 'small'):
   c.unlock()
   c.paradigm = 'sedd'
   c.model.mask = 'bidirectional'
-  c.model.cond_dim = c.model.d_model // 2
+  c.model.cond_dim = 16  # sinusoidal features of t: +6 d (16 + 1) params per block
   absorb = 'absorb' in variants
   opts = Options(graph='absorb' if absorb else 'uniform',
                  schedule='loglinear' if absorb else 'geometric')
