@@ -1,0 +1,81 @@
+"""Text embeddings (paradigms/embedding.py, evaluators/retrieval.py): InfoNCE against a naive
+loop, pooling against a direct computation, padding invariance through the real attention path,
+and the retrieval metrics on a hand-made case with known ranks."""
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from evaluators import retrieval
+from paradigms import embedding as emb
+from paradigms.nn.transformer import Transformer, TransformerConfig
+
+
+def test_info_nce_equals_a_naive_loop():
+  rng = np.random.default_rng(0)
+  q = rng.normal(size=(5, 8))
+  d = rng.normal(size=(5, 8))
+  q, d = (x / np.linalg.norm(x, axis=1, keepdims=True) for x in (q, d))
+  tau = 0.1
+  naive = 0.0
+  for i in range(5):
+    den = sum(math.exp(q[i] @ d[j] / tau) for j in range(5))
+    naive -= math.log(math.exp(q[i] @ d[i] / tau) / den)
+  naive /= 5
+  sym = 0.0
+  for i in range(5):
+    den = sum(math.exp(d[i] @ q[j] / tau) for j in range(5))
+    sym -= math.log(math.exp(d[i] @ q[i] / tau) / den)
+  sym /= 5
+  loss, acc = emb.info_nce(jnp.asarray(q), jnp.asarray(d), tau)
+  np.testing.assert_allclose(loss, naive, rtol=1e-5)
+  top1 = np.mean([np.argmax([q[i] @ d[j] for j in range(5)]) == i for i in range(5)])
+  np.testing.assert_allclose(acc, top1)
+  both, _ = emb.info_nce(jnp.asarray(q), jnp.asarray(d), tau, symmetric=True)
+  np.testing.assert_allclose(both, 0.5 * (naive + sym), rtol=1e-5)
+
+
+def test_pooling_mean_and_last_skip_padding():
+  h = jnp.arange(2 * 4 * 3, dtype=jnp.float32).reshape(2, 4, 3)
+  valid = jnp.array([[1, 1, 0, 0], [1, 1, 1, 1]], bool)
+  np.testing.assert_allclose(emb.pool(h, valid, 'mean'), [h[0, :2].mean(0), h[1].mean(0)])
+  np.testing.assert_allclose(emb.pool(h, valid, 'last'), [h[0, 1], h[1, 3]])
+
+
+@pytest.mark.parametrize('mask,pooling', [('causal', 'last'), ('causal', 'mean'),
+                                          ('bidirectional', 'mean')])
+def test_embedding_does_not_depend_on_padding(mask, pooling):
+  """A text padded to 12 or to 20 tokens embeds the same, through the real attention path."""
+  cfg = TransformerConfig(vocab_size=258, d_model=32, n_layers=2, n_heads=4, max_len=32,
+                          mask=mask)
+  model = Transformer(cfg)
+  params = model.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))['params']
+  opt = emb.Options(pooling=pooling)
+  text = jnp.array([[100, 101, 102, 32, 40, 41, 58]])
+  pad = lambda n: jnp.concatenate([text, jnp.full((1, n - 7), opt.pad_id)], axis=1)
+  a = emb.encode(model, params, pad(12), opt)
+  b = emb.encode(model, params, pad(20), opt)
+  np.testing.assert_allclose(a, b, atol=1e-5)
+  np.testing.assert_allclose(jnp.linalg.norm(a), 1.0, rtol=1e-5)
+  other = emb.encode(model, params, pad(12).at[0, 3].set(33), opt)
+  assert float(jnp.abs(other - a).max()) > 1e-4  # and it does depend on the text
+
+
+def test_retrieval_metrics_on_a_hand_made_case():
+  scores = np.array([[0.9, 0.1, 0.5],   # relevant 0: rank 0
+                     [0.9, 0.1, 0.5],   # relevant 1: rank 2
+                     [0.5, 0.5, 0.5]])  # relevant 2: ties count against it: rank 2
+  r = retrieval.ranks(scores, [0, 1, 2])
+  np.testing.assert_array_equal(r, [0, 2, 2])
+  assert retrieval.recall_at(r, 1) == pytest.approx(1 / 3)
+  assert retrieval.recall_at(r, 3) == 1.0
+  assert retrieval.ndcg_at(r, 10) == pytest.approx((1 + 2 / math.log2(4)) / 3)
+  assert retrieval.ndcg_at(r, 2) == pytest.approx(1 / 3)
+  b = retrieval.by_bucket(r, [100, 5000, 20_000])
+  assert list(b) == ['<256', '256-1k', '1k-4k', '4k-8k', '8k+']
+  assert b['<256']['recall@1'] == 1.0 and b['4k-8k']['count'] == 1 and b['8k+']['recall@1'] == 0
+  assert b['256-1k']['count'] == 0 and math.isnan(b['256-1k']['recall@10'])
+  with pytest.raises(ValueError, match='relevant'):
+    retrieval.ranks(scores, [0, 1, 3])
