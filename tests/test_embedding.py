@@ -79,3 +79,27 @@ def test_retrieval_metrics_on_a_hand_made_case():
   assert b['256-1k']['count'] == 0 and math.isnan(b['256-1k']['recall@10'])
   with pytest.raises(ValueError, match='relevant'):
     retrieval.ranks(scores, [0, 1, 3])
+
+
+def test_code_and_passkey_retrieval_sets():
+  from pipelines import retrieval as pr
+  files = [('a.py', 'def add(a, b):\n    """Add two numbers and return the sum."""\n    return a + b\n' * 4),
+           ('b.py', 'def mul(x, y):\n    return x * y\n' * 12),
+           ('c.txt', '   \n')]
+  s = pr.code_retrieval(files, passage_len=32, seed=1)
+  assert s.names == ['a.py', 'b.py'] and len(s.docs) == 2  # the blank file is dropped
+  assert s.kinds == ['docstring', 'passage', 'signature', 'passage']
+  assert s.queries[0] == 'Add two numbers and return the sum.' and s.queries[2] == 'def mul(x, y):'
+  for q, i in zip(s.queries, s.relevant):
+    assert q in s.docs[i]  # every query is cut from its relevant document
+  assert pr.code_retrieval(files, passage_len=32, seed=1).queries == s.queries  # deterministic
+  filler = 'import os\nx = 1\n' * 400
+  p = pr.passkey_retrieval(filler, n_docs=4, doc_len=512, seed=0)
+  assert len(p.docs) == 4 and all(len(d.encode()) == 512 for d in p.docs)
+  for q, i, name in zip(p.queries, p.relevant, p.names):
+    assert name in q and f'The pass key of {name} is ' in p.docs[i]
+    assert sum(name in d for d in p.docs) == 1
+  with pytest.raises(ValueError, match='filler'):
+    pr.passkey_retrieval('short', n_docs=4, doc_len=512)
+  with pytest.raises(ValueError, match='non-empty'):
+    pr.code_retrieval([('x.py', '')])
