@@ -27,6 +27,7 @@ PARADIGMS = {
     'transfusion': 'paradigms.transfusion',
     'sedd': 'paradigms.sedd',
     'duo': 'paradigms.duo',
+    'embedding': 'paradigms.embedding',
 }
 
 

@@ -22,7 +22,8 @@ import numpy as np
 
 TOKEN_SOURCES = ('cpython', 'text', 'tokens')
 IMAGE_SOURCES = ('glyphs', 'images', 'npz')
-SOURCES = TOKEN_SOURCES + IMAGE_SOURCES
+PAIR_SOURCES = ('retrieval',)  # (query, document) pairs for embeddings (pipelines/retrieval.py)
+SOURCES = TOKEN_SOURCES + IMAGE_SOURCES + PAIR_SOURCES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +57,9 @@ def open_data(cfg, tokenizer=None, text_tokenizer=None) -> Data:
   source = cfg.source
   if source in IMAGE_SOURCES:
     return _open_images(cfg, tokenizer)
+  if source in PAIR_SOURCES:
+    from pipelines import retrieval
+    return retrieval.open_pairs(cfg)
   if source not in TOKEN_SOURCES:
     raise ValueError(f'Unknown data.source={source!r}; use one of {SOURCES}.')
   from pipelines import subword, text as data

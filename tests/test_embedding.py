@@ -103,3 +103,39 @@ def test_code_and_passkey_retrieval_sets():
     pr.passkey_retrieval('short', n_docs=4, doc_len=512)
   with pytest.raises(ValueError, match='non-empty'):
     pr.code_retrieval([('x.py', '')])
+
+
+def test_contrastive_fine_tune_from_a_trained_ar_run(tmp_path):
+  """configs/embed_code.py:tiny,ar from a tiny AR run through the one trainer: the params load
+  (init_from), InfoNCE falls on the training pairs, and held-out evaluation reports it."""
+  import os
+  from train.config import from_file
+  from train.trainer import train
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  ar = from_file(os.path.join(root, 'configs', 'ar_code.py:tiny'))
+  ar.data.cache_dir = str(tmp_path)
+  ar.train.update(steps=4, eval_every=4, ckpt_every=4, log_every=2)
+  train(ar, str(tmp_path / 'ar'))
+  c = from_file(os.path.join(root, 'configs', 'embed_code.py:tiny,ar'))
+  c.train.update(init_from=str(tmp_path / 'ar'), steps=30, eval_every=30, ckpt_every=30,
+                 log_every=10, lr=3e-3)
+  c.data.update(batch_size=8, seq_len=64, query_len=32, cache_dir=str(tmp_path))
+  train(c, str(tmp_path / 'emb'))
+  import json
+  rows = [json.loads(x) for x in open(tmp_path / 'emb' / 'metrics.jsonl')]
+  losses = [r['loss'] for r in rows if 'loss' in r]
+  assert losses[-1] < losses[0] - 0.1, losses
+  assert any('eval_top1' in r for r in rows)
+  c.data.batch_size = 10_000
+  with pytest.raises(ValueError, match='lower'):
+    train(c, str(tmp_path / 'emb_big'))
+
+
+def test_pairs_cut_the_chunk_that_holds_the_query():
+  from pipelines import retrieval as pr
+  text = 'x = 0\n' * 200 + 'def target(a):\n    return a\n' + 'y = 1\n' * 200
+  s = pr.code_retrieval([('t.py', text)], passage_len=16, seed=0)
+  p = pr.pairs(s, query_len=16, doc_len=64)
+  for q, doc in zip(p['query'], p['doc']):
+    qb, db = bytes(q[q != pr.PAD].astype(np.uint8)), bytes(doc[doc != pr.PAD].astype(np.uint8))
+    assert len(db) == 64 and qb in db  # the query's chunk, not the file's head

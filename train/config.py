@@ -66,6 +66,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.vocab_size = c.model.get_ref('vocab_size')  # token ids must stay below this
   c.data.text_tokenizer = ''  # text: '' = bytes | 'bpe:N' (trained on the corpus) | 'hf:DIR'
   c.data.seq_len = 256
+  c.data.query_len = 64  # source='retrieval': query bytes (documents take seq_len)
   c.data.batch_size = 32  # global batch (sequences per optimiser step)
   c.data.seed = 0
   c.data.cache_dir = ''  # '' -> $JAX_PARADIGMS_CACHE or ~/.cache/jax_paradigms
