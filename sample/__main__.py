@@ -55,6 +55,8 @@ def _parse(argv):
   p.add_argument('--prompt-ids', default='', help='comma-separated token ids (token-array corpora)')
   p.add_argument('--num', type=int, default=4, help='number of samples (the batch); --batch: '
                  'rows per batch')
+  p.add_argument('--embed', default='', help='a JSONL file of {"text": ...} lines to embed with '
+                 'a text run into --out FILE.npy (train/embed_text.py)')
   p.add_argument('--batch', default='', help='a JSONL file of {"id": ..., "prompt": ...} lines to '
                  'sample (text runs; replaces --prompt): sample/batch.py')
   p.add_argument('--bucket', type=int, default=32, help='--batch: prompt lengths round up to a '
@@ -147,7 +149,7 @@ def _parse(argv):
     if not args.out or os.path.abspath(args.out) == os.path.abspath(args.batch):
       p.error('--batch needs --out results.jsonl, a file other than --batch (results stream '
               'there; rerunning resumes it)')
-  elif args.out is None:
+  elif args.out is None and not args.embed:
     args.out = 'samples.png'
   try:
     args.prompt_ids = [int(x) for x in args.prompt_ids.split(',') if x.strip()]
@@ -165,7 +167,7 @@ def _parse(argv):
 
 # the flags each kind of run reads, beyond --workdir, --num, --seed, --step, --no-ema
 _TEXT = {'--prompt', '--prompt-ids', '--max-new-tokens', '--temperature', '--top-k', '--top-p',
-         '--quantize', '--kv-int8', '--batch', '--bucket', '--out'}
+         '--quantize', '--kv-int8', '--batch', '--bucket', '--out', '--embed'}
 _GRID = {'--prompt', '--label', '--out', '--zoom', '--judge', '--cfg'}
 FLAGS = {'autoregressive': _TEXT | {'--draft', '--gamma', '--draft-steps'},
          'masked_diffusion': _TEXT | {'--strategy', '--steps', '--block-size', '--threshold',
@@ -180,7 +182,8 @@ FLAGS = {'autoregressive': _TEXT | {'--draft', '--gamma', '--draft-steps'},
          'maskgit': _GRID | {'--temperature', '--top-k', '--top-p', '--steps'},
          'transfusion': _GRID | {'--sampler', '--steps', '--image', '--temperature', '--top-k',
                                  '--top-p', '--interleaved'},
-         'vqvae': {'--out', '--zoom', '--judge', '--label'}}
+         'vqvae': {'--out', '--zoom', '--judge', '--label'},
+         'embedding': {'--embed', '--out'}}
 _BATCH = {'--batch', '--bucket', '--out'}  # text runs with --batch
 _COMMON = {'--workdir', '--hf', '--dtype', '--json', '--chat', '--num', '--seed', '--step',
            '--no-ema', '--help'}
@@ -407,9 +410,14 @@ def main(argv=None):
     from train.checkpoint import load_run, load_text_tokenizer
     config, model, params = load_run(args.workdir, args.step, ema=False if args.no_ema else None)
     args.tokenizer = None
-    if config.paradigm in ('autoregressive', 'masked_diffusion', 'sedd', 'duo') and \
+    if config.paradigm in ('autoregressive', 'masked_diffusion', 'sedd', 'duo', 'embedding') and \
         config.data.source != 'tokens':
       args.tokenizer = load_text_tokenizer(config, args.workdir)
+  if args.embed or config.paradigm == 'embedding':
+    from train.embed_text import embed_cli
+    if not args.embed:
+      raise UserError('an embedding run embeds texts: --embed texts.jsonl --out embeddings.npy')
+    return embed_cli(args, config, model, params)
   if config.paradigm not in SAMPLERS:
     raise UserError(f'no sampler for paradigm {config.paradigm!r}; known: {sorted(SAMPLERS)}')
   if args.quantize is None:

@@ -126,6 +126,33 @@ def test_contrastive_fine_tune_from_a_trained_ar_run(tmp_path):
   losses = [r['loss'] for r in rows if 'loss' in r]
   assert losses[-1] < losses[0] - 0.1, losses
   assert any('eval_top1' in r for r in rows)
+  # python -m sample --embed: one unit row per text; a text over data.seq_len is the weighted mean
+  # of its chunks' embeddings; an empty text is one clear error
+  from sample.__main__ import main as sample_main
+  from train.checkpoint import load_run
+  from train.cli import UserError
+  from paradigms import embedding as pe
+  short, long_ = 'def add(a, b):', 'x = 1\n' * 20  # 120 bytes: chunks of 64 and 56
+  jl = tmp_path / 'texts.jsonl'
+  jl.write_text('\n'.join(json.dumps({'id': k, 'text': t}) for k, t in enumerate([short, long_])))
+  out = tmp_path / 'e.npy'
+  sample_main(['--workdir', str(tmp_path / 'emb'), '--embed', str(jl), '--out', str(out),
+               '--num', '3'])
+  e = np.load(out)
+  assert e.shape == (2, c.model.d_model) and np.allclose(np.linalg.norm(e, axis=1), 1, atol=1e-5)
+  config, model, params = load_run(str(tmp_path / 'emb'))
+  opt = pe.Options(**config.loss)
+  def one(ids):
+    x = np.full((1, 64), opt.pad_id, np.int32)
+    x[0, :len(ids)] = ids
+    return np.asarray(pe.encode(model, params, jnp.asarray(x), opt))[0]
+  b = list(long_.encode())
+  want = 64 * one(b[:64]) + 56 * one(b[64:])
+  np.testing.assert_allclose(e[0], one(list(short.encode())), atol=1e-5)
+  np.testing.assert_allclose(e[1], want / np.linalg.norm(want), atol=1e-5)
+  jl.write_text(json.dumps({'text': short}) + '\n' + json.dumps({'text': ''}))
+  with pytest.raises(UserError, match='line 2 has an empty'):
+    sample_main(['--workdir', str(tmp_path / 'emb'), '--embed', str(jl), '--out', str(out)])
   c.data.batch_size = 10_000
   with pytest.raises(ValueError, match='lower'):
     train(c, str(tmp_path / 'emb_big'))
