@@ -15,6 +15,8 @@ Experiments (one module each, `run(ctx) -> Section`; EXPERIMENTS is the registry
   images  on prompts: DiT, VAR, HART, raster AR, MaskGIT and Transfusion at one backbone and
           images seen: legibility by string length (seen and held-out strings), classifier
           FD, images/s at batch 1 and 64; Transfusion's reading vs an AR captioner.
+  embeddings  AR vs diffusion backbones (MDLM, SEDD, UDLM) as embedding models after the same
+          contrastive fine-tune, with the bidirectional-AR control: retrieval by document length.
 
 Every model is trained by the one trainer (`train.trainer.train`) into `--runs/<budget>/<name>`
 and reused when finished, so a second invocation only re-measures. Each experiment writes

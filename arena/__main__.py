@@ -16,6 +16,7 @@ EXPERIMENTS = {
     'infill': 'arena.infill',
     'blocks': 'arena.blocks',
     'images': 'arena.images',
+    'embeddings': 'arena.embeddings',
 }
 
 INTRO = """\

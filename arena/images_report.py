@@ -145,7 +145,8 @@ def markdown(budget, spec, rows, refs, picks, seen, reading, runs, plots, result
   s, b = spec['train']['steps'], spec['batch_size']
   H = result.reference['image'].shape[1]
   parts = [
-      f'Budget `{budget}`: {H}x{2 * H} glyph images of prompts of 1-8 characters (held-out '
+      f'Budget `{budget}`: {H}x{2 * H} glyph images of prompts of 1-'
+      f'{result.reference["label"].shape[1]} characters (held-out '
       f'strings never trained on), every model trained {s} steps x batch {b} ({s * b:,} images) '
       f'on one backbone (d={spec["backbone"]["d_model"]}, {spec["backbone"]["n_layers"]} layers; '
       f'{min(n_params):,}-{max(n_params):,} params). {m["num"]} samples per setting for the same '

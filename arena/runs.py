@@ -95,17 +95,20 @@ def train_flops(config, n_params: int) -> float:
   """Analytic training FLOPs of `config` (module doc): steps x batch x tokens x FLOPs/token.
 
   Token paradigms use `TransformerConfig.flops_per_token`: AR counts the useful (causal) half
-  of attention, MDLM all of it; BD3 runs the network on concat(x_t, x_0), 2 seq_len tokens,
+  of attention, MDLM, SEDD and UDLM all of it (embedding fine-tunes: query + document tokens
+  under the run's mask); BD3 runs the network on concat(x_t, x_0), 2 seq_len tokens,
   under a mask about as dense as a causal one. Image Transformers (DiT, VAR, HART) count their
   tokens per image (`image_flops_per_example`), raster AR / MaskGIT / Transfusion their sequence's
 (SEQUENCE_IMAGE_MODELS); other paradigms 6 N per example."""
   from train.config import model_config
   d, t = config.data, config.train
-  if config.paradigm in ('autoregressive', 'masked_diffusion'):
+  if config.paradigm in ('autoregressive', 'masked_diffusion', 'sedd', 'duo', 'embedding'):
     cfg = model_config(config)
     bd3 = config.paradigm == 'masked_diffusion' and 0 < config.loss.get('block_size', 0) < d.seq_len
     T = d.seq_len * (2 if bd3 else 1)
     causal = config.paradigm == 'autoregressive' or bd3
+    if config.paradigm == 'embedding':  # a query and a document per example, the run's mask
+      T, causal = d.seq_len + d.query_len, cfg.mask == 'causal'
     return float(t.steps * d.batch_size * T * cfg.flops_per_token(T, causal=causal))
   if config.paradigm in IMAGE_TRANSFORMERS:
     return float(t.steps * d.batch_size * image_flops_per_example(config, n_params))

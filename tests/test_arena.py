@@ -146,6 +146,9 @@ def test_every_budget_builds_valid_configs(budget):
   configs += [text_config('bd3', TEXT[budget], block_size=B) for B in blocks.BUDGET[budget]['blocks']]
   configs += [c for _, _, c in data.contestants(budget)]
   configs += list(images.configs(images.IMAGES[budget], {'vqvae': '/x', 'vqvae_single': '/y'}).values())
+  from arena import embeddings as emb
+  configs += [emb.pretrain_config(k, TEXT[budget]) for k in ('sedd', 'duo')]
+  configs += [emb.embed_config(k, TEXT[budget], emb.BUDGET[budget], '/x') for k in emb.BACKBONES]
   for c in configs:
     validate(c)
     assert c.data.seq_len % max(c.loss.get('block_size', 0), 1) == 0 if c.paradigm == 'masked_diffusion' else True

@@ -52,38 +52,34 @@ def options(config):
   return Options(pooling='last' if config.paradigm == 'autoregressive' else 'mean')
 
 
-def embed_cli(args, config, model, params) -> None:
+def embed_texts(model, params, opt, encode_text, texts, *, seq_len: int, batch: int,
+                progress: bool = False) -> np.ndarray:
+  """float32 [n, D] unit embeddings of `texts` (module doc: chunks of seq_len tokens, averaged
+  by token count and renormalised). encode_text: str -> token ids."""
   import jax
   import jax.numpy as jnp
   from tqdm import tqdm
   from paradigms import embedding
-  if not args.out or not args.out.endswith('.npy'):
-    raise UserError('--embed needs --out FILE.npy (the embeddings, one row per line)')
-  tok = args.tokenizer
-  if tok is None:
-    raise UserError('--embed needs a run with a text tokenizer (text corpora, not token arrays)')
-  opt = options(config)
-  L = config.data.seq_len
-  texts = read_texts(args.embed)
   encode = jax.jit(lambda p, x: embedding.encode(model, p, x, opt))
   chunks, owner = [], []  # (ids, text index) per chunk
   for i, text in enumerate(texts):
-    ids = [int(t) for t in tok.encode(text)]
+    ids = [int(t) for t in encode_text(text)]
     if opt.pad_id in ids:
-      raise UserError(f'--embed: text {i + 1} holds token id {opt.pad_id}, the pad id '
-                      '(loss.pad_id); this tokenizer needs another pad id')
-    for s in range(0, len(ids), L):
-      chunks.append(ids[s:s + L])
+      raise UserError(f'text {i + 1} holds token id {opt.pad_id}, the pad id (loss.pad_id); '
+                      'this tokenizer needs another pad id')
+    if not ids:
+      raise UserError(f'text {i + 1} is empty')
+    for s in range(0, len(ids), seq_len):
+      chunks.append(ids[s:s + seq_len])
       owner.append(i)
   D = model.cfg.d_model
   sums, weights = np.zeros((len(texts), D)), np.zeros(len(texts))
-  B = args.num
   with tqdm(total=len(texts), desc='embedding', unit='text', file=sys.stderr,
-            disable=not sys.stderr.isatty()) as bar:
+            disable=not (progress and sys.stderr.isatty())) as bar:
     done = 0
-    for b in range(0, len(chunks), B):
-      rows = chunks[b:b + B]
-      x = np.full((B, L), opt.pad_id, np.int32)
+    for b in range(0, len(chunks), batch):
+      rows = chunks[b:b + batch]
+      x = np.full((batch, seq_len), opt.pad_id, np.int32)
       for r, ids in enumerate(rows):
         x[r, :len(ids)] = ids
       x[len(rows):, 0] = 0  # filler rows (dropped) hold one token, so no row is all padding
@@ -91,11 +87,26 @@ def embed_cli(args, config, model, params) -> None:
       for r, ids in enumerate(rows):
         sums[owner[b + r]] += len(ids) * e[r]
         weights[owner[b + r]] += len(ids)
-      finished = owner[min(b + B, len(chunks)) - 1] + (1 if b + B >= len(chunks) else 0)
+      finished = owner[min(b + batch, len(chunks)) - 1] + (1 if b + batch >= len(chunks) else 0)
       bar.update(finished - done)
       done = finished
   out = sums / weights[:, None]
-  out = (out / np.linalg.norm(out, axis=1, keepdims=True)).astype(np.float32)
+  return (out / np.linalg.norm(out, axis=1, keepdims=True)).astype(np.float32)
+
+
+def embed_cli(args, config, model, params) -> None:
+  if not args.out or not args.out.endswith('.npy'):
+    raise UserError('--embed needs --out FILE.npy (the embeddings, one row per line)')
+  tok = args.tokenizer
+  if tok is None:
+    raise UserError('--embed needs a run with a text tokenizer (text corpora, not token arrays)')
+  opt = options(config)
+  texts = read_texts(args.embed)
+  try:
+    out = embed_texts(model, params, opt, tok.encode, texts, seq_len=config.data.seq_len,
+                      batch=args.num, progress=True)
+  except UserError as err:
+    raise UserError(f'--embed {args.embed}: {err}') from None
   np.save(args.out, out)
-  print(f'wrote {args.out}: {len(texts)} texts ({len(chunks)} chunks of <= {L} tokens) x {D}, '
-        f'{opt.pooling} pooling', file=sys.stderr)
+  print(f'wrote {args.out}: {len(texts)} texts x {out.shape[1]}, {opt.pooling} pooling, '
+        f'chunks of <= {config.data.seq_len} tokens', file=sys.stderr)
