@@ -5,7 +5,7 @@
       --config.train.init_from=runs/ar_code
   python -m sample --workdir runs/embed_ar --embed texts.jsonl --out embeddings.npy
 
-`P,backbone` with backbone one of
+`P[,backbone]` with backbone (default ar) one of
   ar      the causal AR model, last-token pooling (its last state has read the whole text);
   ar_bi   the same AR weights with bidirectional attention switched on for the fine-tune and
           mean pooling: the LLM2Vec-style control;
@@ -34,10 +34,10 @@ BACKBONES = {'ar': 'ar_code.py', 'ar_bi': 'ar_code.py', 'mdlm': 'mdlm_code.py',
 def get_config(arg: str = 'small,ar'):
   preset, variants = config_arg(arg, {'tiny': 0, 'small': 0, 'base': 0}, tuple(BACKBONES),
                                 'configs/embed_code.py')
-  if len(variants) != 1:
+  if len(variants) > 1:
     raise ValueError(f'{arg!r}: name one backbone after the preset, one of {sorted(BACKBONES)} '
                      '(e.g. small,ar)')
-  backbone = variants.pop()
+  backbone = variants.pop() if variants else 'ar'
   here = os.path.dirname(os.path.abspath(__file__))
   c = from_file(os.path.join(here, f'{BACKBONES[backbone]}:{preset}'))
   c.unlock()
