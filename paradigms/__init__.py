@@ -6,10 +6,11 @@ built from, filled from `config.model`), `build(model_cfg) -> nn.Module`,
 `loss(params, batch, rng, *, model, **loss_cfg) -> (scalar, metrics)` and
 `evaluate(params, batch, rng, *, model, **loss_cfg)` -> sums, either {'nats', 'tokens'} (bits
 per token) or {'<name>_sum', ..., 'count'} (means). Two optional hooks give a paradigm
-untrained state: `init_extra(model, params) -> pytree` (kept in the train state, checkpointed)
-and `after_update(params, extra, aux, rng, *, model, **loss_cfg) -> (params, extra, metrics)`,
-run after each optimiser update with `aux` = the loss metrics whose names start with '_' (not
-logged). A paradigm that trains on the tokens of a VQ-VAE run sets `TOKENIZED = True` (the
+untrained state: `init_extra(model, params, **loss_cfg) -> pytree` (kept in the train state,
+checkpointed; made again from the params a warm start grafts in) and `after_update(params, extra,
+aux, rng, *, model, **loss_cfg) -> (params, extra, metrics)`, run after each optimiser update
+with `aux` = the loss metrics whose names start with '_' (not logged). A paradigm with
+`LOSS_TAKES_EXTRA = True` gets `extra=` (read-only) in `loss` too (DUO's distillation teacher). A paradigm that trains on the tokens of a VQ-VAE run sets `TOKENIZED = True` (the
 trainer then loads `config.data.tokenizer` and maps image batches through it). The registry below is the only place that
 maps a paradigm's name to its module.
 """

@@ -18,18 +18,43 @@ lim_{dt -> 0} KL(q(z_{t-dt} | z_t, x) || q(z_{t-dt} | z_t, x_theta)) / dt for ev
 (checked in tests/test_duo.py); the reconstruction and prior terms are ~0 at eps and 1 and are
 left out, as in UDLM. `evaluate` reports it in bits per token beside MDLM's and SEDD's bounds.
 
-Not built yet (issue 26): DUO's Gaussian-guided curriculum (training through the argmax of a
-Gaussian diffusion) and its discrete consistency distillation to few-step sampling; the
-samplers here are ancestral (sample/duo.py).
+DUO's duality (Sahoo et al. 2025, Sec. 3): with a Gaussian latent w_t = a~_t x + sqrt(1 - a~_t^2) eps
+over the N states (x one-hot, eps ~ N(0, I_N)), z_t = argmax(w_t) follows the uniform-state
+marginal above with (eq. 11)
+    alpha_t = T(a~_t) = N / (N - 1) [ int phi(z - mu) Phi(z)^(N-1) dz - 1 / N ],  mu = a~ / sqrt(1 - a~^2)
+(`transformation`, a 2001-point quadrature; phi, Phi the standard normal pdf and cdf). The
+Gaussian schedule is the released code's: a~^2 = sigmoid(-gamma), gamma linear in t between
+the values whose T gives a chosen alpha range (`gamma_for_alpha`). Two uses (`loss` picks):
+  curriculum (loss.curriculum_tau > 0; eq. 21): the network reads the tempered softmax
+      softmax(w_t / tau) (a soft embedding lookup) instead of argmax(w_t), with t drawn where
+      alpha_t in `curriculum_alpha` (DUO: tau = 1e-3, alpha in [0.05, 0.95], the first half of
+      training); the loss is the NELBO integrand f at z_t = argmax(w_t), alpha_t = T(a~_t),
+      alpha'_t by forward-mode differentiation of T. Not a bound unless tau -> 0 over the whole
+      range: `evaluate` always reports the discrete NELBO. Stage 2 is a plain run from it
+      (train.init_from).
+  distillation (loss.distill_delta > 0; DCD, Alg. 1, eq. 22-23): one x and one eps give the
+      deterministic discrete trajectory z_t = argmax(a~_t x + s~_t eps); the student at (z_t, t)
+      is pulled to the teacher at (z_s, s = t - delta) on the same trajectory,
+          L = sum_l KL( x_theta(z_t, t)_l || x_theta-(z_s, s)_l ),
+      the teacher a copy of the student refreshed every `distill_round_steps` updates, delta
+      doubling each round (`init_extra` / `after_update`; the trainer's EMA is the result).
+      Sample the distilled run with few ancestral steps (sample/duo.py).
+The network is conditioned on the log-linear time with the same alpha (t = (1 - alpha) /
+(1 - 1e-3)), so the curriculum and the distilled runs sample with the base model's sampler.
 
 Batch: {'tokens': int32 [B, L + 1]}; x = tokens[:, :L].
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+import scipy.special
+from jax.scipy.special import log_ndtr
 
 from paradigms.masked_diffusion import draw_t, schedule, time_embedding
 from paradigms.nn.transformer import Transformer, TransformerConfig
@@ -47,9 +72,29 @@ class Options:
   antithetic: bool = True
   eval_draws: int = 4
   discrete_steps: int = 0  # (draw_t's field; continuous time only)
+  curriculum_tau: float = 0.0  # > 0: DUO's Gaussian curriculum at this softmax temperature
+  curriculum_alpha: tuple = (0.05, 0.95)  # the alpha_t range of its t draws
+  distill_delta: float = 0.0  # > 0: consistency distillation, delta of the first round
+  distill_round_steps: int = 1000  # updates per round (teacher refreshed, delta doubled)
+  distill_alpha: tuple = (0.005, 0.999)  # the alpha_t range its t in [0, 1] spans
 
   def __post_init__(self):
     schedule(self.schedule)  # validates the name
+    gauss = self.curriculum_tau > 0 or self.distill_delta > 0
+    if self.curriculum_tau > 0 and self.distill_delta > 0:
+      raise ValueError('set one of loss.curriculum_tau (stage 1) and loss.distill_delta '
+                       '(distillation of a trained run), not both')
+    if gauss and self.schedule != 'loglinear':
+      raise ValueError("DUO's curriculum and distillation condition the network on the "
+                       "log-linear time: loss.schedule='loglinear'")
+    for name in ('curriculum_alpha', 'distill_alpha'):
+      object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))  # hashable
+      lo, hi = getattr(self, name)
+      if not 0.0 < lo < hi < 1.0:
+        raise ValueError(f'loss.{name}={(lo, hi)}: need 0 < low < high < 1')
+    if self.distill_delta > 0 and (self.distill_delta >= 1 or self.distill_round_steps < 1):
+      raise ValueError(f'loss.distill_delta={self.distill_delta} must be in (0, 1) and '
+                       f'loss.distill_round_steps={self.distill_round_steps} >= 1')
     if self.discrete_steps:
       raise ValueError('the uniform-state NELBO here is continuous-time: loss.discrete_steps=0')
     if self.mask_id < 2:
@@ -123,6 +168,104 @@ def nelbo_terms(params, x, rng, model: Transformer, opt: Options):
   return f.sum(axis=1), (z != x).mean()
 
 
+# --- The Gaussian duality (DUO) ---------------------------------------------------------------
+
+_U = np.linspace(-10.0, 10.0, 2001)  # quadrature nodes of int phi(u) Phi(mu + u)^(N-1) du
+
+
+def transformation(mu, num_states: int, xp=jnp):
+  """alpha = T of eq. 11 at mu = a~ / sqrt(1 - a~^2) (any shape; differentiable): the chance
+  that the true coordinate wins argmax(w), rescaled so that alpha = 0 at mu = 0, 1 as mu -> inf.
+  xp=np evaluates it in float64 outside a trace (`gamma_for_alpha`)."""
+  log_cdf = log_ndtr if xp is jnp else scipy.special.log_ndtr
+  u = xp.asarray(_U, xp.float32 if xp is jnp else xp.float64)
+  mu = xp.asarray(mu, u.dtype)[..., None]
+  log_f = -0.5 * u ** 2 - 0.5 * math.log(2 * math.pi) + (num_states - 1) * log_cdf(mu + u)
+  p = xp.trapezoid(xp.exp(log_f), u, axis=-1)
+  return (num_states * p - 1.0) / (num_states - 1.0)
+
+
+@functools.lru_cache(maxsize=64)
+def gamma_for_alpha(alpha: float, num_states: int) -> float:
+  """The log noise-to-signal ratio gamma (a~^2 = sigmoid(-gamma), mu = exp(-gamma / 2)) whose
+  T is `alpha`: bisection (T falls as gamma grows)."""
+  lo, hi = -30.0, 30.0
+  for _ in range(80):
+    mid = 0.5 * (lo + hi)
+    if float(transformation(math.exp(-mid / 2), num_states, np)) > alpha:
+      lo = mid
+    else:
+      hi = mid
+  return 0.5 * (lo + hi)
+
+
+def gaussian_alpha(opt: Options, t, alpha_range):
+  """gamma_t linear in t from gamma(alpha_high) at t = 0 to gamma(alpha_low) at t = 1: t [B] ->
+  (mu_t [B] (a~_t / s~_t), alpha_t = T [B], alpha'_t [B] (forward-mode))."""
+  g0 = gamma_for_alpha(float(alpha_range[1]), opt.num_states)
+  g1 = gamma_for_alpha(float(alpha_range[0]), opt.num_states)
+  mu = lambda t: jnp.exp(-0.5 * (g0 + t * (g1 - g0)))
+  alpha, dalpha = jax.jvp(lambda t: transformation(mu(t), opt.num_states), (t,),
+                          (jnp.ones_like(t),))
+  return mu(t), alpha, dalpha
+
+
+def gaussian_latent(rng, opt: Options, x, mu):
+  """w_t / s~_t = mu x + eps over the N states: x int [B, L], mu [B] -> [B, L, N] (argmax and
+  the tempered softmax scaled by 1 / s~ are those of w_t, with tau rescaled alike)."""
+  eps = jax.random.normal(rng, x.shape + (opt.num_states,))
+  return mu[:, None, None] * jax.nn.one_hot(x, opt.num_states) + eps
+
+
+def loglinear_time(alpha):
+  """The log-linear schedule's t with this alpha, the network's time input."""
+  return (1.0 - alpha) / (1.0 - 1e-3)
+
+
+def curriculum_terms(params, x, rng, model: Transformer, opt: Options):
+  """Eq. 21 per sequence: (nats [B] of f at z_t = argmax(w_t), the network reading
+  softmax(w_t / tau)), share of positions with z_t != x)."""
+  t_rng, w_rng = jax.random.split(rng)
+  t = draw_t(t_rng, (x.shape[0],), opt)
+  mu, alpha, dalpha = gaussian_alpha(opt, t, opt.curriculum_alpha)
+  w = gaussian_latent(w_rng, opt, x, mu)  # [B, L, N], w_t / s~_t
+  s = jax.lax.rsqrt(1.0 + mu ** 2)[:, None, None]  # s~_t: w_t = s~ (mu x + eps)
+  z = jnp.argmax(w, axis=-1)
+  soft = jax.nn.softmax(w * s / opt.curriculum_tau, axis=-1)
+  f = nelbo_integrand(opt, x_theta(model, params, soft, loglinear_time(alpha), opt), z, x,
+                      alpha, dalpha)
+  return f.sum(axis=1), (z != x).mean()
+
+
+def trajectory(rng, opt: Options, x, *mus):
+  """Points of one deterministic discrete trajectory (eq. 22): argmax(mu x + eps) with one eps
+  for every mu [B] given; x int [B, L] -> one int [B, L] per mu. A position reads x from the
+  first (largest) mu on where it does, and argmax(eps) before (App. A.7)."""
+  eps = gaussian_latent(rng, opt, x, jnp.zeros(x.shape[:1]))  # [B, L, N]
+  hot = jax.nn.one_hot(x, opt.num_states)
+  return tuple(jnp.argmax(mu[:, None, None] * hot + eps, -1) for mu in mus)
+
+
+def distill_delta(opt: Options, k):
+  """delta of update k: distill_delta * 2^(k // distill_round_steps), capped below 1."""
+  return jnp.minimum(opt.distill_delta * 2.0 ** (k // opt.distill_round_steps), 0.5)
+
+
+def distill_terms(params, teacher, x, rng, k, model: Transformer, opt: Options):
+  """DCD (eq. 23): per-sequence KL(student(z_t, t) || teacher(z_s, s)) in nats [B], the
+  trajectory (z_s, z_t) from one eps, t ~ U[delta, 1], s = t - delta."""
+  t_rng, w_rng = jax.random.split(rng)
+  delta = distill_delta(opt, k)
+  t = delta + (1.0 - delta) * draw_t(t_rng, (x.shape[0],), dataclasses.replace(opt, t_eps=0.0))
+  mu_t, alpha_t, _ = gaussian_alpha(opt, t, opt.distill_alpha)
+  mu_s, alpha_s, _ = gaussian_alpha(opt, t - delta, opt.distill_alpha)
+  z_s, z_t = trajectory(w_rng, opt, x, mu_s, mu_t)
+  target = jax.lax.stop_gradient(x_theta(model, teacher, z_s, loglinear_time(alpha_s), opt))
+  p = x_theta(model, params, z_t, loglinear_time(alpha_t), opt)
+  kl = jnp.sum(p * (jnp.log(jnp.maximum(p, 1e-30)) - jnp.log(jnp.maximum(target, 1e-30))), -1)
+  return kl.sum(axis=1), delta
+
+
 # --- The paradigm contract ---------------------------------------------------------------------
 
 def build(cfg: TransformerConfig) -> Transformer:
@@ -141,12 +284,44 @@ def init(model: Transformer, rng, batch) -> dict:
   return model.init(rng, x, cond=cond)
 
 
-def loss(params, batch, rng, *, model: Transformer, **options):
-  """The NELBO in nats per token. Returns (scalar, metrics)."""
+LOSS_TAKES_EXTRA = True  # the distillation teacher
+
+
+def init_extra(model: Transformer, params, **options):
+  """Distillation only: {'teacher': a copy of params, 'k': updates done}; else None."""
+  if Options(**options).distill_delta <= 0:
+    return None
+  return {'teacher': jax.tree.map(jnp.copy, params), 'k': jnp.zeros((), jnp.int32)}
+
+
+def after_update(params, extra, aux, rng, *, model: Transformer, **options):
+  """Count the update; at the end of a round the teacher becomes the student (Alg. 1)."""
+  if extra is None:
+    return params, extra, {}
+  opt = Options(**options)
+  k = extra['k'] + 1
+  new_round = k % opt.distill_round_steps == 0
+  teacher = jax.tree.map(lambda p, q: jnp.where(new_round, p, q), params, extra['teacher'])
+  return params, {'teacher': teacher, 'k': k}, {}
+
+
+def loss(params, batch, rng, *, model: Transformer, extra=None, **options):
+  """The NELBO in nats per token (or eq. 21's curriculum loss, or DCD's KL per token with the
+  teacher in `extra`). Returns (scalar, metrics)."""
   opt = Options(**options)
   x = batch['tokens'][:, :-1]
-  per_seq, changed = nelbo_terms(params, x, rng, model, opt)
-  nelbo = per_seq.mean() / x.shape[1]
+  L = x.shape[1]
+  if opt.distill_delta > 0:
+    if extra is None:
+      raise ValueError('loss.distill_delta > 0 needs the teacher the trainer keeps (extra)')
+    per_seq, delta = distill_terms(params, extra['teacher'], x, rng, extra['k'], model, opt)
+    kl = per_seq.mean() / L
+    gap = sum(jnp.sum((a - b) ** 2) for a, b in zip(jax.tree.leaves(params),
+                                                   jax.tree.leaves(extra['teacher'])))
+    return kl, {'kl': kl, 'delta': delta, 'teacher_gap': gap}
+  terms = curriculum_terms if opt.curriculum_tau > 0 else nelbo_terms
+  per_seq, changed = terms(params, x, rng, model, opt)
+  nelbo = per_seq.mean() / L
   return nelbo, {'nelbo': nelbo, 'bits_per_token': nelbo / jnp.log(2.0), 'changed': changed}
 
 

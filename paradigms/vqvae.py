@@ -443,7 +443,7 @@ def init(model: VQVAE, rng, batch) -> dict:
   return model.init(rng, batch['image'])
 
 
-def init_extra(model: VQVAE, params) -> dict:
+def init_extra(model: VQVAE, params, **options) -> dict:
   """{'usage': float32 [V]}: the EMA share of tokens per code, starting uniform (1 / V)."""
   V = model.cfg.codebook_size
   return {'usage': jnp.full((V,), 1.0 / V, jnp.float32)}

@@ -94,6 +94,7 @@ class Setup:
   abstract_params: Any  # the model's full params (ShapeDtypeStruct with shardings)
   model_params: Callable  # (state, ema: bool) -> the model's params (LoRA: base + adapters merged)
   make_base: Callable  # full params -> state.base (LoRA: quantised per lora.base_dtype)
+  make_extra: Callable  # params -> state.extra (`init_extra` of the params a run starts from)
 
 
 def setup(config, paradigm, mesh) -> Setup:
@@ -104,6 +105,8 @@ def setup(config, paradigm, mesh) -> Setup:
   t, d, lc = config.train, config.data, config.lora
   tx, schedule = make_optimizer(t)
   ema_on = keeps_ema(config)
+  loss_kwargs = dict(config.loss)
+  takes_extra = getattr(paradigm, 'LOSS_TAKES_EXTRA', False)  # e.g. DUO's distillation teacher
   batch_spec = paradigm.example_batch(d.batch_size, d, model_cfg)
   if lc.rank and hasattr(paradigm, 'after_update'):
     raise ValueError(f'lora.rank={lc.rank}: the {config.paradigm!r} paradigm edits its params '
@@ -114,7 +117,8 @@ def setup(config, paradigm, mesh) -> Setup:
     one = paradigm.example_batch(1, d, model_cfg)  # shapes of params do not depend on the batch
     batch = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), one)
     params = paradigm.init(model, rng, batch)['params']  # boxed with logical names
-    extra = paradigm.init_extra(model, params) if hasattr(paradigm, 'init_extra') else None
+    extra = (paradigm.init_extra(model, params, **loss_kwargs) if hasattr(paradigm, 'init_extra')
+             else None)
     base = None
     if lc.rank:  # the trained params are the adapters; the (boxed) init is the frozen base
       base = params if not lc.base_dtype else lora.quantize_base(
@@ -149,7 +153,6 @@ def setup(config, paradigm, mesh) -> Setup:
     return wrapped
 
   init = jax.jit(run(lambda rng: nn.meta.unbox(init_boxed(rng))), out_shardings=state_sharding)
-  loss_kwargs = dict(config.loss)
 
   def merged(base, params, rng=None):
     """The model's params: `params` itself, or with LoRA base + adapters (paradigms/nn/lora.py)."""
@@ -158,36 +161,37 @@ def setup(config, paradigm, mesh) -> Setup:
     return lora.merge(base, params, alpha=lc.alpha, rank=lc.rank, shapes=abstract_params,
                       rng=rng, dropout=lc.dropout)
 
-  def loss_fn(params, batch, rng, base=None):
+  def loss_fn(params, batch, rng, base=None, extra=None):
     full = merged(base, params, None if rng is None else jax.random.fold_in(rng, 3))
-    loss, metrics = paradigm.loss(full, batch, rng, model=model, **loss_kwargs)
+    more = {'extra': extra} if takes_extra else {}
+    loss, metrics = paradigm.loss(full, batch, rng, model=model, **more, **loss_kwargs)
     return loss, dict(metrics, loss=loss)
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-  def grads_and_metrics(params, batch, rng, base=None):
+  def grads_and_metrics(params, batch, rng, base=None, extra=None):
     """Mean gradient over `grad_accum` micro-batches (scanned, accumulated in float32)."""
     A = t.grad_accum
     if A == 1:
-      (_, metrics), grads = grad_fn(params, batch, rng, base)
+      (_, metrics), grads = grad_fn(params, batch, rng, base, extra)
       return grads, metrics
     # micro-batch i takes rows i, i + A, ...: every data shard holds an equal part of each
     micro = jax.tree.map(lambda x: x.reshape((x.shape[0] // A, A) + x.shape[1:]).swapaxes(0, 1), batch)
 
     def body(acc, xs):
       mb, i = xs
-      (_, m), g = grad_fn(params, mb, jax.random.fold_in(rng, i), base)
+      (_, m), g = grad_fn(params, mb, jax.random.fold_in(rng, i), base, extra)
       return jax.tree.map(jnp.add, acc, (g, m)), None
 
     first = jax.tree.map(lambda x: x[0], micro)
-    (_, m_shape), g_shape = jax.eval_shape(grad_fn, params, first, rng, base)
+    (_, m_shape), g_shape = jax.eval_shape(grad_fn, params, first, rng, base, extra)
     zeros = jax.tree.map(lambda a: jnp.zeros(a.shape, jnp.float32), (g_shape, m_shape))
     (grads, metrics), _ = jax.lax.scan(body, zeros, (micro, jnp.arange(A)))
     return jax.tree.map(lambda x: x / A, (grads, metrics))
 
   def train_step(state: TrainState, batch, rng):
     rng = jax.random.fold_in(rng, state.step)
-    grads, metrics = grads_and_metrics(state.params, batch, rng, state.base)
+    grads, metrics = grads_and_metrics(state.params, batch, rng, state.base, state.extra)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     extra = state.extra
@@ -224,10 +228,18 @@ def setup(config, paradigm, mesh) -> Setup:
     return jax.jit(run(lambda p: lora.quantize_base(p, lc.base_dtype, lc.targets)),
                    out_shardings=state_sharding.base)(full)
 
+  def make_extra(params):
+    """The paradigm's `init_extra` of `params` (a warm start's), laid out as the state's."""
+    if not hasattr(paradigm, 'init_extra'):
+      return None
+    return jax.jit(run(lambda p: paradigm.init_extra(model, p, **loss_kwargs)),
+                   out_shardings=state_sharding.extra)(params)
+
   return Setup(mesh=mesh, rules=rules, model=model, state_sharding=state_sharding,
                batch_sharding=batch_sharding, abstract_state=abstract_state, init=init,
                train_step=train_step_jit, eval_step=eval_step, schedule=schedule,
-               abstract_params=abstract_params, model_params=model_params, make_base=make_base)
+               abstract_params=abstract_params, model_params=model_params, make_base=make_base,
+               make_extra=make_extra)
 
 
 def device_batch(batch: dict, sharding) -> dict:

@@ -161,7 +161,8 @@ def _initial_state(config, s: Setup, init_rng):
   if config.lora.rank:
     return state.replace(base=s.make_base(source_params(t.init_from, s.abstract_params,
                                                         s.model.cfg)))
-  return warm_start(state, t.init_from, t.init_into, t.init_partial, s.model.cfg)
+  state = warm_start(state, t.init_from, t.init_into, t.init_partial, s.model.cfg)
+  return state if state.extra is None else state.replace(extra=s.make_extra(state.params))
 
 
 def _flush(pending, rows, writer, ckpt, rate, unit: str, watch) -> dict:

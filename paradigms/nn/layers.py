@@ -160,8 +160,15 @@ class Embed(nn.Module):
       self.head = self.param('head', normal_init(0.02, ('embed', 'vocab')),
                              (self.d_model, rows), self.param_dtype)
 
-  def __call__(self, tokens):  # [B, L] int -> [B, L, D]
-    return quant.take(self.embedding, tokens, self.dtype)
+  def __call__(self, tokens):
+    """int ids [B, L] -> [B, L, D]; or weights [B, L, K] float over the first K rows (a relaxed
+    one-hot, e.g. DUO's tempered softmax of a Gaussian latent) -> their mix [B, L, D]."""
+    if not jnp.issubdtype(tokens.dtype, jnp.floating):
+      return quant.take(self.embedding, tokens, self.dtype)
+    if quant.is_quantized(self.embedding):
+      raise ValueError('relaxed (float) token inputs need a float embedding table, not int8')
+    table = self.embedding[:tokens.shape[-1]].astype(self.dtype)  # [K, D]
+    return jnp.einsum('blk,kd->bld', tokens.astype(self.dtype), table)
 
   def attend(self, h):  # [B, L, D] -> [B, L, V] float32
     w = self.embedding if self.tie else self.head  # [V, D] | [D, V], float or quant.Int8Kernel

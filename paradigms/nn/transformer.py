@@ -236,7 +236,8 @@ def run_unstacked(cfg: TransformerConfig, layer_params: tuple, x, cache, positio
 class Transformer(nn.Module):
   """Token embedding -> n_layers scanned Blocks -> RMSNorm -> output logits.
 
-  tokens: [B, L] int32; positions: [B, L] (default: cache.index + arange(L));
+  tokens: [B, L] int32, or float [B, L, K] weights over the first K embedding rows (relaxed
+  one-hots: DUO's curriculum, paradigms/duo.py); positions: [B, L] (default: cache.index + arange(L));
   ids: [B, L] mask ids (default: positions; give level/segment ids for 'block_causal');
   cache: KVCache with a leading [n_layers] axis, or None; cond: [B, cond_dim] or None;
   attn_mask: optional extra boolean mask [B, 1|H, L, S]; layer_params: the blocks' weights as
@@ -262,7 +263,7 @@ class Transformer(nn.Module):
     dt, pdt = cfg.compute_dtype, jnp.dtype(cfg.param_dtype)
     if cfg.cond_dim and cond is None:
       raise ValueError('model.cond_dim > 0 but no `cond` was passed')
-    B, L = tokens.shape
+    B, L = tokens.shape[:2]  # ids [B, L], or relaxed one-hots [B, L, K] (Embed)
     if positions is None:
       start = 0 if cache is None else cache.index[0]
       positions = jnp.broadcast_to(start + jnp.arange(L, dtype=jnp.int32), (B, L))
