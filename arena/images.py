@@ -57,9 +57,9 @@ TOKENIZER_FIELDS = ('scales', 'codebook_size', 'latent_dim')
 #          latent grid; VAR scales 1x2, 2x4, 4x8), DiT / Transfusion 8x8 patches (the same 4x8
 #          grid), d=128 x 4 layers, 3000 steps x 64. A DiT of this shape trains at ~5 steps/s
 #          alone (10 minutes); the whole experiment is ~100 minutes; the measurement keeps to a
-#          few-step and a many-step setting per sampler and one timed round. The judge (its
-#          default 2000 steps; 1000 leaves CTC on its blank plateau: it read 0.5%) is trained
-#          first and must read `judge_bar` of real held-out strings before any contestant
+#          few-step and a many-step setting per sampler and one timed round. The judge (the
+#          8-character reader, its default 2000 steps: evaluators.images.load_judge) is trained
+#          first and must read `judge_bar` of the real held-out strings before any contestant
 #          trains. The issue asks for the
 #          budget at which the best model reads half of the held-out 2-character strings: the
 #          report states where this budget stands against that bar.
@@ -219,10 +219,14 @@ def legibility_pick(rows: list[dict], name: str) -> dict:
 
 def check_judge(config, m: dict, log) -> None:
   """Train (or load the cached) glyph judge and refuse to race when it reads fewer than
-  `m['judge_bar']` of real held-out strings: its legibility and FD would mean nothing."""
+  `m['judge_bar']` of the race's real held-out strings (the report's second held-out set):
+  its legibility and FD would mean nothing."""
+  from evaluators.glyph_judge import match_rates
+  from pipelines.images import eval_batches
   judge = bench.load_judge(config, m['judge_steps'])
-  acc = judge.info['eval_accuracy']
-  log(f'images: the judge reads {100 * acc:.1f}% of real held-out strings')
+  real = eval_batches(config.data, batch_size=m['num'], num_batches=2)[1]
+  acc = match_rates(judge.predict(real['image']), real['label'])[0]
+  log(f'images: the judge reads {100 * acc:.1f}% of {m["num"]} real held-out strings')
   if acc < m['judge_bar']:
     raise ValueError(f'the glyph judge reads {100 * acc:.1f}% of real held-out strings, under '
                      f'the {100 * m["judge_bar"]:.0f}% bar: raise measure.judge_steps '

@@ -144,14 +144,17 @@ def markdown(budget, spec, rows, refs, picks, seen, reading, runs, plots, result
                    for k in (*MODELS, 'real', 'vqvae', 'vqvae_single'))
   s, b = spec['train']['steps'], spec['batch_size']
   H = result.reference['image'].shape[1]
+  real_acc = next(r['accuracy'] for r in refs if r['name'] == 'real')
   parts = [
       f'Budget `{budget}`: {H}x{2 * H} glyph images of prompts of 1-'
       f'{result.reference["label"].shape[1]} characters (held-out '
       f'strings never trained on), every model trained {s} steps x batch {b} ({s * b:,} images) '
       f'on one backbone (d={spec["backbone"]["d_model"]}, {spec["backbone"]["n_layers"]} layers; '
       f'{min(n_params):,}-{max(n_params):,} params). {m["num"]} samples per setting for the same '
-      f'prompts and seed, guidance w={m["cfg"]}; the judge reads '
-      f'{fmt_pct(result.judge.info.get("eval_accuracy"))} of real held-out strings. Training '
+      f'prompts and seed, guidance w={m["cfg"]}; the judge (a CTC reader of up to '
+      f'{result.judge.max_chars} characters) reads {fmt_pct(real_acc)} of real held-out strings '
+      f'of this set and {fmt_pct(result.judge.info.get("eval_accuracy"))} of its own 1-'
+      f'{result.judge.max_chars}-character held-out set (full size spread). Training '
       f'minutes: {cost}.',
       '### Every setting: speed, FD, legibility', speed, report.compute_line(gens),
       f'![speed vs FD]({plots["speed"]})',

@@ -169,16 +169,24 @@ def _glyph_batch(indices, image_size: int, alphabet: str, max_chars: int, split:
   return np.stack([e['image'] for e in examples]), np.stack([e['label'] for e in examples])
 
 
+def _aligned(pred, labels):
+  """pred [N, J], labels [N, L] with L <= J (a judge may read longer strings than a set holds)
+  -> both [N, J], the labels padded with blanks (so reading extra characters is a miss)."""
+  pred, labels = np.asarray(pred), np.asarray(labels)
+  if (labels.ndim != 2 or pred.ndim != 2 or pred.shape[0] != labels.shape[0]
+      or labels.shape[1] > pred.shape[1]):
+    raise ValueError(f'labels have shape {labels.shape} but predictions {pred.shape}; give one '
+                     'per-slot label row [N, max_chars] per image (max_chars <= the judge\'s).')
+  return pred, np.pad(labels, ((0, 0), (0, pred.shape[1] - labels.shape[1])))
+
+
 def match_rates(pred, labels) -> tuple[float, float]:
   """(exact-string rate, per-character rate) of predicted slot ids ``pred`` [N, L] vs ``labels``.
 
   Rows whose label is all null (0: unconditional samples) are skipped; the per-character rate
   counts the non-blank label slots. NaN when no row / slot counts.
   """
-  pred, labels = np.asarray(pred), np.asarray(labels)
-  if pred.shape != labels.shape:
-    raise ValueError(f'labels have shape {labels.shape} but predictions {pred.shape}; give one '
-                     'per-slot label row [N, max_chars] per image.')
+  pred, labels = _aligned(pred, labels)
   rows = (labels > 0).any(-1)  # [N]
   slots = labels > 0  # [N, L]
   exact = float((pred == labels).all(-1)[rows].mean()) if rows.any() else float('nan')
@@ -195,13 +203,11 @@ def match_rates_by_length(pred, labels) -> dict[int, dict[str, float]]:
   the per-character rate to the power n if characters were read independently. Lengths with no
   row give count 0 and NaN rates; all-null rows (unconditional samples) are skipped.
   """
-  pred, labels = np.asarray(pred), np.asarray(labels)
-  if pred.shape != labels.shape or labels.ndim != 2:
-    raise ValueError(f'labels have shape {labels.shape} but predictions {pred.shape}; give one '
-                     'per-slot label row [N, max_chars] per image.')
+  width = np.asarray(labels).shape[-1]
+  pred, labels = _aligned(pred, labels)
   lengths = (labels > 0).sum(-1)  # [N]
   out = {}
-  for n in range(1, labels.shape[1] + 1):
+  for n in range(1, width + 1):
     rows = lengths == n
     exact, per_char = match_rates(pred[rows], labels[rows])
     out[n] = {'count': int(rows.sum()), 'accuracy': exact, 'char_accuracy': per_char}
@@ -214,10 +220,8 @@ def match_rates_by_split(pred, labels, alphabet: str,
   (trained on) and those whose string is 'held-out' (pipelines.glyphs.is_held_out_string):
   ``{'seen' | 'held-out': {'count', 'accuracy', 'char_accuracy', 'by_length'}}``
   (``pred``, ``labels`` int32 [N, max_chars]; all-null rows are skipped)."""
-  pred, labels = np.asarray(pred), np.asarray(labels)
-  if pred.shape != labels.shape or labels.ndim != 2:
-    raise ValueError(f'labels have shape {labels.shape} but predictions {pred.shape}; give one '
-                     'per-slot label row [N, max_chars] per image.')
+  width = np.asarray(labels).shape[-1]
+  pred, labels = _aligned(pred, labels)
   held = np.array([is_held_out_string(decode_label(row, alphabet), heldout_strings)
                    for row in labels], bool).reshape(-1)  # [N]
   counted = (labels > 0).any(-1)  # [N]
@@ -226,7 +230,7 @@ def match_rates_by_split(pred, labels, alphabet: str,
     exact, per_char = match_rates(pred[rows], labels[rows])
     out[name] = {'count': int((rows & counted).sum()), 'accuracy': exact,
                  'char_accuracy': per_char,
-                 'by_length': match_rates_by_length(pred[rows], labels[rows])}
+                 'by_length': match_rates_by_length(pred[rows], labels[rows, :width])}
   return out
 
 

@@ -198,14 +198,20 @@ def image_grid(images, cols: int | None = None, pad: int = 2, zoom: int = 1):
 
 def load_judge(config, train_steps: int = 0):
   """The glyph judge for ``config.data``'s glyph set (evaluators.glyph_judge: trained once,
-  cached); ``train_steps`` 0 = its default."""
+  cached); ``train_steps`` 0 = its default. The prompt set's judge always reads up to
+  MAX_PROMPT_CHARS (8) characters, whatever data.max_chars: one judge for every prompt run of a
+  size and weight, and CTC trained on strings of at most 4 stays on its blank plateau for
+  thousands of steps (27% read after 2000; the 8-character judge reads 99%+)."""
   from evaluators import glyph_judge  # imported when used: the judge pulls in optax and its cache
+  from pipelines.glyphs import MAX_PROMPT_CHARS
   d = config.data
+  prompts = bool(d.get('prompts', False))
   return glyph_judge.load_judge(image_size=d.image_size, alphabet=d.alphabet,
-                                max_chars=d.max_chars, cache_dir=d.cache_dir,
+                                max_chars=MAX_PROMPT_CHARS if prompts else d.max_chars,
+                                cache_dir=d.cache_dir,
                                 stroke=float(d.get('stroke', 0.0)),
                                 image_width=int(d.get('image_width', 0)),
-                                prompts=bool(d.get('prompts', False)),
+                                prompts=prompts,
                                 heldout_strings=float(d.get('heldout_strings', 0.2)),
                                 **({'steps': train_steps} if train_steps else {}))
 
