@@ -8,6 +8,13 @@ NFE = T + 1. Unlike absorbing masks, every step may revise any position already 
 `greedy_tail` the noise-removal step takes the posterior's argmax (DUO's greedy tail) instead of
 a draw. Categorical draws use sample/categorical.py (inverse CDF at temperature 1).
 
+Corrector (`eta` > 0; the ReMDM idea for any chain, in the form of DUO chapter II's
+predictor-corrector posteriors): each step draws from the mixture
+    (1 - eta) q(z_s | z_t, x_theta) + eta q(z_s | x_theta),   q(z_s | x) = alpha_s x + (1 - alpha_s)/N,
+which re-noises a share eta of the positions from the model's own clean estimate at no extra
+network call. With the exact x_theta both parts have the marginal q_s, so the mixture does too
+(a chi-square test checks it); eta = 0 is ancestral sampling.
+
     config, model, params = load_run('runs/duo_code')
     fn = duo.XThetaFn(model, Options(**config.loss))
     out = duo.sample(fn, params, prompt, jax.random.key(0), length=256, steps=64)
@@ -44,11 +51,14 @@ class DUOOutput:
 
 @functools.partial(jax.jit, static_argnames=('fn', 'length', 'steps', 'greedy_tail'))
 def sample(fn, params, prompt, rng, *, length: int, steps: int = 64,
-           greedy_tail: bool = False) -> DUOOutput:
-  """`length` tokens per row, the first P fixed to prompt int32 [B, P] (P may be 0)."""
+           greedy_tail: bool = False, eta: float = 0.0) -> DUOOutput:
+  """`length` tokens per row, the first P fixed to prompt int32 [B, P] (P may be 0); `eta` in
+  [0, 1] the corrector's share (module doc)."""
   if steps < 1 or prompt.shape[1] >= length:
     raise ValueError(f'steps={steps} must be >= 1 and the prompt ({prompt.shape[1]} tokens) '
                      f'shorter than length={length}')
+  if isinstance(eta, (int, float)) and not 0.0 <= eta <= 1.0:
+    raise ValueError(f'eta={eta} must be in [0, 1]')
   opt = fn.opt
   B, P = prompt.shape
   times = jnp.linspace(1.0, opt.t_eps, steps + 1)
@@ -58,7 +68,9 @@ def sample(fn, params, prompt, rng, *, length: int, steps: int = 64,
   def step(k, z):
     t, s = times[k], times[k + 1]
     x_hat = fn(params, z, jnp.full((B,), t))
-    p = duo.posterior(opt, x_hat, z, opt.alpha(s)[0], opt.alpha(t)[0])
+    a_s = opt.alpha(s)[0]
+    p = duo.posterior(opt, x_hat, z, a_s, opt.alpha(t)[0])
+    p = (1.0 - eta) * p + eta * (a_s * x_hat + (1.0 - a_s) / opt.num_states)
     return sample_probs(jax.random.fold_in(rng, k), p).at[:, :P].set(prompt)
 
   z = jax.lax.fori_loop(0, steps, step, z)

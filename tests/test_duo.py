@@ -85,12 +85,13 @@ class ExactXTheta:
     return jnp.broadcast_to(jnp.asarray(self.pi), z.shape + (N,))
 
 
-@pytest.mark.parametrize('steps', [2, 16])
-def test_ancestral_sampler_with_the_exact_x_theta_draws_the_data_distribution(steps):
+@pytest.mark.parametrize('steps,eta', [(2, 0.0), (16, 0.0), (8, 0.5)])
+def test_ancestral_sampler_with_the_exact_x_theta_draws_the_data_distribution(steps, eta):
+  """Also with the corrector (eta > 0): the mixture keeps the marginal."""
   pi = (0.4, 0.3, 0.15, 0.1, 0.05)
   n = 20_000
   out = sd.sample(ExactXTheta(OPT, pi), None, jnp.zeros((n, 0), jnp.int32), jax.random.key(4),
-                  length=1, steps=steps)
+                  length=1, steps=steps, eta=eta)
   assert int(out.nfe) == steps + 1
   counts = np.bincount(np.asarray(out.tokens).ravel(), minlength=N)
   assert stats.chisquare(counts, n * np.asarray(pi)).pvalue > 1e-3

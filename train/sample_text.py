@@ -271,7 +271,8 @@ def sample_sedd(args, config, model, params, prompt, rng, tok, pad=None):
 
 def sample_duo(args, config, model, params, prompt, rng, tok, pad=None):
   """Uniform-state diffusion (UDLM / DUO): prompt [B, P] held fixed, --max-new-tokens drawn in
-  --steps (default 64) ancestral steps; --strategy greedy_tail takes the last step's argmax."""
+  --steps (default 64) ancestral steps; --strategy greedy_tail takes the last step's argmax;
+  --eta > 0 mixes in the corrector (sample/duo.py; default 0 here)."""
   del tok, pad
   import jax.numpy as jnp
   from paradigms.duo import Options
@@ -281,8 +282,11 @@ def sample_duo(args, config, model, params, prompt, rng, tok, pad=None):
                     '(default) or greedy_tail')
   fn = sd.XThetaFn(model, Options(**config.loss))
   length = prompt.shape[1] + args.max_new_tokens
+  eta = args.eta if '--eta' in getattr(args, 'given', set()) else 0.0
+  if not 0.0 <= eta <= 1.0:
+    raise UserError(f'--eta {eta}: the corrector share of a uniform-state step is in [0, 1]')
   return sd.sample(fn, params, jnp.asarray(prompt), rng, length=length, steps=args.steps or 64,
-                   greedy_tail=args.strategy == 'greedy_tail'), prompt.shape[1]
+                   greedy_tail=args.strategy == 'greedy_tail', eta=eta), prompt.shape[1]
 
 
 # one batch of a token paradigm: (args, config, model, params, prompt, rng, tok, pad) -> (out, P)
