@@ -45,13 +45,6 @@ BUDGET = {
 }
 
 
-def pretrain_config(kind: str, spec: dict):
-  """The pre-training run of a backbone on the shared contestant spec."""
-  if kind in ('ar', 'mdlm'):
-    return text_config(kind, spec)
-  return apply(config_file(f'{kind}_code.py:small'), spec)
-
-
 def embed_config(backbone: str, spec: dict, b: dict, init_from: str):
   c = config_file(f'embed_code.py:small,{backbone}')
   apply(c, {'model': spec['model'], 'data': {**spec['data'], 'batch_size': b['batch'],
@@ -96,7 +89,7 @@ def score(run, sets: dict, opt, batch: int) -> dict:
 def run(ctx) -> report.Section:
   from train.embed_text import options
   spec, b = TEXT[ctx.budget], BUDGET[ctx.budget]
-  pre = {k: ctx.run(k, pretrain_config(k, spec)) for k in dict.fromkeys(PRETRAINED.values())}
+  pre = {k: ctx.run(k, text_config(k, spec)) for k in dict.fromkeys(PRETRAINED.values())}
   sets = retrieval_sets(b, ctx.seed)
   results, runs = {}, list(pre.values())
   for bb in BACKBONES:

@@ -29,7 +29,7 @@ import ml_collections
 from arena.budgets import check
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
-TEXT_KINDS = ('ar', 'mdlm', 'bd3')
+TEXT_KINDS = ('ar', 'mdlm', 'bd3', 'sedd', 'duo')
 
 
 @dataclasses.dataclass
@@ -77,14 +77,16 @@ def apply(c: ml_collections.ConfigDict, overrides: dict) -> ml_collections.Confi
 
 
 def text_config(kind: str, spec: dict, *, block_size: int = 0) -> ml_collections.ConfigDict:
-  """A text contestant on the CPython corpus: 'ar' (causal), 'mdlm' (masked diffusion) or
-  'bd3' (block diffusion with `block_size`), all on configs/ar_code.py's backbone with `spec`
-  (budgets.TEXT / JUDGE) applied, so the three differ only in the mask and the loss."""
+  """A text contestant on the CPython corpus: 'ar' (causal), 'mdlm' (masked diffusion), 'bd3'
+  (block diffusion with `block_size`), 'sedd' (score entropy, uniform chain) or 'duo' (uniform-
+  state NELBO), all on configs/ar_code.py's backbone with `spec` (budgets.TEXT / JUDGE) applied,
+  so they differ only in the mask, the loss and (SEDD, DUO) the time-conditioning hook."""
   if kind not in TEXT_KINDS:
     raise ValueError(f'unknown text contestant {kind!r}; choose one of {TEXT_KINDS}')
   if kind == 'bd3' and not block_size:
     raise ValueError('a bd3 contestant needs block_size >= 1')
-  c = config_file('ar_code.py:small' if kind == 'ar' else 'mdlm_code.py:small')
+  c = config_file({'ar': 'ar_code.py', 'sedd': 'sedd_code.py', 'duo': 'duo_code.py'}.get(
+      kind, 'mdlm_code.py') + ':small')
   apply(c, spec)
   if kind == 'bd3':
     c.loss.block_size = block_size

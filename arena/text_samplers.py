@@ -22,6 +22,11 @@ temperature 1 with no top-k / top-p and no EOS:
   semi_ar_dual_cache    semi_autoregressive with Fast-dLLM's dual KV cache, refreshed once per
                         block (`sample.dllm_cache`): the same blocks and steps, fewer positions
                         per call;
+  sedd_tweedie          SEDD (uniform chain; Lou et al. 2024) Tweedie tau-leaping, S steps
+                        plus the final Tweedie step to t = 0 (NFE = S + 1);
+  duo_ancestral         UDLM / DUO ancestral steps through the uniform-state posterior, S
+                        steps plus noise removal (NFE = S + 1); both start from uniform noise
+                        and may revise any token;
   speculative           the AR model as the target of speculative sampling
                         (`sample.speculative`), drafted by a smaller AR model (`ar_draft`) or by
                         a small BD3 model (`bd3_draft`, one denoising call per block), gamma in
@@ -55,7 +60,7 @@ from typing import Callable, Sequence
 
 SAMPLERS = ('ar', 'ar_int8', 'ancestral', 'remdm', 'confidence_topk', 'confidence_threshold',
             'confidence_factor', 'entropy_bounded', 'semi_autoregressive', 'semi_ar_dual_cache',
-            'block_diffusion', 'speculative')
+            'block_diffusion', 'sedd_tweedie', 'duo_ancestral', 'speculative')
 AR_SAMPLERS = ('ar', 'ar_int8', 'speculative')  # the AR side of the race; the rest is diffusion
 SPEC_GAMMAS = (2, 4)  # draft lengths of the speculative rows
 SEMI_AR_BLOCK = 32  # LLaDA semi-AR block length bound (the largest divisor of N up to it)
@@ -77,11 +82,13 @@ def semi_ar_block(new_tokens: int) -> int:
 
 def settings(new_tokens: int, steps: Sequence[int], bd3_block: int, *,
              samplers: Sequence[str] = SAMPLERS, final_argmax: bool = True,
+             few_steps: Sequence[int] = (),
              log: Callable[[str], None] = log_stderr) -> list[dict]:
   """Every (sampler, settings) row to run, duplicates after clipping removed.
 
-  Rows are {'sampler', 'model' ('ar' | 'mdlm' | 'bd3'), 'steps' (S or None), 'settings' (the
-  sampler's keyword arguments)}. final_argmax=False makes the ancestral-type samplers (ancestral,
+  Rows are {'sampler', 'model' ('ar' | 'mdlm' | 'bd3' | 'sedd' | 'duo'), 'steps' (S or None), 'settings' (the
+  sampler's keyword arguments)}. `few_steps` adds step counts for MDLM's ancestral sampler and
+  the uniform-state samplers only (their few-step race). final_argmax=False makes the ancestral-type samplers (ancestral,
   remdm, block_diffusion) fill their last step by sampling too (the exact reverse process at
   temperature 1) instead of MDLM's final argmax; it is then recorded in the row's settings.
   """
@@ -112,6 +119,10 @@ def settings(new_tokens: int, steps: Sequence[int], bd3_block: int, *,
   semi_block = semi_ar_block(N)
   semi_blocks = N // semi_block
   bd3_blocks = N // bd3_block
+  for S in few_steps:
+    add('ancestral', 'mdlm', S, steps=S, **exact)
+    add('sedd_tweedie', 'sedd', S, steps=S)
+    add('duo_ancestral', 'duo', S, steps=S)
   for S in steps:
     add('ancestral', 'mdlm', S, steps=S, **exact)
     add('remdm', 'mdlm', S, steps=S, eta=ETA, **exact)
@@ -123,6 +134,9 @@ def settings(new_tokens: int, steps: Sequence[int], bd3_block: int, *,
     for S in steps:
       add(sampler, 'mdlm', S, block_len=semi_block,
           steps_per_block=min(max(S // semi_blocks, 1), semi_block))
+  for S in steps:
+    add('sedd_tweedie', 'sedd', S, steps=S)
+    add('duo_ancestral', 'duo', S, steps=S)
   for S in steps:
     add('block_diffusion', 'bd3', S, block_size=bd3_block,
         steps_per_block=min(max(S // bd3_blocks, 1), bd3_block), **exact)
@@ -184,6 +198,8 @@ def make_run(row: dict, models: dict, prompt_ids, B: int, N: int):
     return lambda rng: (sp.speculative_generate(
         ar.LogitsFn(model), params, drafter, dparams, prompt, rng, *caches, gamma=kw['gamma'],
         max_new_tokens=N), P)
+  if row['sampler'] in ('sedd_tweedie', 'duo_ancestral'):
+    return uniform_run(row['sampler'], config, model, params, prompt, N, kw['steps'])
   mask_id = config.loss.mask_id
   fn = md.LogitsFn(model, mask_id, config.loss.time_conditioning)
   if row['sampler'] == 'block_diffusion':
@@ -208,6 +224,21 @@ def make_run(row: dict, models: dict, prompt_ids, B: int, N: int):
   elif row['sampler'] == 'semi_autoregressive':
     kw['strategy'] = 'topk'
   return lambda rng: (sampler(fn, params, x, rng, mask_id=mask_id, **kw), P)
+
+
+def uniform_run(sampler: str, config, model, params, prompt, N: int, steps: int):
+  """fn(rng) -> (output, P) of a uniform-state sampler: SEDD Tweedie or DUO ancestral."""
+  P = prompt.shape[1]
+  if sampler == 'sedd_tweedie':
+    from paradigms.sedd import Options
+    from sample import sedd as ss
+    fn = ss.LogScoreFn(model, Options(**config.loss))
+    return lambda rng: (ss.sample(fn, params, prompt, rng, length=P + N, steps=steps,
+                                  method='tweedie'), P)
+  from paradigms.duo import Options
+  from sample import duo as sd
+  fn = sd.XThetaFn(model, Options(**config.loss))
+  return lambda rng: (sd.sample(fn, params, prompt, rng, length=P + N, steps=steps), P)
 
 
 def judge_nll(model, params) -> Callable:

@@ -44,6 +44,8 @@ def _parse(argv):
                  help='trained AR run that scores the samples (e.g. the arena judge)')
   p.add_argument('--mdlm-workdir', default=None, help='trained MDLM run (loss.block_size 0)')
   p.add_argument('--bd3-workdir', default=None, help='trained BD3 run (0 < loss.block_size < seq_len)')
+  p.add_argument('--sedd-workdir', default=None, help='trained SEDD run')
+  p.add_argument('--duo-workdir', default=None, help='trained UDLM / DUO run')
   p.add_argument('--preset', default=None,
                  help=f"size preset of the random-init models (default {FULL['preset']!r}; "
                       f"--quick: {QUICK['preset']!r})")
@@ -117,7 +119,9 @@ def main(argv=None):
 
   specs = {'ar': (args.ar_workdir, f'configs/ar_code.py:{args.preset}'),
            'mdlm': (args.mdlm_workdir, f'configs/mdlm_code.py:{args.preset}'),
-           'bd3': (args.bd3_workdir, f'configs/bd3lm_code.py:{args.preset},{BD3_BLOCK}')}
+           'bd3': (args.bd3_workdir, f'configs/bd3lm_code.py:{args.preset},{BD3_BLOCK}'),
+           'sedd': (args.sedd_workdir, f'configs/sedd_code.py:{args.preset}'),
+           'duo': (args.duo_workdir, f'configs/duo_code.py:{args.preset}')}
   models, sources = {}, {}
   for name, (workdir, spec) in specs.items():
     config, model, params, _ = load_model(workdir, os.path.join(ROOT, spec), args.seed)
@@ -165,7 +169,7 @@ def main(argv=None):
   if judge is None:
     quality_summary = 'null everywhere: pass --ar-workdir (the judge) and the diffusion workdirs'
   else:
-    missing = [name for name in ('mdlm', 'bd3') if not trained[name]]
+    missing = [name for name in ('mdlm', 'bd3', 'sedd', 'duo') if not trained[name]]
     quality_summary = (f'measured at batch {quality_batch} for rows of trained models'
                        + (f'; null for the random-init {", ".join(missing)} rows' if missing else ''))
   result = {

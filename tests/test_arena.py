@@ -147,7 +147,7 @@ def test_every_budget_builds_valid_configs(budget):
   configs += [c for _, _, c in data.contestants(budget)]
   configs += list(images.configs(images.IMAGES[budget], {'vqvae': '/x', 'vqvae_single': '/y'}).values())
   from arena import embeddings as emb
-  configs += [emb.pretrain_config(k, TEXT[budget]) for k in ('sedd', 'duo')]
+  configs += [text_config(k, TEXT[budget]) for k in ('sedd', 'duo')]
   configs += [emb.embed_config(k, TEXT[budget], emb.BUDGET[budget], '/x') for k in emb.BACKBONES]
   for c in configs:
     validate(c)

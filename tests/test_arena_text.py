@@ -230,3 +230,23 @@ def test_the_tool_rows_decode_every_position_on_tiny_models():
     assert new.shape == (B, N), label(row)
     assert not (new == mdlm.config.loss.mask_id).any(), label(row)
     assert 1 <= int(out.nfe) <= N + len(prompt), (label(row), int(out.nfe))
+
+
+def test_the_uniform_state_rows_race_mdlm_at_few_steps_and_decode_every_position():
+  """few_steps adds S for MDLM's ancestral, SEDD and DUO rows only; on random-init tiny models
+  the SEDD and DUO rows write every new position, from uniform noise, in S + 1 calls."""
+  import jax
+  from arena.text_samplers import make_run, settings
+  rows = settings(8, [4], 4, samplers=('ar', 'ancestral', 'confidence_topk', 'sedd_tweedie',
+                                       'duo_ancestral'), few_steps=(2,))
+  few = [(r['sampler'], r['steps']) for r in rows if r['steps'] == 2]
+  assert few == [('ancestral', 2), ('sedd_tweedie', 2), ('duo_ancestral', 2)]
+  models = {k: (r.config, r.model, r.params) for k, r in
+            (('sedd', _random_run('sedd')), ('duo', _random_run('duo')))}
+  prompt, B, N = np.asarray([100, 101, 102, 32], np.int32), 2, 8
+  for row in [r for r in rows if r['model'] in models]:
+    out, start = make_run(row, models, prompt, B, N)(jax.random.key(0))
+    tokens = np.asarray(out.tokens)
+    np.testing.assert_array_equal(tokens[:, :start], np.broadcast_to(prompt, (B, start)))
+    assert tokens.shape == (B, start + N) and (tokens[:, start:] < 257).all()
+    assert int(out.nfe) == row['steps'] + 1
