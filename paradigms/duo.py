@@ -56,6 +56,7 @@ import numpy as np
 import scipy.special
 from jax.scipy.special import log_ndtr
 
+from paradigms import masked_diffusion as md
 from paradigms.masked_diffusion import draw_t, schedule, time_embedding
 from paradigms.nn.transformer import Transformer, TransformerConfig
 
@@ -274,14 +275,7 @@ def build(cfg: TransformerConfig) -> Transformer:
   return Transformer(cfg)
 
 
-def example_batch(batch_size: int, data, model_cfg) -> dict:
-  return {'tokens': jax.ShapeDtypeStruct((batch_size, data.seq_len + 1), jnp.int32)}
-
-
-def init(model: Transformer, rng, batch) -> dict:
-  x = batch['tokens'][:, :-1]
-  cond = jnp.zeros((x.shape[0], model.cfg.cond_dim)) if model.cfg.cond_dim else None
-  return model.init(rng, x, cond=cond)
+example_batch, init = md.example_batch, md.init  # the same token batch and backbone init
 
 
 LOSS_TAKES_EXTRA = True  # the distillation teacher

@@ -32,6 +32,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from paradigms import masked_diffusion as md
 from paradigms.masked_diffusion import draw_t, time_embedding
 from paradigms.nn.transformer import Transformer, TransformerConfig
 
@@ -167,14 +168,7 @@ def build(cfg: TransformerConfig) -> Transformer:
   return Transformer(cfg)
 
 
-def example_batch(batch_size: int, data, model_cfg) -> dict:
-  return {'tokens': jax.ShapeDtypeStruct((batch_size, data.seq_len + 1), jnp.int32)}
-
-
-def init(model: Transformer, rng, batch) -> dict:
-  x = batch['tokens'][:, :-1]
-  cond = jnp.zeros((x.shape[0], model.cfg.cond_dim)) if model.cfg.cond_dim else None
-  return model.init(rng, x, cond=cond)
+example_batch, init = md.example_batch, md.init  # the same token batch and backbone init
 
 
 def loss(params, batch, rng, *, model: Transformer, **options):
