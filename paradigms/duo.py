@@ -53,7 +53,6 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
-import scipy.special
 from jax.scipy.special import log_ndtr
 
 from paradigms import masked_diffusion as md
@@ -174,11 +173,19 @@ def nelbo_terms(params, x, rng, model: Transformer, opt: Options):
 _U = np.linspace(-10.0, 10.0, 2001)  # quadrature nodes of int phi(u) Phi(mu + u)^(N-1) du
 
 
+_erfc = np.frompyfunc(math.erfc, 1, 1)
+
+
+def _np_log_ndtr(x):
+  """log Phi(x) in float64 (x >= -10 here: erfc cannot underflow)."""
+  return np.log(0.5 * _erfc(-np.asarray(x) / math.sqrt(2.0)).astype(np.float64))
+
+
 def transformation(mu, num_states: int, xp=jnp):
   """alpha = T of eq. 11 at mu = a~ / sqrt(1 - a~^2) (any shape; differentiable): the chance
   that the true coordinate wins argmax(w), rescaled so that alpha = 0 at mu = 0, 1 as mu -> inf.
   xp=np evaluates it in float64 outside a trace (`gamma_for_alpha`)."""
-  log_cdf = log_ndtr if xp is jnp else scipy.special.log_ndtr
+  log_cdf = log_ndtr if xp is jnp else _np_log_ndtr
   u = xp.asarray(_U, xp.float32 if xp is jnp else xp.float64)
   mu = xp.asarray(mu, u.dtype)[..., None]
   log_f = -0.5 * u ** 2 - 0.5 * math.log(2 * math.pi) + (num_states - 1) * log_cdf(mu + u)

@@ -11,6 +11,18 @@ os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.fixture(autouse=True, scope='module')
+def _drop_compiled_code():
+  """Drop every module's compiled executables when it ends. An xdist worker runs hundreds of
+  tests; their jit caches grew one to ~5 GB by a third of the suite (a worker died of a fatal
+  signal in CI at 24 GiB with two such workers and the tests' own subprocesses)."""
+  yield
+  import gc
+  import jax
+  jax.clear_caches()
+  gc.collect()
+
+
 @pytest.fixture
 def tiny_config():
   """configs/ar_code.py:tiny, locked (existing keys may be changed, new keys fail)."""

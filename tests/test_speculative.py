@@ -22,7 +22,9 @@ V = 6
 def _model(vocab, d, layers, seed, mask='causal'):
   m = Transformer(TransformerConfig(vocab_size=vocab, d_model=d, n_layers=layers, n_heads=2,
                                     max_len=64, mask=mask))
-  params = m.init(jax.random.key(seed), jnp.zeros((1, 4), jnp.int32))['params']
+  # jitted: op-by-op init compiles the layer scan on its own, which segfaulted inside XLA's
+  # CPU compiler in a long-lived test worker (CI and locally, always at this fixture)
+  params = jax.jit(m.init)(jax.random.key(seed), jnp.zeros((1, 4), jnp.int32))['params']
   # larger logits than the init's, so p is far from uniform and p != q
   params = jax.tree.map(lambda a: a * 4.0 if a.ndim == 2 else a, params)
   return m, params
