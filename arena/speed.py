@@ -248,7 +248,8 @@ def few_step_findings(rows: list[dict], few, ref: dict) -> str:
   """The few-step race (issue 26): judge bits/byte of MDLM's ancestral sampler against SEDD's
   Tweedie and DUO's ancestral samplers at the same S (uniform chains may revise tokens, which
   is what should help at few steps)."""
-  names = {'ancestral': 'MDLM', 'sedd_tweedie': 'SEDD', 'duo_ancestral': 'DUO'}
+  names = {'ancestral': 'MDLM', 'sedd_tweedie': 'SEDD Tweedie', 'sedd_euler': 'SEDD Euler',
+           'duo_ancestral': 'DUO'}
   parts = []
   for S in few:
     got = {names[r['sampler']]: r for r in rows if r['sampler'] in names and r['steps'] == S}

@@ -24,6 +24,7 @@ temperature 1 with no top-k / top-p and no EOS:
                         per call;
   sedd_tweedie          SEDD (uniform chain; Lou et al. 2024) Tweedie tau-leaping, S steps
                         plus the final Tweedie step to t = 0 (NFE = S + 1);
+  sedd_euler            the same with Euler steps of the reverse rate;
   duo_ancestral         UDLM / DUO ancestral steps through the uniform-state posterior, S
                         steps plus noise removal (NFE = S + 1); both start from uniform noise
                         and may revise any token;
@@ -60,7 +61,8 @@ from typing import Callable, Sequence
 
 SAMPLERS = ('ar', 'ar_int8', 'ancestral', 'remdm', 'confidence_topk', 'confidence_threshold',
             'confidence_factor', 'entropy_bounded', 'semi_autoregressive', 'semi_ar_dual_cache',
-            'block_diffusion', 'sedd_tweedie', 'duo_ancestral', 'speculative')
+            'block_diffusion', 'sedd_tweedie', 'sedd_euler', 'duo_ancestral',
+            'speculative')
 AR_SAMPLERS = ('ar', 'ar_int8', 'speculative')  # the AR side of the race; the rest is diffusion
 SPEC_GAMMAS = (2, 4)  # draft lengths of the speculative rows
 SEMI_AR_BLOCK = 32  # LLaDA semi-AR block length bound (the largest divisor of N up to it)
@@ -122,6 +124,7 @@ def settings(new_tokens: int, steps: Sequence[int], bd3_block: int, *,
   for S in few_steps:
     add('ancestral', 'mdlm', S, steps=S, **exact)
     add('sedd_tweedie', 'sedd', S, steps=S)
+    add('sedd_euler', 'sedd', S, steps=S)
     add('duo_ancestral', 'duo', S, steps=S)
   for S in steps:
     add('ancestral', 'mdlm', S, steps=S, **exact)
@@ -136,6 +139,7 @@ def settings(new_tokens: int, steps: Sequence[int], bd3_block: int, *,
           steps_per_block=min(max(S // semi_blocks, 1), semi_block))
   for S in steps:
     add('sedd_tweedie', 'sedd', S, steps=S)
+    add('sedd_euler', 'sedd', S, steps=S)
     add('duo_ancestral', 'duo', S, steps=S)
   for S in steps:
     add('block_diffusion', 'bd3', S, block_size=bd3_block,
@@ -198,7 +202,7 @@ def make_run(row: dict, models: dict, prompt_ids, B: int, N: int):
     return lambda rng: (sp.speculative_generate(
         ar.LogitsFn(model), params, drafter, dparams, prompt, rng, *caches, gamma=kw['gamma'],
         max_new_tokens=N), P)
-  if row['sampler'] in ('sedd_tweedie', 'duo_ancestral'):
+  if row['sampler'] in ('sedd_tweedie', 'sedd_euler', 'duo_ancestral'):
     return uniform_run(row['sampler'], config, model, params, prompt, N, kw['steps'])
   mask_id = config.loss.mask_id
   fn = md.LogitsFn(model, mask_id, config.loss.time_conditioning)
@@ -227,14 +231,15 @@ def make_run(row: dict, models: dict, prompt_ids, B: int, N: int):
 
 
 def uniform_run(sampler: str, config, model, params, prompt, N: int, steps: int):
-  """fn(rng) -> (output, P) of a uniform-state sampler: SEDD Tweedie or DUO ancestral."""
+  """fn(rng) -> (output, P) of a uniform-state sampler: SEDD Tweedie or Euler, DUO ancestral."""
   P = prompt.shape[1]
-  if sampler == 'sedd_tweedie':
+  if sampler.startswith('sedd_'):
     from paradigms.sedd import Options
     from sample import sedd as ss
     fn = ss.LogScoreFn(model, Options(**config.loss))
+    method = sampler.removeprefix('sedd_')
     return lambda rng: (ss.sample(fn, params, prompt, rng, length=P + N, steps=steps,
-                                  method='tweedie'), P)
+                                  method=method), P)
   from paradigms.duo import Options
   from sample import duo as sd
   fn = sd.XThetaFn(model, Options(**config.loss))

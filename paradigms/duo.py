@@ -249,7 +249,7 @@ def trajectory(rng, opt: Options, x, *mus):
   """Points of one deterministic discrete trajectory (eq. 22): argmax(mu x + eps) with one eps
   for every mu [B] given; x int [B, L] -> one int [B, L] per mu. A position reads x from the
   first (largest) mu on where it does, and argmax(eps) before (App. A.7)."""
-  eps = gaussian_latent(rng, opt, x, jnp.zeros(x.shape[:1]))  # [B, L, N]
+  eps = jax.random.normal(rng, x.shape + (opt.num_states,))  # [B, L, N]
   hot = jax.nn.one_hot(x, opt.num_states)
   return tuple(jnp.argmax(mu[:, None, None] * hot + eps, -1) for mu in mus)
 

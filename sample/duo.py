@@ -53,12 +53,10 @@ class DUOOutput:
 def sample(fn, params, prompt, rng, *, length: int, steps: int = 64,
            greedy_tail: bool = False, eta: float = 0.0) -> DUOOutput:
   """`length` tokens per row, the first P fixed to prompt int32 [B, P] (P may be 0); `eta` in
-  [0, 1] the corrector's share (module doc)."""
+  [0, 1] the corrector's share (module doc; traced, so the caller checks its range)."""
   if steps < 1 or prompt.shape[1] >= length:
     raise ValueError(f'steps={steps} must be >= 1 and the prompt ({prompt.shape[1]} tokens) '
                      f'shorter than length={length}')
-  if isinstance(eta, (int, float)) and not 0.0 <= eta <= 1.0:
-    raise ValueError(f'eta={eta} must be in [0, 1]')
   opt = fn.opt
   B, P = prompt.shape
   times = jnp.linspace(1.0, opt.t_eps, steps + 1)
