@@ -93,6 +93,49 @@ def text_config(kind: str, spec: dict, *, block_size: int = 0) -> ml_collections
   return c
 
 
+DUO_ROUNDS = 5  # consistency-distillation rounds (delta 1/64 doubling to 1/4, as configs/duo_code.py)
+
+
+def train_stages(ctx: Context, stages: list[tuple[str, ml_collections.ConfigDict]]) -> Run:
+  """Train runs in order (each may start from an earlier one: train.init_from) and return the
+  last, charged with the training FLOPs and wall time of every stage."""
+  runs = [ctx.run(name, config) for name, config in stages]
+  return dataclasses.replace(runs[-1], train_flops=sum(r.train_flops for r in runs),
+                             train_seconds=sum(r.train_seconds for r in runs))
+
+
+def duo_recipe(recipe: str, spec: dict, workdir) -> list[tuple[str, ml_collections.ConfigDict]]:
+  """The runs of one of DUO's two recipes (Sahoo et al. 2025) on the `duo` contestant's network
+  and data, as [(name, config)] to train in order (the last is the result); workdir(name) is
+  where a run lives (`Context.workdir`):
+
+  'curriculum'  stage 1, the Gaussian-guided curriculum (eq. 21), for half of spec's steps
+                (`duo_cl1`), then stage 2, the plain NELBO from it, for the other half
+                (`duo_cl`): as many updates as the plain `duo` run.
+  'distill'     discrete consistency distillation (Alg. 1) of the finished `duo` run:
+                DUO_ROUNDS rounds of steps / DUO_ROUNDS updates at the config's lr
+                (`duo_dcd`); the final student is scored (no EMA: a few hundred updates are
+                too short for one).
+  """
+  steps = spec['train']['steps']
+  if recipe == 'curriculum':
+    first = apply(config_file('duo_code.py:small,curriculum'), spec)
+    first.train.steps = steps // 2
+    second = apply(config_file('duo_code.py:small'), spec)
+    second.train.update(steps=steps - steps // 2, init_from=workdir('duo_cl1'))
+    return [('duo_cl1', first), ('duo_cl', second)]
+  if recipe != 'distill':
+    raise ValueError(f"unknown DUO recipe {recipe!r}; choose 'curriculum' or 'distill'")
+  c = config_file('duo_code.py:small,distill')
+  lr = c.train.lr  # distillation's own (lower) rate, not the pre-training one of spec
+  apply(c, spec)
+  per_round = max(steps // DUO_ROUNDS, 1)
+  c.loss.distill_round_steps = per_round
+  c.train.update(steps=DUO_ROUNDS * per_round, warmup_steps=min(per_round, 50), lr=lr,
+                 init_from=workdir('duo'), ema_decay=0.0)
+  return [('duo_dcd', c)]
+
+
 def train_flops(config, n_params: int) -> float:
   """Analytic training FLOPs of `config` (module doc): steps x batch x tokens x FLOPs/token.
 

@@ -10,8 +10,9 @@ cache; speculative sampling drafted by a small AR model or a small BD3 model, bu
 MDLM (`mdlm`: ancestral sampling over a step sweep, LLaDA confidence top-k, Fast-dLLM
 threshold and factor rules, EB-sampler, LLaDA semi-AR blocks with and without Fast-dLLM's dual
 KV cache), BD3-LM with block 4 (`bd3_b4`, block by block with a KV cache), and the uniform-state
-chains (`sedd`: Tweedie tau-leaping; `duo`: ancestral), raced against MDLM's ancestral sampler at
-few steps too (SPEED's few_steps). The findings
+chains (`sedd`: Tweedie tau-leaping and Euler; `duo`: ancestral), raced against MDLM's ancestral
+sampler at few steps too (SPEED's few_steps), where the `duo` run distilled by DUO's discrete
+consistency distillation (`duo_dcd`, `runs.duo_recipe`) joins them. The findings
 race the diffusion rows against the fastest AR row at each batch size, tools included. Every
 row writes the same N bytes after
 the prompt 'def ' at temperature 1; the rows, the timing loop and the quality score are those of
@@ -34,12 +35,13 @@ import os
 
 from arena import report
 from arena.budgets import DRAFT, JUDGE, TEXT
-from arena.runs import text_config
+from arena.runs import duo_recipe, text_config, train_stages
 from arena import text_samplers as ts
 
 PROMPT = 'def '
 BD3_BLOCK = 4
 DEGENERATE_BITS = 1.0  # entropy this far below the reference's marks a row degenerate
+TIE_BITS = 0.1  # judge bits/byte closer than this are a tie (the rows carry no standard error)
 # Per budget: N new tokens (P + N <= the contestants' seq_len, so no model is asked for
 # positions it never trained on), the diffusion step sweep S, timed rounds, batch sizes (the
 # last is the quality batch) and the samplers run. Sampling cost: tiny ~20 s on two shared CPU
@@ -48,7 +50,7 @@ DEGENERATE_BITS = 1.0  # entropy this far below the reference's marks a row dege
 SPEED = {
     'tiny': dict(new_tokens=16, steps=(8,), repeats=1, batches=(1, 64), few_steps=(2,),
                  samplers=('ar', 'ancestral', 'confidence_topk', 'confidence_threshold',
-                           'block_diffusion', 'sedd_tweedie', 'duo_ancestral')),
+                           'block_diffusion', 'sedd_tweedie', 'duo_ancestral', 'duo_distilled')),
     'small': dict(new_tokens=124, steps=(16, 32, 124), repeats=2, batches=(1, 64),
                   few_steps=(2, 4, 8), samplers=tuple(s for s in ts.SAMPLERS if s != 'remdm')),
     'gpu': dict(new_tokens=480, steps=(32, 480), repeats=2, batches=(1, 64),
@@ -63,9 +65,12 @@ def contestants(ctx, samplers=()) -> dict:
           'ar': ctx.run('ar', text_config('ar', TEXT[ctx.budget])),
           'mdlm': ctx.run('mdlm', text_config('mdlm', TEXT[ctx.budget])),
           'bd3': ctx.run('bd3_b4', text_config('bd3', TEXT[ctx.budget], block_size=BD3_BLOCK))}
-  for kind, sampler in (('sedd', 'sedd_tweedie'), ('duo', 'duo_ancestral')):
-    if sampler in samplers:  # the uniform-state chains (shared with `blocks` and `embeddings`)
+  uses = {'sedd': ('sedd_tweedie', 'sedd_euler'), 'duo': ('duo_ancestral', 'duo_distilled')}
+  for kind, samplers_of in uses.items():
+    if set(samplers_of) & set(samplers):  # the uniform-state chains (shared with `blocks`, `embeddings`)
       runs[kind] = ctx.run(kind, text_config(kind, TEXT[ctx.budget]))
+  if 'duo_distilled' in samplers:  # DUO's consistency distillation of the `duo` run
+    runs['duo_dcd'] = train_stages(ctx, duo_recipe('distill', TEXT[ctx.budget], ctx.workdir))
   if 'speculative' in samplers:
     runs['ar_draft'] = ctx.run('ar_draft', text_config('ar', DRAFT[ctx.budget]))
     runs['bd3_draft'] = ctx.run('bd3_draft', text_config('bd3', DRAFT[ctx.budget],
@@ -223,7 +228,8 @@ def run(ctx) -> report.Section:
   for r in rows:
     r['mark'] = 'frontier' if r['frontier'] else 'degenerate' if r['degenerate'] else ''
   shown = rows + [dict(ref, mark='reference')]
-  named = [runs[k] for k in ('judge', 'ar', 'mdlm', 'bd3', 'sedd', 'duo', 'ar_draft', 'bd3_draft')
+  named = [runs[k] for k in ('judge', 'ar', 'mdlm', 'bd3', 'sedd', 'duo', 'duo_dcd', 'ar_draft',
+                             'bd3_draft')
            if k in runs]
   markdown = '\n\n'.join([
       f'{N} new bytes after `{PROMPT!r}` at temperature 1; quality of {batches[-1]} samples per '
@@ -249,7 +255,7 @@ def few_step_findings(rows: list[dict], few, ref: dict) -> str:
   Tweedie and DUO's ancestral samplers at the same S (uniform chains may revise tokens, which
   is what should help at few steps)."""
   names = {'ancestral': 'MDLM', 'sedd_tweedie': 'SEDD Tweedie', 'sedd_euler': 'SEDD Euler',
-           'duo_ancestral': 'DUO'}
+           'duo_ancestral': 'DUO', 'duo_distilled': 'DUO distilled'}
   parts = []
   for S in few:
     got = {names[r['sampler']]: r for r in rows if r['sampler'] in names and r['steps'] == S}
@@ -260,7 +266,28 @@ def few_step_findings(rows: list[dict], few, ref: dict) -> str:
     return ''
   return ('Few steps, judge bits/byte at the same S (reference text '
           f'{ref["bits_per_byte"]:.2f}, entropy {ref["entropy_bits"]:.2f}): ' + '; '.join(parts)
-          + '. These base models are not distilled (DUO\'s few-step claim is for its DCD runs).')
+          + '. ' + distilled_finding(rows, few))
+
+
+def distilled_finding(rows: list[dict], few) -> str:
+  """What DUO's consistency distillation bought at few steps: judge bits/byte of the distilled
+  run against its base at each S (DUO's claim: few-step samples near the base's many-step ones)."""
+  at = {(r['sampler'], r['steps']): r for r in rows}
+  pairs = [(S, at[('duo_ancestral', S)], at[('duo_distilled', S)]) for S in few
+           if ('duo_ancestral', S) in at and ('duo_distilled', S) in at]
+  if not pairs:
+    return 'The other rows are base models, not distilled.'
+  many = max((r for r in rows if r['sampler'] == 'duo_ancestral'), key=lambda r: r['steps'])
+  better = [S for S, b, d in pairs if d['bits_per_byte'] < b['bits_per_byte'] - TIE_BITS
+            and not d.get('degenerate')]
+  return ('DUO distilled against its base at the same S: ' + ', '.join(
+      f'S={S} {b["bits_per_byte"]:.2f} -> {d["bits_per_byte"]:.2f} (entropy '
+      f'{d["entropy_bits"]:.2f})' for S, b, d in pairs)
+      + f' (the base at S={many["steps"]}: {many["bits_per_byte"]:.2f}); distillation '
+      + ('helps at every S raced' if len(better) == len(pairs) else
+         f'helps at S={", ".join(map(str, better))} only' if better else
+         'does not help at this budget')
+      + f' (a gain under {TIE_BITS:g} bits/byte, or with degenerate samples, does not count).')
 
 
 def _plot(ctx, rows, ref, front, bq, batch, filename) -> str:

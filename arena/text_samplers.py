@@ -28,6 +28,8 @@ temperature 1 with no top-k / top-p and no EOS:
   duo_ancestral         UDLM / DUO ancestral steps through the uniform-state posterior, S
                         steps plus noise removal (NFE = S + 1); both start from uniform noise
                         and may revise any token;
+  duo_distilled         the same sampler on the DUO run distilled for few steps (model
+                        `duo_dcd`, DUO's discrete consistency distillation), few-step rows only;
   speculative           the AR model as the target of speculative sampling
                         (`sample.speculative`), drafted by a smaller AR model (`ar_draft`) or by
                         a small BD3 model (`bd3_draft`, one denoising call per block), gamma in
@@ -61,7 +63,7 @@ from typing import Callable, Sequence
 
 SAMPLERS = ('ar', 'ar_int8', 'ancestral', 'remdm', 'confidence_topk', 'confidence_threshold',
             'confidence_factor', 'entropy_bounded', 'semi_autoregressive', 'semi_ar_dual_cache',
-            'block_diffusion', 'sedd_tweedie', 'sedd_euler', 'duo_ancestral',
+            'block_diffusion', 'sedd_tweedie', 'sedd_euler', 'duo_ancestral', 'duo_distilled',
             'speculative')
 AR_SAMPLERS = ('ar', 'ar_int8', 'speculative')  # the AR side of the race; the rest is diffusion
 SPEC_GAMMAS = (2, 4)  # draft lengths of the speculative rows
@@ -88,11 +90,13 @@ def settings(new_tokens: int, steps: Sequence[int], bd3_block: int, *,
              log: Callable[[str], None] = log_stderr) -> list[dict]:
   """Every (sampler, settings) row to run, duplicates after clipping removed.
 
-  Rows are {'sampler', 'model' ('ar' | 'mdlm' | 'bd3' | 'sedd' | 'duo'), 'steps' (S or None), 'settings' (the
-  sampler's keyword arguments)}. `few_steps` adds step counts for MDLM's ancestral sampler and
-  the uniform-state samplers only (their few-step race). final_argmax=False makes the ancestral-type samplers (ancestral,
-  remdm, block_diffusion) fill their last step by sampling too (the exact reverse process at
-  temperature 1) instead of MDLM's final argmax; it is then recorded in the row's settings.
+  Rows are {'sampler', 'model' ('ar' | 'mdlm' | 'bd3' | 'sedd' | 'duo' | 'duo_dcd'), 'steps'
+  (S or None), 'settings' (the sampler's keyword arguments)}. `few_steps` adds step counts for
+  MDLM's ancestral sampler and the uniform-state samplers only (their few-step race; the
+  distilled DUO runs only there). final_argmax=False makes the ancestral-type samplers
+  (ancestral, remdm, block_diffusion) fill their last step by sampling too (the exact reverse
+  process at temperature 1) instead of MDLM's final argmax; it is then recorded in the row's
+  settings.
   """
   unknown = set(samplers) - set(SAMPLERS)
   if unknown:
@@ -126,6 +130,7 @@ def settings(new_tokens: int, steps: Sequence[int], bd3_block: int, *,
     add('sedd_tweedie', 'sedd', S, steps=S)
     add('sedd_euler', 'sedd', S, steps=S)
     add('duo_ancestral', 'duo', S, steps=S)
+    add('duo_distilled', 'duo_dcd', S, steps=S)
   for S in steps:
     add('ancestral', 'mdlm', S, steps=S, **exact)
     add('remdm', 'mdlm', S, steps=S, eta=ETA, **exact)
@@ -202,7 +207,7 @@ def make_run(row: dict, models: dict, prompt_ids, B: int, N: int):
     return lambda rng: (sp.speculative_generate(
         ar.LogitsFn(model), params, drafter, dparams, prompt, rng, *caches, gamma=kw['gamma'],
         max_new_tokens=N), P)
-  if row['sampler'] in ('sedd_tweedie', 'sedd_euler', 'duo_ancestral'):
+  if row['sampler'] in ('sedd_tweedie', 'sedd_euler', 'duo_ancestral', 'duo_distilled'):
     return uniform_run(row['sampler'], config, model, params, prompt, N, kw['steps'])
   mask_id = config.loss.mask_id
   fn = md.LogitsFn(model, mask_id, config.loss.time_conditioning)
@@ -231,7 +236,8 @@ def make_run(row: dict, models: dict, prompt_ids, B: int, N: int):
 
 
 def uniform_run(sampler: str, config, model, params, prompt, N: int, steps: int):
-  """fn(rng) -> (output, P) of a uniform-state sampler: SEDD Tweedie or Euler, DUO ancestral."""
+  """fn(rng) -> (output, P) of a uniform-state sampler: SEDD Tweedie or Euler, DUO ancestral
+  (also on the distilled DUO run)."""
   P = prompt.shape[1]
   if sampler.startswith('sedd_'):
     from paradigms.sedd import Options

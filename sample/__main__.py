@@ -101,7 +101,9 @@ def _parse(argv):
                  help="semi_ar: Fast-dLLM's approximate KV cache (sample/dllm_cache.py)")
   d.add_argument('--refresh', type=int, default=0, help='--dllm-cache: recompute the cache every '
                  'R-th call of a block (0 = once per block; 1 = exact)')
-  d.add_argument('--eta', type=float, default=0.5, help='ReMDM remasking strength')
+  d.add_argument('--eta', type=float, default=0.5,
+                 help='remdm: ReMDM remasking strength (default 0.5); duo: the corrector\'s '
+                 'weight, applied only when given (off by default)')
   d.add_argument('--infill', default='',
                  help="template with {mask:N} holes, e.g. 'def add(a, b):\n{mask:24}\n'; "
                       'its text stays fixed (replaces --prompt)')

@@ -148,6 +148,16 @@ def test_every_budget_builds_valid_configs(budget):
   configs += list(images.configs(images.IMAGES[budget], {'vqvae': '/x', 'vqvae_single': '/y'}).values())
   from arena import embeddings as emb
   configs += [text_config(k, TEXT[budget]) for k in ('sedd', 'duo')]
+  from arena.runs import duo_recipe
+  recipes = {r: duo_recipe(r, TEXT[budget], lambda name: f'/runs/{name}')
+             for r in ('curriculum', 'distill')}
+  (_, stage1), (_, stage2) = recipes['curriculum']
+  (_, dcd), = recipes['distill']
+  assert stage1.loss.curriculum_tau > 0 and stage2.loss.curriculum_tau == 0
+  assert stage1.train.steps + stage2.train.steps == TEXT[budget]['train']['steps']
+  assert stage2.train.init_from == '/runs/duo_cl1' and dcd.train.init_from == '/runs/duo'
+  assert dcd.loss.distill_delta > 0 and dcd.train.steps == 5 * dcd.loss.distill_round_steps
+  configs += [c for r in recipes.values() for _, c in r]
   configs += [emb.embed_config(k, TEXT[budget], emb.BUDGET[budget], '/x') for k in emb.BACKBONES]
   for c in configs:
     validate(c)

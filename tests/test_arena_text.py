@@ -157,6 +157,34 @@ def test_speed_findings_state_the_verdict_from_the_numbers():
       cached, ref, (1, 64))
 
 
+def test_the_duo_findings_follow_the_numbers():
+  """The distilled-vs-base sentence of `speed` and the curriculum sentence of `blocks` are
+  computed from the rows: which S distillation helps at (a degenerate row never counts), and
+  whether the curriculum's move is beyond 2 s.e."""
+  from arena.blocks import curriculum_finding
+  from arena.speed import distilled_finding
+
+  def row(sampler, S, bpb, degenerate=False):
+    return dict(sampler=sampler, steps=S, bits_per_byte=bpb, entropy_bits=4.0,
+                degenerate=degenerate)
+  base = [row('duo_ancestral', 2, 5.0), row('duo_ancestral', 4, 4.0), row('duo_ancestral', 16, 3.0)]
+  text = distilled_finding(base + [row('duo_distilled', 2, 4.5), row('duo_distilled', 4, 3.5)],
+                           (2, 4))
+  assert 'S=2 5.00 -> 4.50' in text and 'the base at S=16: 3.00' in text
+  assert 'helps at every S raced' in text
+  text = distilled_finding(base + [row('duo_distilled', 2, 4.5, True), row('duo_distilled', 4, 3.5)],
+                           (2, 4))
+  assert 'helps at S=4 only' in text
+  assert 'does not help' in distilled_finding(base + [row('duo_distilled', 2, 6.0)], (2,))
+  assert 'does not help' in distilled_finding(base + [row('duo_distilled', 2, 4.95)], (2,))
+  assert 'not distilled' in distilled_finding(base, (2,))
+  plain = {'bpb': 3.0, 'se': 0.01}
+  assert 'gain beyond the noise' in curriculum_finding(plain, {'bpb': 2.9, 'se': 0.01})
+  assert '-0.100' in curriculum_finding(plain, {'bpb': 2.9, 'se': 0.01})
+  assert 'loss beyond the noise' in curriculum_finding(plain, {'bpb': 3.1, 'se': 0.01})
+  assert 'within the noise' in curriculum_finding(plain, {'bpb': 3.02, 'se': 0.01})
+
+
 def test_infill_findings_need_an_edge_beyond_the_noise():
   from arena.infill import FILLERS, findings
 
@@ -233,16 +261,20 @@ def test_the_tool_rows_decode_every_position_on_tiny_models():
 
 
 def test_the_uniform_state_rows_race_mdlm_at_few_steps_and_decode_every_position():
-  """few_steps adds S for MDLM's ancestral, SEDD and DUO rows only; on random-init tiny models
-  the SEDD and DUO rows write every new position, from uniform noise, in S + 1 calls."""
+  """few_steps adds S for MDLM's ancestral, SEDD and DUO rows only (the distilled DUO run only
+  there); on random-init tiny models the SEDD and DUO rows write every new position, from
+  uniform noise, in S + 1 calls."""
   import jax
   from arena.text_samplers import make_run, settings
   rows = settings(8, [4], 4, samplers=('ar', 'ancestral', 'confidence_topk', 'sedd_tweedie',
-                                       'duo_ancestral'), few_steps=(2,))
-  few = [(r['sampler'], r['steps']) for r in rows if r['steps'] == 2]
-  assert few == [('ancestral', 2), ('sedd_tweedie', 2), ('duo_ancestral', 2)]
+                                       'duo_ancestral', 'duo_distilled'), few_steps=(2,))
+  few = [(r['sampler'], r['model'], r['steps']) for r in rows if r['steps'] == 2]
+  assert few == [('ancestral', 'mdlm', 2), ('sedd_tweedie', 'sedd', 2),
+                 ('duo_ancestral', 'duo', 2), ('duo_distilled', 'duo_dcd', 2)]
+  assert [r for r in rows if r['sampler'] == 'duo_distilled' and r['steps'] != 2] == []
+  duo = _random_run('duo')
   models = {k: (r.config, r.model, r.params) for k, r in
-            (('sedd', _random_run('sedd')), ('duo', _random_run('duo')))}
+            (('sedd', _random_run('sedd')), ('duo', duo), ('duo_dcd', duo))}
   prompt, B, N = np.asarray([100, 101, 102, 32], np.int32), 2, 8
   for row in [r for r in rows if r['model'] in models]:
     out, start = make_run(row, models, prompt, B, N)(jax.random.key(0))
