@@ -202,11 +202,12 @@ def _gradient_axes(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _text_alpha(text: str, height: int, em: float, u: float, v: float,
-                stroke: float = 0.0, width: int = 0) -> np.ndarray:
+                stroke: float = 0.0, width: int = 0, spans: bool = False):
   """Coverage of ``text`` drawn at ``em * height`` px (shrunk until its box fits inside a
   1-pixel margin) at relative position ``(u, v)`` in [0, 1]^2, its outline thickened by
   ``round(stroke * font size)`` px (0 = the font's regular weight). Returns float32 [H, W, 1]
-  in [0, 1] (``width`` 0 = ``height``).
+  in [0, 1] (``width`` 0 = ``height``); with ``spans`` also each character's horizontal
+  extent in output pixels, float32 [len(text), 2] (left, right: its ink box, outline included).
   """
   width = width or height
   canvas_h, canvas_w = height * _SUPERSAMPLE, width * _SUPERSAMPLE
@@ -227,13 +228,22 @@ def _text_alpha(text: str, height: int, em: float, u: float, v: float,
   mask = Image.new('L', (canvas_w, canvas_h), 0)
   ImageDraw.Draw(mask).text((x0, y0), text, fill=255, font=_font(size),
                             stroke_width=outline(size), stroke_fill=255)
-  return np.asarray(mask.reduce(_SUPERSAMPLE), np.float32)[..., None] / 255.0
+  alpha = np.asarray(mask.reduce(_SUPERSAMPLE), np.float32)[..., None] / 255.0
+  if not spans:
+    return alpha
+  font, pad = _font(size), outline(size)
+  extent = []  # character i: its ink box, placed at the advance of the characters before it
+  for i, c in enumerate(text):
+    c_left, _, c_right, _ = font.getbbox(c, stroke_width=pad)
+    advance = font.getlength(text[:i])
+    extent.append((x0 + advance + c_left, x0 + advance + c_right))
+  return alpha, np.asarray(extent, np.float32).reshape(-1, 2) / _SUPERSAMPLE
 
 
 def _paint(rng: np.random.Generator, text: str, height: int, width: int, jitter: float,
-           stroke: float) -> np.ndarray:
+           stroke: float, spans: bool = False):
   """Draws colours, background, size and position from ``rng`` and renders ``text``:
-  uint8 [H, W, 3]."""
+  uint8 [H, W, 3] (with ``spans``, also the characters' extents, see ``_text_alpha``)."""
   # Colours: text on the dark or light side, every background colour >= _MIN_CONTRAST away.
   dark_text = rng.random() < 0.5
   colours = rng.uniform(0, 255, size=(3, 3))  # [text, bg0, bg1] x RGB
@@ -255,19 +265,22 @@ def _paint(rng: np.random.Generator, text: str, height: int, width: int, jitter:
   if jitter != 1.0:  # shrink toward the largest size and the centre
     em = _EM_RANGE[1] - jitter * (_EM_RANGE[1] - em)
     u, v = 0.5 + jitter * (u - 0.5), 0.5 + jitter * (v - 0.5)
-  alpha = _text_alpha(text, height, em, u, v, stroke, width)  # [H, W, 1]
+  alpha = _text_alpha(text, height, em, u, v, stroke, width, spans)  # [H, W, 1]
+  alpha, extent = alpha if spans else (alpha, None)
   image = background * (1 - alpha) + ink.astype(np.float32) * alpha  # [H, W, 3]
-  return np.clip(np.rint(image), 0, 255).astype(np.uint8)
+  image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
+  return (image, extent) if spans else image
 
 
 def render_glyph(index: int, image_size: int, alphabet: str, max_chars: int,
                   split: str, jitter: float = 1.0, stroke: float = 0.0, *,
                   image_width: int = 0, prompts: bool = False,
-                  heldout_strings: float = DEFAULT_HELDOUT_STRINGS
-                  ) -> tuple[np.ndarray, np.ndarray]:
+                  heldout_strings: float = DEFAULT_HELDOUT_STRINGS, spans: bool = False
+                  ) -> tuple[np.ndarray, ...]:
   """Returns (image uint8 [H, W, 3], label int32 [max_chars]) for glyph ``index`` of ``split``,
   H = ``image_size``, W = ``image_width`` (0 = H; a square image is the same pixels whatever
-  the width argument says).
+  the width argument says). ``spans`` adds a third array, float32 [max_chars, 2]: each
+  character's (left, right) ink extent in pixels (0 past the string), for training readers.
 
   ``jitter`` in [0, 1] scales the spread of text size and position toward large and centred
   (1 = the full set; the same random draws, so 1 reproduces it exactly). ``stroke`` in
@@ -288,10 +301,15 @@ def render_glyph(index: int, image_size: int, alphabet: str, max_chars: int,
     rng = np.random.default_rng((_GLYPH_SALT, SPLITS[split], int(index)))
     ids = rng.integers(0, len(alphabet), size=int(rng.integers(1, max_chars, endpoint=True)))
     text = ''.join(alphabet[i] for i in ids)
-  image = _paint(rng, text, image_size, image_width or image_size, jitter, stroke)
+  image = _paint(rng, text, image_size, image_width or image_size, jitter, stroke, spans)
+  image, extent = image if spans else (image, None)
   label = np.zeros([max_chars], np.int32)
   label[:len(text)] = [1 + alphabet.index(c) for c in text]
-  return image, label
+  if not spans:
+    return image, label
+  out = np.zeros([max_chars, 2], np.float32)
+  out[:len(text)] = extent
+  return image, label, out
 
 
 def glyph_example(index: int, *, image_size: int = 32, alphabet: str = DEFAULT_ALPHABET,

@@ -142,3 +142,55 @@ def test_load_judge_trains_once_then_loads_the_cache(tmp_path, monkeypatch, caps
   with pytest.raises(AssertionError, match='cache miss'):  # bold letters: a judge of their own
     glyph_judge.load_judge(**dict(kwargs, stroke=0.06))
   glyph_judge.load_judge(**dict(kwargs, stroke=0.0))  # regular weight: the same (cached) key
+
+
+def test_the_renderer_reports_where_each_character_is_and_the_column_targets_read_back():
+  """render_glyph(spans=True) draws the same pixels and says where each character's ink is:
+  a string's ink lies inside the union of its spans, and each span holds ink (on the coverage
+  map, for strings of 1 to 8 characters). The column
+  targets built from the spans decode (merge repeats, drop blanks) to the label, equal
+  neighbours included; a character narrower than a column still gets one column."""
+  kw = dict(image_width=64, prompts=True)
+  for i in range(24):
+    image, label = glyphs.render_glyph(i, 32, glyphs.DEFAULT_ALPHABET, 8, 'train', **kw)
+    same, label2, spans = glyphs.render_glyph(i, 32, glyphs.DEFAULT_ALPHABET, 8, 'train',
+                                              spans=True, **kw)
+    np.testing.assert_array_equal(image, same)
+    np.testing.assert_array_equal(label, label2)
+    n = int((label > 0).sum())
+    assert (spans[n:] == 0).all() and (spans[:n, 1] > spans[:n, 0]).all()
+  for text, em, u in (('A7', 1.0, 0.5), ('B2MW', 0.7, 0.1), ('0123XYZ8', 0.5, 0.9), ('1', 0.4, 1)):
+    alpha, extent = glyphs._text_alpha(text, 32, em, u, 0.5, width=64, spans=True)
+    ink = alpha[..., 0].max(0) > 0.5  # [W] columns with ink
+    inside = np.zeros(64, bool)
+    for left, right in extent:
+      inside[int(np.floor(left)):int(np.ceil(right)) + 1] = True
+      assert ink[int(np.floor(left)):int(np.ceil(right)) + 1].any(), text
+    assert not (ink & ~inside).any(), text
+    np.testing.assert_array_equal(alpha, glyphs._text_alpha(text, 32, em, u, 0.5, width=64))
+
+  def read(frames):
+    out, prev = [], 0
+    for t in frames:
+      if t and t != prev:
+        out.append(int(t))
+      prev = t
+    return out
+  labels = np.array([[5, 5, 7, 0], [3, 0, 0, 0]], np.int32)
+  spans = np.array([[[0, 4], [4, 8], [8, 12], [0, 0]],  # two equal neighbours, 2-px characters
+                    [[9.2, 9.6], [0, 0], [0, 0], [0, 0]]], np.float32)  # narrower than a column
+  frames = glyph_judge.frame_targets(labels, spans, width=16, columns=8)  # columns 2 px wide
+  assert read(frames[0]) == [5, 5, 7] and read(frames[1]) == [3]
+  assert frames[1].tolist() == [0, 0, 0, 0, 3, 0, 0, 0]
+  x, y, f = glyph_judge._glyph_batch(range(64), 32, glyphs.DEFAULT_ALPHABET, 8, 'train',
+                                     image_width=64, prompts=True, columns=32)
+  assert [read(r) for r in f] == [[int(v) for v in row if v] for row in y]
+
+
+def test_the_column_loss_is_the_mean_cross_entropy():
+  module = glyph_judge.TextLineNet(num_classes=4, max_chars=2)
+  logits = jax.random.normal(jax.random.key(0), (2, 3, 4))
+  frames = np.array([[0, 1, 2], [3, 3, 0]], np.int32)
+  logp = np.asarray(jax.nn.log_softmax(logits, -1))
+  want = -np.mean([logp[b, t, frames[b, t]] for b in range(2) for t in range(3)])
+  np.testing.assert_allclose(float(module.frame_loss(logits, frames)), want, rtol=1e-6)
