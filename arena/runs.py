@@ -112,20 +112,26 @@ def duo_recipe(recipe: str, spec: dict, workdir) -> list[tuple[str, ml_collectio
   'curriculum'  stage 1, the Gaussian-guided curriculum (eq. 21), for half of spec's steps
                 (`duo_cl1`), then stage 2, the plain NELBO from it, for the other half
                 (`duo_cl`): as many updates as the plain `duo` run.
+  'restart'     the curriculum's control: the same two stages (`duo_rs1`, `duo_rs`: each with its
+                own warmup and cosine decay, the second from the first's params with a fresh
+                optimiser), both on the plain NELBO. 'curriculum' minus 'restart' is what the
+                curriculum itself does; 'restart' minus the one-run `duo` is what the restart costs.
   'distill'     discrete consistency distillation (Alg. 1) of the finished `duo` run:
                 DUO_ROUNDS rounds of steps / DUO_ROUNDS updates at the config's lr
                 (`duo_dcd`); the final student is scored (no EMA: a few hundred updates are
                 too short for one).
   """
   steps = spec['train']['steps']
-  if recipe == 'curriculum':
-    first = apply(config_file('duo_code.py:small,curriculum'), spec)
+  if recipe in ('curriculum', 'restart'):
+    name = {'curriculum': 'duo_cl', 'restart': 'duo_rs'}[recipe]
+    first = apply(config_file(f'duo_code.py:small{",curriculum" if recipe == "curriculum" else ""}'),
+                  spec)
     first.train.steps = steps // 2
     second = apply(config_file('duo_code.py:small'), spec)
-    second.train.update(steps=steps - steps // 2, init_from=workdir('duo_cl1'))
-    return [('duo_cl1', first), ('duo_cl', second)]
+    second.train.update(steps=steps - steps // 2, init_from=workdir(name + '1'))
+    return [(name + '1', first), (name, second)]
   if recipe != 'distill':
-    raise ValueError(f"unknown DUO recipe {recipe!r}; choose 'curriculum' or 'distill'")
+    raise ValueError(f"unknown DUO recipe {recipe!r}; choose 'curriculum', 'restart' or 'distill'")
   c = config_file('duo_code.py:small,distill')
   lr = c.train.lr  # distillation's own (lower) rate, not the pre-training one of spec
   apply(c, spec)

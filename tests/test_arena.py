@@ -150,8 +150,12 @@ def test_every_budget_builds_valid_configs(budget):
   configs += [text_config(k, TEXT[budget]) for k in ('sedd', 'duo')]
   from arena.runs import duo_recipe
   recipes = {r: duo_recipe(r, TEXT[budget], lambda name: f'/runs/{name}')
-             for r in ('curriculum', 'distill')}
+             for r in ('curriculum', 'restart', 'distill')}
   (_, stage1), (_, stage2) = recipes['curriculum']
+  (_, rs1), (_, rs2) = recipes['restart']  # the control: the same stages, both plain
+  assert rs1.loss.curriculum_tau == 0 and rs2.loss.curriculum_tau == 0
+  assert (rs1.train.steps, rs2.train.steps) == (stage1.train.steps, stage2.train.steps)
+  assert rs2.train.init_from == '/runs/duo_rs1'
   (_, dcd), = recipes['distill']
   assert stage1.loss.curriculum_tau > 0 and stage2.loss.curriculum_tau == 0
   assert stage1.train.steps + stage2.train.steps == TEXT[budget]['train']['steps']

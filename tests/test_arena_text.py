@@ -178,11 +178,15 @@ def test_the_duo_findings_follow_the_numbers():
   assert 'does not help' in distilled_finding(base + [row('duo_distilled', 2, 6.0)], (2,))
   assert 'does not help' in distilled_finding(base + [row('duo_distilled', 2, 4.95)], (2,))
   assert 'not distilled' in distilled_finding(base, (2,))
-  plain = {'bpb': 3.0, 'se': 0.01}
-  assert 'gain beyond the noise' in curriculum_finding(plain, {'bpb': 2.9, 'se': 0.01})
-  assert '-0.100' in curriculum_finding(plain, {'bpb': 2.9, 'se': 0.01})
-  assert 'loss beyond the noise' in curriculum_finding(plain, {'bpb': 3.1, 'se': 0.01})
-  assert 'within the noise' in curriculum_finding(plain, {'bpb': 3.02, 'se': 0.01})
+  plain, rs = {'bpb': 3.0, 'se': 0.01}, {'bpb': 3.2, 'se': 0.01}
+  text = curriculum_finding(plain, {'bpb': 2.9, 'se': 0.01}, plain)
+  assert 'by -0.100 bits/byte (s.e. 0.014, a gain, the paper' in text
+  assert 'against the control -0.100 (s.e. 0.014, a gain)' in text
+  text = curriculum_finding(plain, {'bpb': 3.1, 'se': 0.01}, rs)  # the restart costs, not it
+  assert 'by +0.100 bits/byte (s.e. 0.014, a loss)' in text
+  assert 'moves it +0.200 (s.e. 0.014, a loss)' in text
+  assert 'against the control -0.100 (s.e. 0.014, a gain)' in text
+  assert 'within the noise' in curriculum_finding(plain, {'bpb': 3.02, 'se': 0.01}, plain)
 
 
 def test_infill_findings_need_an_edge_beyond_the_noise():
@@ -282,3 +286,34 @@ def test_the_uniform_state_rows_race_mdlm_at_few_steps_and_decode_every_position
     np.testing.assert_array_equal(tokens[:, :start], np.broadcast_to(prompt, (B, start)))
     assert tokens.shape == (B, start + N) and (tokens[:, start:] < 257).all()
     assert int(out.nfe) == row['steps'] + 1
+
+
+def test_the_embeddings_finding_pairs_queries_and_names_the_control():
+  """The long-bucket sentence of `embeddings` comes from per-query ranks: the relative gain of
+  the best diffusion backbone over AR, the paired difference with its s.e., and whether the
+  bidirectional control beats the diffusion backbones beyond 2 s.e."""
+  import numpy as np
+  from arena.embeddings import BACKBONES, findings, paired, query_ndcg
+  assert np.allclose(query_ndcg([0, 1, 9, 10]), [1.0, 1 / np.log2(3), 1 / np.log2(11), 0.0])
+  lengths = np.array([100, 9000, 9000, 9000, 9000])  # one short query, four 8k+ ones
+  ranks = {'ar': [0, 20, 20, 1, 20], 'ar_bi': [0, 0, 0, 0, 0], 'mdlm': [0, 0, 0, 0, 1],
+           'sedd': [5, 20, 20, 20, 20], 'duo': [5, 20, 20, 20, 20]}
+  from evaluators.retrieval import bucket_names, by_bucket
+  results = {k: {'code': {'ranks': r, 'by_bucket': by_bucket(np.array(r), lengths)}}
+             for k, r in ranks.items()}
+  assert set(results) == set(BACKBONES)
+  sel = np.array([False, True, True, True, True])
+  m, se = paired(results, 'mdlm', 'ar', sel)
+  h = 1 / np.log2(3)  # nDCG of rank 1 (the second place)
+  d = np.array([1.0, 1.0, 1.0 - h, h])
+  assert np.isclose(m, d.mean()) and np.isclose(se, d.std(ddof=1) / 2)
+  text = findings(results, bucket_names(), lengths)
+  ar, mdlm = h / 4, (3 + h) / 4
+  assert f'(4 queries) the best diffusion backbone (MDLM) scores nDCG@10 {mdlm:.3f}' in text
+  assert f"against the AR model's {ar:.3f} ({(mdlm / ar - 1) * 100:+.0f}%" in text
+  assert 'at least the seed' in text
+  assert 'the control beats every diffusion backbone' not in text  # +0.09 +- 0.09: noise
+  ranks['mdlm'] = [0, 20, 20, 20, 20]  # now the control wins on every long query
+  results['mdlm']['code'] = {'ranks': ranks['mdlm'], 'by_bucket': by_bucket(np.array(ranks['mdlm']), lengths)}
+  text = findings(results, bucket_names(), lengths)
+  assert 'short of the seed' in text and 'the control beats every diffusion backbone' in text
