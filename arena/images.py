@@ -75,38 +75,38 @@ IMAGES = {
                    ckpt_every=4, ema_halflife_nimg=500.0),
         batch_size=8,
         measure=dict(num=8, repeats=1, cfg=3.0, euler=(2,), head_steps=(2,), maskgit=(2,),
-                     timing=(1, 8), judge_steps=20, judge_bar=0.0, grid=8)),
+                     timing=(1, 8), judge_steps=20, judge_bar=0.0, tokenizer_bar=0.0, grid=8)),
     'small': dict(
         preset='small', data=dict(jitter=0.3, stroke=0.06, max_chars=4),
         vqvae=dict(data=dict(batch_size=32),
-                   model=dict(base_channels=16, channel_mult=(1, 2, 2, 2), n_res_blocks=0,
-                              norm_groups=8, latent_dim=16, codebook_size=256, scales=(1, 2, 4),
-                              n_phi=3),
+                   model=dict(base_channels=32, channel_mult=(1, 2, 2), n_res_blocks=1,
+                              norm_groups=8, latent_dim=16, codebook_size=256,
+                              scales=(1, 2, 4, 8), n_phi=3),
                    train=dict(steps=1500, warmup_steps=50, eval_every=1500, eval_batches=4,
                               ckpt_every=500)),
-        backbone=dict(d_model=128, n_layers=4, n_heads=4), patch=8,
+        backbone=dict(d_model=128, n_layers=4, n_heads=4), patch=4,
         hart=dict(head_width=64, head_depth=2),
         train=dict(steps=3000, warmup_steps=100, lr=1e-3, log_every=50, eval_every=3000,
                    eval_batches=4, ckpt_every=500, ema_halflife_nimg=20_000.0),
         batch_size=64,
         measure=dict(num=256, repeats=1, cfg=3.0, euler=(4, 32), head_steps=(2, 8),
                      maskgit=(4, 16), timing=(1, 64), judge_steps=0, judge_bar=0.95,
-                     grid=24)),
+                     tokenizer_bar=0.75, grid=24)),
     'gpu': dict(
         preset='small', data=dict(jitter=0.3, stroke=0.06),
         vqvae=dict(data=dict(batch_size=128),
-                   model=dict(base_channels=64, channel_mult=(1, 2, 2, 2), n_res_blocks=1,
-                              latent_dim=16, codebook_size=512, scales=(1, 2, 4), n_phi=3),
+                   model=dict(base_channels=64, channel_mult=(1, 2, 2), n_res_blocks=1,
+                              latent_dim=16, codebook_size=512, scales=(1, 2, 4, 8), n_phi=3),
                    train=dict(steps=1200, warmup_steps=50, eval_every=1200, eval_batches=4,
                               ckpt_every=600)),
-        backbone=dict(d_model=256, n_layers=6, n_heads=8, dtype='bfloat16'), patch=8,
+        backbone=dict(d_model=256, n_layers=6, n_heads=8, dtype='bfloat16'), patch=4,
         hart=dict(head_width=256, head_depth=3),
         train=dict(steps=1200, warmup_steps=100, lr=1e-3, log_every=100, eval_every=1200,
                    eval_batches=4, ckpt_every=600, ema_halflife_nimg=50_000.0),
         batch_size=256,
         measure=dict(num=512, repeats=2, cfg=3.0, euler=(4, 16, 32), head_steps=(2, 8),
                      maskgit=(4, 8, 16), timing=(1, 64), judge_steps=0, judge_bar=0.95,
-                     grid=24)),
+                     tokenizer_bar=0.75, grid=24)),
 }
 
 
@@ -217,7 +217,7 @@ def legibility_pick(rows: list[dict], name: str) -> dict:
   return max(mine, key=key)
 
 
-def check_judge(config, m: dict, log) -> None:
+def check_judge(config, m: dict, log):
   """Train (or load the cached) glyph judge and refuse to race when it reads fewer than
   `m['judge_bar']` of the race's real held-out strings (the report's second held-out set):
   its legibility and FD would mean nothing."""
@@ -231,14 +231,39 @@ def check_judge(config, m: dict, log) -> None:
     raise ValueError(f'the glyph judge reads {100 * acc:.1f}% of real held-out strings, under '
                      f'the {100 * m["judge_bar"]:.0f}% bar: raise measure.judge_steps '
                      f'(now {m["judge_steps"] or "the default"}) in arena/images.py')
+  return judge
+
+
+def check_tokenizers(vq_runs: dict, judge, config, m: dict, log) -> None:
+  """Refuse to train the token models on a tokenizer whose reconstructions of the race's real
+  held-out strings are legible for fewer than `m['tokenizer_bar']`: no VAR, HART, raster AR or
+  MaskGIT can draw text its decoder cannot (the race of 2026-12-06 lost hours to that cap)."""
+  import jax
+  from evaluators.glyph_judge import match_rates
+  from paradigms import vqvae
+  from pipelines.images import eval_batches
+  real = eval_batches(config.data, batch_size=m['num'], num_batches=2)[1]
+  for name, run in vq_runs.items():
+    x_hat = jax.jit(lambda p, x, m=run.model: vqvae.reconstruct(m, p, x)[1])(run.params,
+                                                                         real['image'])
+    acc = match_rates(judge.predict(x_hat), real['label'])[0]
+    log(f'images: {name} reconstructions are legible for {100 * acc:.1f}% of {m["num"]} real '
+        'held-out strings')
+    if acc < m['tokenizer_bar']:
+      raise ValueError(f'the {name} tokenizer\'s reconstructions are legible for {100 * acc:.1f}% '
+                       f'of real held-out strings, under the {100 * m["tokenizer_bar"]:.0f}% bar: '
+                       'train it longer or wider (spec["vqvae"] in arena/images.py) and delete '
+                       f'{run.workdir}')
 
 
 def run(ctx) -> report.Section:
   spec = IMAGES[ctx.budget]
   m = spec['measure']
   cs = configs(spec, {k: ctx.workdir(k) for k in ('vqvae', 'vqvae_single')})
-  check_judge(cs['dit'], m, ctx.log)  # before two hours of training, not after
-  runs = {name: ctx.run(name, c) for name, c in cs.items()}  # the tokenizers first
+  judge = check_judge(cs['dit'], m, ctx.log)  # before hours of training, not after
+  runs = {name: ctx.run(name, cs[name]) for name in ('vqvae', 'vqvae_single')}
+  check_tokenizers(runs, judge, cs['dit'], m, ctx.log)
+  runs.update({name: ctx.run(name, c) for name, c in cs.items() if name not in runs})
   ctx.log('images: ' + '; '.join(runs[k].describe() for k in MODELS))
   contestants = {}
   for name in MODELS:

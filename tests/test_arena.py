@@ -176,3 +176,37 @@ def test_a_run_saved_before_the_schema_gained_a_key_still_matches():
   assert not same_config(saved, {'data': {'image_size': 32, 'seq_len': 256},
                                  'train': {'steps': 500}})  # a changed value
   assert not same_config(saved, {'data': {'image_size': 32}, 'train': {'steps': 500}})  # removed
+
+
+def test_the_image_race_refuses_an_illegible_tokenizer(monkeypatch):
+  """`check_tokenizers` scores each tokenizer's reconstructions of the race's real held-out
+  strings with the judge and refuses, naming the run, under `tokenizer_bar`. The judge here is
+  a stand-in: it reads a string only from an image equal to the real render (up to 1e-6 per
+  pixel), so an untrained tokenizer reads nothing and an exact one reads everything."""
+  import types
+  import jax
+  import numpy as np
+  from arena.images import IMAGES, check_tokenizers, configs
+  from paradigms import vqvae
+  from pipelines.images import eval_batches
+  cs = configs(IMAGES['tiny'], {'vqvae': '/x', 'vqvae_single': '/y'})
+  m = dict(IMAGES['tiny']['measure'], num=4)
+  real = eval_batches(cs['dit'].data, batch_size=m['num'], num_batches=2)[1]
+
+  class Judge:
+    def predict(self, x):
+      same = np.all(np.abs(np.asarray(x) - real['image']) < 1e-6, axis=(1, 2, 3))
+      return np.where(same[:, None], real['label'], 0)
+
+  model = vqvae.build(vqvae.VQConfig(**{k: v for k, v in cs['vqvae'].model.items()
+                                         if k in vqvae.VQConfig.__dataclass_fields__}))
+  params = vqvae.init(model, jax.random.key(0), {'image': real['image']})['params']
+  run = types.SimpleNamespace(model=model, params=params, workdir='/runs/vqvae')
+  logged = []
+  check_tokenizers({'vqvae': run}, Judge(), cs['dit'], dict(m, tokenizer_bar=0.0), logged.append)
+  assert 'legible for 0.0% of 4' in logged[0]
+  with pytest.raises(ValueError, match=r'legible for 0\.0%.*under the 50% bar.*/runs/vqvae'):
+    check_tokenizers({'vqvae': run}, Judge(), cs['dit'], dict(m, tokenizer_bar=0.5), print)
+  monkeypatch.setattr(vqvae, 'reconstruct', lambda model, params, x: (None, x))  # lossless
+  check_tokenizers({'exact': run}, Judge(), cs['dit'], dict(m, tokenizer_bar=1.0), logged.append)
+  assert 'exact reconstructions are legible for 100.0% of 4' in logged[-1]

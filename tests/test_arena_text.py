@@ -317,3 +317,22 @@ def test_the_embeddings_finding_pairs_queries_and_names_the_control():
   results['mdlm']['code'] = {'ranks': ranks['mdlm'], 'by_bucket': by_bucket(np.array(ranks['mdlm']), lengths)}
   text = findings(results, bucket_names(), lengths)
   assert 'short of the seed' in text and 'the control beats every diffusion backbone' in text
+
+
+def test_the_data_finding_on_the_uniform_chains_follows_their_curves():
+  """`data` asks whether the uniform-state chains resist repetition as MDLM does: a row within
+  0.01 of its best at the last epoch has not overfit."""
+  from arena.data import UNIFORM, contestants, uniform_finding
+  labels = [label for label, _, _ in contestants('tiny')]
+  assert sum(label.startswith(UNIFORM) for label in labels) == 2 and labels[:2] == ['AR', 'MDLM']
+  mdlm = {'best_bpb': 4.0, 'rise': 0.08}
+  row = lambda name, best, rise, epoch=256: dict(model=name, best_bpb=best, rise=rise,
+                                                 best_epoch=epoch, final_bpb=best + rise)
+  text = uniform_finding([row('SEDD (uniform)', 4.2, 0.0), row('UDLM / DUO', 4.4, 0.05, 200)],
+                         mdlm, 256)
+  assert 'SEDD (uniform) 4.200 (+0.200 vs MDLM' in text and 'not only the absorbing' in text
+  assert 'best at epoch 200, then +0.050' in text and '(MDLM: +0.080 after its best)' in text
+  text = uniform_finding([row('SEDD (uniform)', 4.2, 0.0), row('UDLM / DUO', 4.4, 0.3, 40)], mdlm, 256)
+  assert 'Not every uniform chain' in text
+  text = uniform_finding([row('SEDD (uniform)', 4.2, 0.2, 30), row('UDLM / DUO', 4.4, 0.3, 40)], mdlm, 256)
+  assert 'belongs to the absorbing mask' in text
