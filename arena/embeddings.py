@@ -136,16 +136,10 @@ def run(ctx) -> report.Section:
                'configs': {r.name: r.config.to_dict() for r in runs}})
 
 
-def query_ndcg(ranks, k: int = 10) -> np.ndarray:
-  """Per-query nDCG@k with one relevant document: 1 / log2(rank + 2) inside the top k, else 0.
-  float [Q] (its mean is evaluators.retrieval.ndcg_at)."""
-  r = np.asarray(ranks)
-  return np.where(r < k, 1.0 / np.log2(r + 2.0), 0.0)
-
-
 def paired(results: dict, a: str, b: str, sel: np.ndarray) -> tuple[float, float]:
   """Mean and standard error of model a's minus model b's per-query nDCG@10 over the code
   queries `sel` (bool [Q]): the same queries, so the difference is paired."""
+  from evaluators.retrieval import query_ndcg
   d = (query_ndcg(results[a]['code']['ranks']) - query_ndcg(results[b]['code']['ranks']))[sel]
   if d.size < 2:
     return float(d.mean()) if d.size else float('nan'), float('nan')
@@ -157,9 +151,9 @@ def findings(results: dict, buckets: list, doc_lengths) -> str:
   (relative nDCG@10, and the paired difference with its s.e. over the bucket's queries), and the
   control (AR weights, bidirectional fine-tune) against both. doc_lengths: int [Q] bytes of each
   code query's relevant file."""
-  from evaluators.retrieval import BUCKETS
+  from evaluators.retrieval import bucket_index
   long_ = buckets[-1]
-  sel = np.searchsorted(np.asarray(BUCKETS), np.asarray(doc_lengths), side='right') == len(BUCKETS)
+  sel = bucket_index(doc_lengths) == len(buckets) - 1
   nd = lambda k: results[k]['code']['by_bucket'][long_]['ndcg@10']
   best = max(DIFFUSION, key=nd)
   ar, ctrl, d = nd('ar'), nd('ar_bi'), nd(best)

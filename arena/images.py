@@ -196,19 +196,26 @@ def reading_rows(readers: dict, config, num: int, seed: int) -> list[dict]:
 def reference_rows(vq_runs: dict, judge, ref: dict, num: int) -> tuple[list[dict], dict]:
   """A second held-out set of `num` real glyphs and its reconstructions by each tokenizer,
   scored against `ref`. Returns (rows, {tokenizer: discrete reconstructions of ref's images})."""
-  import jax
-  from paradigms import vqvae
   from pipelines.images import eval_batches
   real = eval_batches(next(iter(vq_runs.values())).config.data, batch_size=num,
                       num_batches=2)[1]
   rows = [{'name': 'real', **bench.score(judge, real['image'], real['label'], ref['image'])}]
   grids = {}
   for name, run in vq_runs.items():
-    recon = jax.jit(lambda p, x, m=run.model: vqvae.reconstruct(m, p, x)[1])
-    x_hat = np.asarray(recon(run.params, real['image']))
-    rows.append({'name': name, **bench.score(judge, x_hat, real['label'], ref['image'])})
-    grids[name] = np.asarray(recon(run.params, ref['image']))
+    recon = reconstructor(run)
+    rows.append({'name': name, **bench.score(judge, recon(real['image']), real['label'],
+                                             ref['image'])})
+    grids[name] = recon(ref['image'])
   return rows, grids
+
+
+def reconstructor(run):
+  """A tokenizer run's discrete reconstruction decode(f_hat), one compiled function:
+  images [B, H, W, C] -> np.ndarray of the same shape."""
+  import jax
+  from paradigms import vqvae
+  fn = jax.jit(lambda p, x: vqvae.reconstruct(run.model, p, x)[1])
+  return lambda x: np.asarray(fn(run.params, x))
 
 
 def legibility_pick(rows: list[dict], name: str) -> dict:
@@ -240,15 +247,11 @@ def check_tokenizers(vq_runs: dict, judge, config, m: dict, log) -> None:
   """Refuse to train the token models on a tokenizer whose reconstructions of the race's real
   held-out strings are legible for fewer than `m['tokenizer_bar']`: no VAR, HART, raster AR or
   MaskGIT can draw text its decoder cannot (the race of 2026-12-06 lost hours to that cap)."""
-  import jax
   from evaluators.glyph_judge import match_rates
-  from paradigms import vqvae
   from pipelines.images import eval_batches
   real = eval_batches(config.data, batch_size=m['num'], num_batches=2)[1]
   for name, run in vq_runs.items():
-    x_hat = jax.jit(lambda p, x, m=run.model: vqvae.reconstruct(m, p, x)[1])(run.params,
-                                                                         real['image'])
-    acc = match_rates(judge.predict(x_hat), real['label'])[0]
+    acc = match_rates(judge.predict(reconstructor(run)(real['image'])), real['label'])[0]
     log(f'images: {name} reconstructions are legible for {100 * acc:.1f}% of {m["num"]} real '
         'held-out strings')
     if acc < m['tokenizer_bar']:

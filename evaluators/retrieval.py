@@ -36,12 +36,17 @@ def recall_at(r, k: int) -> float:
   return float(np.mean(r < k)) if r.size else float('nan')
 
 
+def query_ndcg(r, k: int = 10) -> np.ndarray:
+  """Per-query nDCG@k with one relevant document: 1 / log2(rank + 2) inside the top k, else 0.
+  r int [Q] -> float [Q]."""
+  r = np.asarray(r)
+  return np.where(r < k, 1.0 / np.log2(r + 2.0), 0.0)
+
+
 def ndcg_at(r, k: int = 10) -> float:
   """Mean nDCG@k with one relevant document per query."""
   r = np.asarray(r)
-  if not r.size:
-    return float('nan')
-  return float(np.mean(np.where(r < k, 1.0 / np.log2(r + 2.0), 0.0)))
+  return float(np.mean(query_ndcg(r, k))) if r.size else float('nan')
 
 
 def bucket_names(edges=BUCKETS) -> list[str]:
@@ -51,11 +56,15 @@ def bucket_names(edges=BUCKETS) -> list[str]:
   return names + [f'{fmt(edges[-1])}+']
 
 
+def bucket_index(lengths, edges=BUCKETS) -> np.ndarray:
+  """Each length's bucket: int [Q] in [0, len(edges)], the index into bucket_names(edges)."""
+  return np.searchsorted(np.asarray(edges), np.asarray(lengths), side='right')
+
+
 def by_bucket(r, lengths, edges=BUCKETS) -> dict:
   """{bucket: {'count', 'recall@1', 'recall@10', 'ndcg@10'}} by the relevant document's length
   (lengths int [Q], bytes)."""
-  r, lengths = np.asarray(r), np.asarray(lengths)
-  which = np.searchsorted(np.asarray(edges), lengths, side='right')
+  r, which = np.asarray(r), bucket_index(lengths, edges)
   out = {}
   for b, name in enumerate(bucket_names(edges)):
     sel = r[which == b]

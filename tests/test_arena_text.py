@@ -293,7 +293,8 @@ def test_the_embeddings_finding_pairs_queries_and_names_the_control():
   the best diffusion backbone over AR, the paired difference with its s.e., and whether the
   bidirectional control beats the diffusion backbones beyond 2 s.e."""
   import numpy as np
-  from arena.embeddings import BACKBONES, findings, paired, query_ndcg
+  from arena.embeddings import BACKBONES, findings, paired
+  from evaluators.retrieval import query_ndcg
   assert np.allclose(query_ndcg([0, 1, 9, 10]), [1.0, 1 / np.log2(3), 1 / np.log2(11), 0.0])
   lengths = np.array([100, 9000, 9000, 9000, 9000])  # one short query, four 8k+ ones
   ranks = {'ar': [0, 20, 20, 1, 20], 'ar_bi': [0, 0, 0, 0, 0], 'mdlm': [0, 0, 0, 0, 1],
