@@ -45,38 +45,47 @@ def data_key(d) -> dict:
 
 
 def settings(config, model, *, samplers: Sequence[str] = ('euler',), steps: Sequence[int] = (4,),
-             head_steps: Sequence[int] = (8,), top_k: int = 0) -> list[dict]:
-  """The generator options to measure for one run (see the module doc)."""
+             head_steps: Sequence[int] = (8,), top_k: int | Sequence[int] = 0,
+             cfg: Sequence[float] = ()) -> list[dict]:
+  """The generator options to measure for one run (see the module doc). ``top_k`` may be a
+  sweep for the token paradigms (0 = the full distribution, 1 = greedy); ``cfg`` a sweep of
+  guidance weights carried by each setting (empty: every row takes `measure`'s one ``cfg``)."""
+  ks = (top_k,) if isinstance(top_k, int) else tuple(top_k)
   if config.paradigm == 'image_diffusion':
     if model.cfg.step_conditioning:  # shortcut: Euler at the trained power-of-two step sizes
       top = 2 ** model.cfg.max_step_index
-      return [dict(sampler='euler', steps=n) for n in steps if n & (n - 1) == 0 and n <= top]
-    return [dict(sampler=s, steps=n) for s in samplers for n in steps]
-  if config.paradigm in ('next_scale', 'raster_ar'):
-    return [dict(top_k=top_k)]
-  if config.paradigm == 'hybrid':
-    return [dict(top_k=top_k, head_steps=n) for n in head_steps]
-  if config.paradigm == 'maskgit':
-    return [dict(top_k=top_k, steps=n) for n in steps]
-  if config.paradigm == 'transfusion':
-    return [dict(sampler='euler', steps=n) for n in steps]
-  raise ValueError(f'{config.paradigm!r} runs are not image generators; give runs of '
-                   "'image_diffusion', 'next_scale', 'hybrid', 'raster_ar', 'maskgit' or "
-                   "'transfusion'")
+      rows = [dict(sampler='euler', steps=n) for n in steps if n & (n - 1) == 0 and n <= top]
+    else:
+      rows = [dict(sampler=s, steps=n) for s in samplers for n in steps]
+  elif config.paradigm in ('next_scale', 'raster_ar'):
+    rows = [dict(top_k=k) for k in ks]
+  elif config.paradigm == 'hybrid':
+    rows = [dict(top_k=k, head_steps=n) for k in ks for n in head_steps]
+  elif config.paradigm == 'maskgit':
+    rows = [dict(top_k=k, steps=n) for k in ks for n in steps]
+  elif config.paradigm == 'transfusion':
+    rows = [dict(sampler='euler', steps=n) for n in steps]
+  else:
+    raise ValueError(f'{config.paradigm!r} runs are not image generators; give runs of '
+                     "'image_diffusion', 'next_scale', 'hybrid', 'raster_ar', 'maskgit' or "
+                     "'transfusion'")
+  return [dict(row, cfg=float(w)) for w in cfg for row in rows] if cfg else rows
 
 
 def describe(row: dict) -> str:
-  """A setting in words: 'euler x 4', 'K scales', 'head 8 steps' (+ top-k)."""
+  """A setting in words: 'euler x 4', 'K scales', 'head 8 steps' (+ top-k, + the guidance
+  weight when the setting carries its own)."""
+  w = f', w={row["cfg"]:g}' if 'cfg' in row else ''
   if 'sampler' in row:
-    return f'{row["sampler"]} x {row["steps"]}'
-  k = f', top-k {row["top_k"]}' if row.get('top_k') else ''
+    return f'{row["sampler"]} x {row["steps"]}{w}'
+  k = (', greedy' if row['top_k'] == 1 else f', top-k {row["top_k"]}') if row.get('top_k') else ''
   if row.get('paradigm') == 'maskgit':
-    return f'{row["steps"]} steps{k}'
+    return f'{row["steps"]} steps{k}{w}'
   if row.get('paradigm') == 'raster_ar':
-    return f'{row["nfe"]} codes{k}'
+    return f'{row["nfe"]} codes{k}{w}'
   if 'head_steps' in row:
-    return f'{row["nfe"]} scales + head {row["head_steps"]} steps{k}'
-  return f'{row["nfe"]} scales{k}'
+    return f'{row["nfe"]} scales + head {row["head_steps"]} steps{k}{w}'
+  return f'{row["nfe"]} scales{k}{w}'
 
 
 @dataclasses.dataclass
@@ -130,11 +139,11 @@ def quality_pass(contestants: Sequence[Contestant], *, ref: dict, judge, num: in
     n_params = int(sum(v.size for v in jax.tree.leaves(c.params)))
     for opts in c.settings:
       call = lambda c=c, o=opts: images.generate(c.config, c.model, c.params, rng, num=num,
-                                                 cfg=cfg, labels=ref['label'],
-                                                 tokenizer=c.tokenizer, **o)
+                                                 labels=ref['label'], tokenizer=c.tokenizer,
+                                                 **{'cfg': cfg, **o})
       t0 = time.perf_counter()
       x, nfe = call()
-      row = {'name': c.name, 'paradigm': c.config.paradigm, **opts, 'nfe': nfe,
+      row = {'name': c.name, 'paradigm': c.config.paradigm, 'cfg': cfg, **opts, 'nfe': nfe,
              'params': n_params, 'compile_s': time.perf_counter() - t0,
              **score(judge, x, ref['label'], ref['image'])}
       rows.append(row)
@@ -161,31 +170,33 @@ def timing_pass(calls: Sequence[Callable], repeats: int) -> list[float]:
   return [statistics.median(t) for t in times]
 
 
-def batch_calls(contestants: Sequence[Contestant], *, ref: dict, cfg: float, rng,
+def batch_calls(pairs: Sequence[tuple], *, ref: dict, cfg: float, rng,
                 batch: int) -> list[Callable]:
-  """One call per (contestant, setting), in `quality_pass` order, drawing `batch` images for the
-  first `batch` reference labels (compiled by a first untimed call each)."""
+  """One call per (contestant, setting) pair, drawing `batch` images for the first `batch`
+  reference labels (compiled by a first untimed call each)."""
   import jax
   from evaluators import images
   calls = []
-  for c in contestants:
-    for opts in c.settings:
-      call = lambda c=c, o=opts: images.generate(c.config, c.model, c.params, rng, num=batch,
-                                                 cfg=cfg, labels=ref['label'][:batch],
-                                                 tokenizer=c.tokenizer, **o)
-      jax.block_until_ready(call()[0])
-      calls.append(call)
+  for c, opts in pairs:
+    call = lambda c=c, o=opts: images.generate(c.config, c.model, c.params, rng, num=batch,
+                                               labels=ref['label'][:batch],
+                                               tokenizer=c.tokenizer, **{'cfg': cfg, **o})
+    jax.block_until_ready(call()[0])
+    calls.append(call)
   return calls
 
 
 def measure(contestants: Sequence[Contestant], *, num: int, cfg: float = 1.0, seed: int = 0,
             repeats: int = 2, judge_steps: int = 0, quality_only: bool = False,
             keep_samples: bool = False, timing_batches: Sequence[int] = (),
+            timed: Callable[[list[dict]], Sequence[int]] | None = None,
             log: Callable[[str], None] = log_stderr) -> Measured:
   """The quality pass, then (unless quality_only) the timing pass, over all contestants with
   one rng, one judge and one reference set (the first contestant's held-out glyphs). The timing
   pass times the quality calls (`num` images: 'images_per_s'), or with `timing_batches` calls
-  of each of those batch sizes ('images_per_s_b<B>', and 'images_per_s' = the largest B's)."""
+  of each of those batch sizes ('images_per_s_b<B>', and 'images_per_s' = the largest B's).
+  `timed(rows)` picks the rows to time at `timing_batches` (default: all): every timed setting
+  compiles once per batch size, which dominates a CPU run of a wide sweep."""
   import jax
   from evaluators import images
   if not contestants:
@@ -198,9 +209,12 @@ def measure(contestants: Sequence[Contestant], *, num: int, cfg: float = 1.0, se
   if not quality_only and not timing_batches:
     for row, med in zip(rows, timing_pass(calls, repeats)):
       row.update(median_seconds=med, images_per_s=num / med)
+  pairs = [(c, opts) for c in contestants for opts in c.settings]  # in row order
+  keep = list(range(len(rows))) if timed is None else sorted(set(timed(rows)))
   for b in ([] if quality_only else sorted(timing_batches)):
-    log(f'timing every setting at batch {b}')
-    bcalls = batch_calls(contestants, ref=ref, cfg=cfg, rng=jax.random.key(seed), batch=b)
-    for row, med in zip(rows, timing_pass(bcalls, repeats)):
-      row.update({f'images_per_s_b{b}': b / med, 'images_per_s': b / med})
+    log(f'timing {len(keep)} of {len(rows)} settings at batch {b}')
+    bcalls = batch_calls([pairs[i] for i in keep], ref=ref, cfg=cfg, rng=jax.random.key(seed),
+                         batch=b)
+    for i, med in zip(keep, timing_pass(bcalls, repeats)):
+      rows[i].update({f'images_per_s_b{b}': b / med, 'images_per_s': b / med})
   return Measured(rows=rows, reference=ref, judge=judge, samples=samples)

@@ -49,6 +49,7 @@ _SUPERSAMPLE = 2  # text is rasterized at 2x and box-downsampled
 _MIN_CONTRAST = 0.4  # min |luminance(text) - luminance(background)|, luminance in [0, 1]
 _EM_RANGE = (0.4, 1.0)  # font size (em) as a fraction of image_size, before shrink-to-fit
 MAX_STROKE = 0.15  # data.stroke bound: wider outlines fill the counters of 8, B, 0 ...
+PALETTES = ('colour', 'mono')  # data.palette: random colours / black ink on a white ground
 _LUMA = np.array([0.2126, 0.7152, 0.0722])  # Rec. 709, on sRGB values in [0, 1]
 
 
@@ -59,6 +60,13 @@ def check_alphabet(alphabet: str, max_chars: int) -> None:
                      f'whitespace characters; e.g. {DEFAULT_ALPHABET!r}.')
   if max_chars < 1:
     raise ValueError(f'data.max_chars={max_chars} must be >= 1.')
+
+
+def check_palette(palette: str, name: str = 'palette') -> None:
+  """Raises ValueError unless ``palette`` is one of PALETTES."""
+  if palette not in PALETTES:
+    raise ValueError(f'{name}={palette!r}; use one of {PALETTES} (colour: random ink and '
+                     'background, the default; mono: black ink on white).')
 
 
 def check_prompts(alphabet: str, max_chars: int, heldout_strings: float) -> None:
@@ -241,9 +249,11 @@ def _text_alpha(text: str, height: int, em: float, u: float, v: float,
 
 
 def _paint(rng: np.random.Generator, text: str, height: int, width: int, jitter: float,
-           stroke: float, spans: bool = False):
+           stroke: float, spans: bool = False, palette: str = 'colour'):
   """Draws colours, background, size and position from ``rng`` and renders ``text``:
-  uint8 [H, W, 3] (with ``spans``, also the characters' extents, see ``_text_alpha``)."""
+  uint8 [H, W, 3] (with ``spans``, also the characters' extents, see ``_text_alpha``).
+  ``palette`` 'mono' paints black ink on white after the same draws (size and position
+  unchanged)."""
   # Colours: text on the dark or light side, every background colour >= _MIN_CONTRAST away.
   dark_text = rng.random() < 0.5
   colours = rng.uniform(0, 255, size=(3, 3))  # [text, bg0, bg1] x RGB
@@ -261,6 +271,8 @@ def _paint(rng: np.random.Generator, text: str, height: int, width: int, jitter:
     t = x * np.float32(np.cos(theta)) + y * np.float32(np.sin(theta))  # [H, W]
     t = ((t - t.min()) / max(float(t.max() - t.min()), 1e-6))[..., None]  # [H, W, 1] in [0, 1]
     background = (1 - t) * bgs[0].astype(np.float32) + t * bgs[1].astype(np.float32)
+  if palette == 'mono':
+    ink, background = np.zeros(3), np.full((height, width, 3), 255.0, np.float32)
   em, (u, v) = rng.uniform(*_EM_RANGE), rng.random(2)
   if jitter != 1.0:  # shrink toward the largest size and the centre
     em = _EM_RANGE[1] - jitter * (_EM_RANGE[1] - em)
@@ -275,8 +287,8 @@ def _paint(rng: np.random.Generator, text: str, height: int, width: int, jitter:
 def render_glyph(index: int, image_size: int, alphabet: str, max_chars: int,
                   split: str, jitter: float = 1.0, stroke: float = 0.0, *,
                   image_width: int = 0, prompts: bool = False,
-                  heldout_strings: float = DEFAULT_HELDOUT_STRINGS, spans: bool = False
-                  ) -> tuple[np.ndarray, ...]:
+                  heldout_strings: float = DEFAULT_HELDOUT_STRINGS, spans: bool = False,
+                  palette: str = 'colour') -> tuple[np.ndarray, ...]:
   """Returns (image uint8 [H, W, 3], label int32 [max_chars]) for glyph ``index`` of ``split``,
   H = ``image_size``, W = ``image_width`` (0 = H; a square image is the same pixels whatever
   the width argument says). ``spans`` adds a third array, float32 [max_chars, 2]: each
@@ -285,7 +297,8 @@ def render_glyph(index: int, image_size: int, alphabet: str, max_chars: int,
   ``jitter`` in [0, 1] scales the spread of text size and position toward large and centred
   (1 = the full set; the same random draws, so 1 reproduces it exactly). ``stroke`` in
   [0, MAX_STROKE] thickens the letters by that fraction of the font size (0 = the regular
-  weight, bit for bit; 0.06 = bold). ``prompts``: the prompt set (module docstring; splits
+  weight, bit for bit; 0.06 = bold). ``palette`` 'mono' draws black on white (the same
+  strings, sizes and positions as 'colour'). ``prompts``: the prompt set (module docstring; splits
   'train' | 'eval' | 'eval_seen'), its held-out strings a ``heldout_strings`` fraction. Inputs
   are checked by ``glyph_example``; this is the unchecked fast path."""
   if index < 0:
@@ -301,7 +314,8 @@ def render_glyph(index: int, image_size: int, alphabet: str, max_chars: int,
     rng = np.random.default_rng((_GLYPH_SALT, SPLITS[split], int(index)))
     ids = rng.integers(0, len(alphabet), size=int(rng.integers(1, max_chars, endpoint=True)))
     text = ''.join(alphabet[i] for i in ids)
-  image = _paint(rng, text, image_size, image_width or image_size, jitter, stroke, spans)
+  image = _paint(rng, text, image_size, image_width or image_size, jitter, stroke, spans,
+                 palette)
   image, extent = image if spans else (image, None)
   label = np.zeros([max_chars], np.int32)
   label[:len(text)] = [1 + alphabet.index(c) for c in text]
@@ -315,7 +329,8 @@ def render_glyph(index: int, image_size: int, alphabet: str, max_chars: int,
 def glyph_example(index: int, *, image_size: int = 32, alphabet: str = DEFAULT_ALPHABET,
                   max_chars: int = 3, split: str = 'train', jitter: float = 1.0,
                   stroke: float = 0.0, image_width: int = 0, prompts: bool = False,
-                  heldout_strings: float = DEFAULT_HELDOUT_STRINGS) -> dict[str, np.ndarray]:
+                  heldout_strings: float = DEFAULT_HELDOUT_STRINGS,
+                  palette: str = 'colour') -> dict[str, np.ndarray]:
   """Glyph ``index`` (any int >= 0) of ``split`` ('train' | 'eval', and 'eval_seen' with
   ``prompts``); a function of both only (and of the set's settings, see ``render_glyph``).
 
@@ -323,13 +338,14 @@ def glyph_example(index: int, *, image_size: int = 32, alphabet: str = DEFAULT_A
   """
   check_size(image_size, image_width)
   check_stroke(stroke)
+  check_palette(palette)
   if prompts:
     check_prompts(alphabet, max_chars, heldout_strings)
   else:
     check_alphabet(alphabet, max_chars)
   image, label = render_glyph(index, image_size, alphabet, max_chars, split, jitter, stroke,
                               image_width=image_width, prompts=prompts,
-                              heldout_strings=heldout_strings)
+                              heldout_strings=heldout_strings, palette=palette)
   return {'image': to_float(image), 'label': label}
 
 

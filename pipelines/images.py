@@ -41,8 +41,8 @@ from PIL import Image
 
 from pipelines.text import is_held_out, random_stream
 from pipelines.glyphs import (DEFAULT_ALPHABET, DEFAULT_HELDOUT_STRINGS, check_alphabet,
-                              check_prompts, check_size, check_stroke, render_glyph, to_float,
-                              to_gray)
+                              check_palette, check_prompts, check_size, check_stroke,
+                              render_glyph, to_float, to_gray)
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg')
 DEFAULT_GLYPH_EVAL_BATCHES = 8
@@ -70,11 +70,13 @@ class _Glyphs:
   image_width: int = 0  # W (0 = image_size: square)
   prompts: bool = False  # the prompt set: seen strings to train on, held-out ones to evaluate
   heldout_strings: float = DEFAULT_HELDOUT_STRINGS  # prompts: fraction of strings held out
+  palette: str = 'colour'  # 'colour' (random ink and background) | 'mono' (black on white)
 
   def example(self, index: int, split: str) -> dict[str, np.ndarray]:
     image, label = render_glyph(index, self.image_size, self.alphabet, self.max_chars, split,
                                  self.jitter, self.stroke, image_width=self.image_width,
-                                 prompts=self.prompts, heldout_strings=self.heldout_strings)
+                                 prompts=self.prompts, heldout_strings=self.heldout_strings,
+                                 palette=self.palette)
     return {'image': to_float(image if self.channels == 3 else to_gray(image)), 'label': label}
 
   def train_example(self, index: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -90,6 +92,7 @@ class _Glyphs:
     mode = 'RGB' if self.channels == 3 else 'gray'
     spread = '' if self.jitter == 1.0 else f', jitter {self.jitter:g}'
     spread += f', stroke {self.stroke:g}' if self.stroke else ''
+    spread += ', black on white' if self.palette == 'mono' else ''
     what = (f'prompts of 1-{self.max_chars} chars ({self.heldout_strings:g} of strings held '
             'out)' if self.prompts else f'1-{self.max_chars} chars')
     return (f'glyphs: {self.image_size}x{self.image_width or self.image_size} {mode}, {what} '
@@ -160,12 +163,14 @@ def _open_glyphs(cfg, image_size: int, channels: int, holdout_fraction: float) -
     raise ValueError(f'data.jitter={jitter} must be in [0, 1] (1 = full size/position spread).')
   stroke = float(_get(cfg, 'stroke', 0.0))
   check_stroke(stroke, 'data.stroke')
+  palette = str(_get(cfg, 'palette', 'colour'))
+  check_palette(palette, 'data.palette')
   prompts = bool(_get(cfg, 'prompts', False))
   heldout = float(_get(cfg, 'heldout_strings', DEFAULT_HELDOUT_STRINGS))
   if prompts:
     check_prompts(alphabet, max_chars, heldout)
   return _Glyphs(image_size, channels, alphabet, max_chars, max_chars, len(alphabet) + 1, jitter,
-                 stroke, int(_get(cfg, 'image_width', 0)), prompts, heldout)
+                 stroke, int(_get(cfg, 'image_width', 0)), prompts, heldout, palette)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -210,3 +210,51 @@ def test_the_image_race_refuses_an_illegible_tokenizer(monkeypatch):
   monkeypatch.setattr(vqvae, 'reconstruct', lambda model, params, x: (None, x))  # lossless
   check_tokenizers({'exact': run}, Judge(), cs['dit'], dict(m, tokenizer_bar=1.0), logged.append)
   assert 'exact reconstructions are legible for 100.0% of 4' in logged[-1]
+
+
+def test_image_settings_sweep_guidance_and_top_k_and_each_row_draws_with_its_own(monkeypatch):
+  """bench.settings crosses the paradigm's options with the top-k and guidance sweeps (a token
+  model: |top_k| x |cfg| rows; DiT ignores top-k), and quality_pass draws every row with the
+  row's own guidance weight (w), not measure's default: the generator is a stand-in that
+  records the w it is called with."""
+  import types
+  import numpy as np
+  from arena import image_samplers as bench
+  from evaluators import images as ev
+  ar = types.SimpleNamespace(paradigm='raster_ar')
+  rows = bench.settings(ar, None, top_k=(0, 1), cfg=(1.5, 3.0))
+  assert rows == [dict(top_k=0, cfg=1.5), dict(top_k=1, cfg=1.5), dict(top_k=0, cfg=3.0),
+                  dict(top_k=1, cfg=3.0)]
+  dit = types.SimpleNamespace(paradigm='image_diffusion')
+  model = types.SimpleNamespace(cfg=types.SimpleNamespace(step_conditioning=False))
+  assert len(bench.settings(dit, model, steps=(4, 32), top_k=(0, 1), cfg=(1.5, 3.0))) == 4
+  assert bench.settings(ar, None) == [dict(top_k=0)]  # no sweep: measure's cfg for every row
+  seen = []
+
+  def generate(config, model, params, rng, *, num, labels, tokenizer, cfg, **opts):
+    seen.append(cfg)
+    return np.zeros([num, 4, 8, 3], np.float32), 7
+
+  monkeypatch.setattr(ev, 'generate', generate)
+  monkeypatch.setattr(bench, 'score', lambda judge, x, labels, ref: {
+      'fd': 0.0, 'accuracy': 0.0, 'char_accuracy': 0.0, 'by_length': {}})
+  c = bench.Contestant('ar', types.SimpleNamespace(paradigm='raster_ar', data={}), None,
+                       {'w': np.zeros(3)}, rows)
+  ref = {'label': np.zeros([2, 3], np.int32), 'image': np.zeros([2, 4, 8, 3], np.float32)}
+  out, _, _ = bench.quality_pass([c], ref=ref, judge=None,
+                                 num=2, cfg=9.0, rng=None, log=lambda m: None)
+  assert seen == [1.5, 1.5, 3.0, 3.0] and [r['cfg'] for r in out] == seen
+  assert bench.describe(out[1]) == '7 codes, greedy, w=1.5'
+
+
+def test_the_race_times_each_models_pick_and_its_few_step_setting():
+  """timed_rows keeps, per model, the most legible setting and the fewest-NFE setting at the
+  pick's guidance weight and top-k (one row when they coincide)."""
+  from arena.images import timed_rows
+  row = lambda name, nfe, w, chars, **o: dict(name=name, nfe=nfe, cfg=w, char_accuracy=chars,
+                                               accuracy=chars / 2, **o)
+  rows = [row('dit', 4, 1.5, 0.1), row('dit', 32, 1.5, 0.3), row('dit', 4, 3.0, 0.2),
+          row('dit', 32, 3.0, 0.25), row('ar', 128, 1.5, 0.2, top_k=0),
+          row('ar', 128, 1.5, 0.4, top_k=1), row('hart', 4, 3.0, 0.3, top_k=0, head_steps=8),
+          row('hart', 4, 3.0, 0.1, top_k=0, head_steps=2)]
+  assert sorted(set(timed_rows(rows))) == [0, 1, 5, 6, 7]

@@ -113,6 +113,29 @@ def test_jitter_shrinks_the_spread_of_text_size_and_position():
   assert np.abs(full - 15.5).max() > 5.0, full  # the full set really moves text around
 
 
+def test_mono_palette_is_black_ink_on_white_with_the_same_layout():
+  """palette='mono' paints the same strings at the same sizes and places as 'colour': its
+  ink (pixels under the text) is exactly where the colour image's text-vs-median-background
+  deviation is largest, every pixel is a grey between black and white, the corners are white,
+  and a bad palette names the choices."""
+  for i in range(6):
+    colour, mono = glyphs.glyph_example(i), glyphs.glyph_example(i, palette='mono')
+    np.testing.assert_array_equal(colour['label'], mono['label'])
+    img = mono['image']  # [S, S, 3] in [-1, 1]
+    np.testing.assert_array_equal(img[..., 0], img[..., 2])  # grey
+    assert img[[0, 0, -1, -1], [0, -1, 0, -1]].min() == 1.0  # white ground
+    ink = img[..., 0] < 0.0  # [S, S]: more ink than ground
+    assert ink.any() and img.min() < -0.9  # black strokes (antialiased edges are grey)
+    luma = colour['image'] @ glyphs._LUMA.astype(np.float32)
+    dev = np.abs(luma - np.median(luma))
+    assert dev[ink].mean() > 2 * dev[~ink].mean(), i  # the same text in the same place
+  with pytest.raises(ValueError, match=r"palette='grey'; use one of \('colour', 'mono'\)"):
+    glyphs.glyph_example(0, palette='grey')
+  with pytest.raises(ValueError, match=r"data.palette='bw'"):
+    image_data.describe(make_cfg(palette='bw'))
+  assert image_data.describe(make_cfg(palette='mono')).endswith(', black on white, unbounded')
+
+
 def test_labels_round_trip():
   for i in range(20):
     label = glyphs.glyph_example(i)['label']

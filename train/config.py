@@ -77,6 +77,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.max_chars = 3  # glyph string length bound = label slots of every image source
   c.data.jitter = 1.0  # glyph size/position spread in [0, 1]: 1 = full, 0 = large and centred
   c.data.stroke = 0.0  # glyph letter thickening, a fraction of the font size: 0 regular, 0.06 bold
+  c.data.palette = 'colour'  # glyph colours: 'colour' (random ink and ground) | 'mono' (black on white)
   c.data.image_width = 0  # image width W (data.image_size is the height H); 0 = square (W = H)
   c.data.prompts = False  # glyphs: the prompt set (strings of 1..max_chars <= 8, hash-split into
   #                          seen (train) and held-out (eval) strings); False = the label set
