@@ -61,7 +61,7 @@ TOKENIZER_FIELDS = ('scales', 'codebook_size', 'latent_dim')
 #          downsampling tokenizer (8x16 latent grid; VAR scales 1x2, 2x4, 4x8, 8x16; DiT /
 #          Transfusion 4x4 patches on the same grid), 1000 steps: its reconstructions read
 #          97.7% (multi-scale) and 100% (single scale) of real held-out strings (12 min each).
-#          d=128 x 4 layers, 1500 steps x 64 (~15-20 min a model alone). The judge (the
+#          d=128 x 4 layers, 1500 steps x 64 (16 min for DiT or raster AR alone). The judge (the
 #          8-character reader, its default 2000 steps: evaluators.images.load_judge) is trained
 #          first and must read `judge_bar` of the real held-out strings; the tokenizers' must read
 #          `tokenizer_bar` (check_tokenizers) before any token model trains. Probes that set it
