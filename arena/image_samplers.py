@@ -15,17 +15,19 @@ Settings per paradigm (`settings`):
   hybrid           HART: the K transformer passes plus the residual head's solver over each
                    head step count (NFE counts the K transformer passes; the head is an MLP,
                    its passes are reported as head_steps).
+  Token paradigms also sweep top-k (0 = the full distribution, 1 = greedy), and every setting
+  may carry its own guidance weight `cfg` (a sweep); a setting without one takes measure's.
 Quality pass (`quality_pass`): for every setting, `num` class-conditional images for the labels
 of `num` held-out glyphs (the first contestant's data fixes labels and reference images), the
-same rng for all, guidance weight `cfg` (1 = off; a guided call runs a 2 x num batch), scored by
-the glyph judge (evaluators/glyph_judge.py):
+same rng for all, the setting's guidance weight (1 = off; a guided call runs a 2 x num batch),
+scored by the glyph judge (evaluators/glyph_judge.py):
   fd             Frechet distance of the judge's features, samples vs the held-out images (with a
                  few hundred images FD is biased upwards: compare rows of one run only);
   accuracy       exact-string recognition rate; char_accuracy the per-character rate;
   by_length      both rates split by string length n = 1 .. max_chars (`match_rates_by_length`).
-Timing pass (`timing_pass`): `repeats` rounds over all settings after the untimed (compiling)
-quality call, in alternating order so machine noise falls on all of them; images_per_s is num /
-the median seconds of a call.
+Timing pass (`timing_pass`): `repeats` rounds over all settings (or those `timed` picks) after
+the untimed (compiling) quality call, in alternating order so machine noise falls on all of
+them; images_per_s is num / the median seconds of a call.
 """
 from __future__ import annotations
 
