@@ -216,13 +216,18 @@ def reference_rows(vq_runs: dict, judge, ref: dict, num: int) -> tuple[list[dict
   return rows, grids
 
 
+_RECONSTRUCTORS = {}  # id(run) -> (run, its compiled reconstruction); the run is kept alive
+
+
 def reconstructor(run):
-  """A tokenizer run's discrete reconstruction decode(f_hat), one compiled function:
-  images [B, H, W, C] -> np.ndarray of the same shape."""
+  """A tokenizer run's discrete reconstruction decode(f_hat), one compiled function per run
+  (check_tokenizers and reference_rows share it): images [B, H, W, C] -> np.ndarray."""
   import jax
   from paradigms import vqvae
-  fn = jax.jit(lambda p, x: vqvae.reconstruct(run.model, p, x)[1])
-  return lambda x: np.asarray(fn(run.params, x))
+  if id(run) not in _RECONSTRUCTORS:
+    fn = jax.jit(lambda p, x, m=run.model: vqvae.reconstruct(m, p, x)[1])
+    _RECONSTRUCTORS[id(run)] = (run, lambda x: np.asarray(fn(run.params, x)))
+  return _RECONSTRUCTORS[id(run)][1]
 
 
 def timed_rows(rows: list[dict]) -> list[int]:
