@@ -259,3 +259,32 @@ def test_the_race_times_each_models_pick_and_its_few_step_setting():
           row('ar', 128, 1.5, 0.4, top_k=1), row('hart', 4, 3.0, 0.3, top_k=0, head_steps=8),
           row('hart', 4, 3.0, 0.1, top_k=0, head_steps=2)]
   assert sorted(set(timed_rows(rows))) == [0, 1, 5, 6, 7]
+
+
+def test_the_image_verdict_and_picks_follow_multi_character_strings():
+  """Held-out single characters are a few prompts drawn again and again, so the AR-vs-diffusion
+  verdict and each model's pick follow strings of 2+ characters: here AR reads more characters
+  (it gets the repeated single characters) but far fewer 2-character strings, and the verdict
+  is 'against' the seed's claim; the pick is the setting with more 2-character strings."""
+  from arena import images_report as rep
+  from arena.images import legibility_pick
+  cell = lambda a1, a2: {1: {'accuracy': a1, 'count': 100}, 2: {'accuracy': a2, 'count': 100}}
+  row = lambda name, paradigm, a1, a2, **o: dict(
+      **{'name': name, 'paradigm': paradigm, 'nfe': 4, 'cfg': 1.5, 'top_k': 1,
+         'by_length': cell(a1, a2), 'accuracy': (a1 + a2) / 2,
+         'char_accuracy': (a1 + 2 * a2) / 3, **o})
+  picks = {'raster_ar': row('raster_ar', 'raster_ar', 1.0, 0.2),
+           'var': row('var', 'next_scale', 0.5, 0.1),
+           'maskgit': row('maskgit', 'maskgit', 0.0, 0.6, steps=4),
+           'dit': row('dit', 'image_diffusion', 0.0, 0.0, sampler='euler', steps=4),
+           'transfusion': row('transfusion', 'transfusion', 0.0, 0.0, sampler='euler', steps=4),
+           'hart': row('hart', 'hybrid', 0.0, 0.1, head_steps=2)}
+  assert picks['raster_ar']['char_accuracy'] > picks['maskgit']['char_accuracy']
+  assert rep.multi(picks['maskgit']) == (0.6, 100)
+  refs = [{'name': 'real', 'accuracy': 1.0}]
+  text = rep.findings(list(picks.values()), picks, {}, [], refs)
+  assert 'best diffusion model (MaskGIT' in text and 'against the seed' in text, text
+  close = dict(picks, maskgit=row('maskgit', 'maskgit', 0.0, 0.25, steps=4))
+  assert 'no evidence for or against' in rep.findings([], close, {}, [], refs)
+  rows = [row('ar', 'raster_ar', 1.0, 0.2), row('ar', 'raster_ar', 0.0, 0.3, top_k=0)]
+  assert legibility_pick(rows, 'ar') is rows[1]
