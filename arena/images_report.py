@@ -38,10 +38,16 @@ def by_length(row: dict) -> dict:
           **{str(n): v for n, v in row['by_length'].items()}}
 
 
+def pooled(row: dict, keep) -> tuple[float, int]:
+  """(exact rate, count) over a row's strings whose length n has keep(n); (-1, 0) when none."""
+  cells = [b for k, b in row.get('by_length', {}).items() if keep(int(k)) and b.get('count')]
+  n = sum(int(b['count']) for b in cells)
+  return (sum(num(b['accuracy']) * int(b['count']) for b in cells) / n, n) if n else (-1.0, 0)
+
+
 def two(row: dict) -> tuple[float, int]:
   """(exact rate, count) of 2-character strings in a row."""
-  b = row['by_length'].get(2, row['by_length'].get('2', {}))
-  return num(b.get('accuracy')), int(b.get('count', 0))
+  return pooled(row, lambda n: n == 2)
 
 
 def differ(a: tuple, b: tuple) -> str:
@@ -63,11 +69,7 @@ def multi(row: dict) -> tuple[float, int]:
   alphabet at 0.2), so length 1 is a handful of prompts drawn again and again (identical
   samples under greedy decoding): a test on them, or on characters that they dominate, counts
   one prompt many times. Strings of 2+ characters are ~0.2 |A|^n distinct prompts."""
-  cells = [b for k, b in row.get('by_length', {}).items() if int(k) >= 2 and b.get('count')]
-  n = sum(int(b['count']) for b in cells)
-  if not n:
-    return -1.0, 0
-  return sum(num(b['accuracy']) * int(b['count']) for b in cells) / n, n
+  return pooled(row, lambda n: n >= 2)
 
 
 def draw(out, rows, refs, picks, result, vq_grids, grid: int) -> dict:
@@ -192,14 +194,15 @@ def findings(rows, picks, seen, reading, refs) -> str:
   best = lambda fam: max((picks[k] for k in MODELS if FAMILY[k] == fam),
                          key=lambda r: (multi(r)[0], num(r['char_accuracy'])))
   ar, dif = best('AR'), best('diffusion')
-  verdict = differ(multi(ar), multi(dif))
+  (p_ar, n_ar), (p_dif, n_dif) = multi(ar), multi(dif)
+  verdict = differ((p_ar, n_ar), (p_dif, n_dif))
   answer = {'for': 'for', 'against': 'against', 'no evidence': 'no evidence for or against'}
-  rate = lambda r: fmt_pct(multi(r)[0] if multi(r)[1] else None)
   out.append(
       f'AR vs diffusion at text in images: the best AR model ({LABELS[ar["name"]]}, '
-      f'{bench.describe(ar)}) reads {rate(ar)} of held-out strings of 2+ characters '
-      f'(n={multi(ar)[1]}; {fmt_pct(ar["char_accuracy"])} of all characters); the best '
-      f'diffusion model ({LABELS[dif["name"]]}, {bench.describe(dif)}) {rate(dif)} '
+      f'{bench.describe(ar)}) reads {fmt_pct(p_ar if n_ar else None)} of held-out strings of '
+      f'2+ characters (n={n_ar}; {fmt_pct(ar["char_accuracy"])} of all characters); the best '
+      f'diffusion model ({LABELS[dif["name"]]}, {bench.describe(dif)}) '
+      f'{fmt_pct(p_dif if n_dif else None)} '
       f'({fmt_pct(dif["char_accuracy"])}): {answer[verdict]} the seed\'s claim at this scale '
       '(a two-proportion test on strings of 2+ characters at 2 standard errors; held-out '
       'single characters are a few prompts repeated, so they are left out of the test).')

@@ -269,10 +269,10 @@ def test_the_image_verdict_and_picks_follow_multi_character_strings():
   from arena import images_report as rep
   from arena.images import legibility_pick
   cell = lambda a1, a2: {1: {'accuracy': a1, 'count': 100}, 2: {'accuracy': a2, 'count': 100}}
-  row = lambda name, paradigm, a1, a2, **o: dict(
-      **{'name': name, 'paradigm': paradigm, 'nfe': 4, 'cfg': 1.5, 'top_k': 1,
-         'by_length': cell(a1, a2), 'accuracy': (a1 + a2) / 2,
-         'char_accuracy': (a1 + 2 * a2) / 3, **o})
+  row = lambda name, paradigm, a1, a2, **o: {
+      'name': name, 'paradigm': paradigm, 'nfe': 4, 'cfg': 1.5, 'top_k': 1,
+      'by_length': cell(a1, a2), 'accuracy': (a1 + a2) / 2, 'char_accuracy': (a1 + 2 * a2) / 3,
+      **o}
   picks = {'raster_ar': row('raster_ar', 'raster_ar', 1.0, 0.2),
            'var': row('var', 'next_scale', 0.5, 0.1),
            'maskgit': row('maskgit', 'maskgit', 0.0, 0.6, steps=4),
