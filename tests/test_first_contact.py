@@ -273,3 +273,21 @@ def test_a_misspelt_key_names_its_full_path_and_the_fix(config, tmp_path, capsys
   err = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
   assert exit_.value.code == 2 and len(err) == 1, err
   assert '--config.train.stpes' in err[0] and 'did you mean --config.train.steps' in err[0]
+
+
+@pytest.mark.parametrize('stop, line', [
+    (KeyboardInterrupt('var stopped before step 3000; rerun to resume'),
+     'stopped: var stopped before step 3000; rerun to resume'),
+    (KeyboardInterrupt(), 'stopped')])
+def test_an_interrupted_command_ends_in_one_line_with_status_130(stop, line, capsys):
+  """A stopped arena race (a model's checkpoint saved, the rest to come) or a bare Ctrl-C: one
+  line on stderr, no traceback, and the shell's status for an interrupt."""
+  from train.cli import run_main
+
+  def main(argv):
+    raise stop
+
+  with pytest.raises((SystemExit, KeyboardInterrupt)) as exit_:  # an escaped one would end pytest
+    run_main(main, [])
+  err = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
+  assert isinstance(exit_.value, SystemExit) and exit_.value.code == 130 and err == [line]

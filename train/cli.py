@@ -68,9 +68,13 @@ def message(err: BaseException) -> str:
 
 
 def run_main(main, argv=None) -> None:
-  """`main(argv)`, with user errors printed as one line and exit status 2."""
+  """`main(argv)`, with user errors printed as one line and exit status 2, and an interruption
+  (e.g. the arena's "rerun to resume") as one line and exit status 130."""
   try:
     main(argv)
+  except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM (a training run has saved its checkpoint)
+    print(f'stopped: {message(err)}' if str(err) else 'stopped', file=sys.stderr)
+    sys.exit(130)
   except Exception as err:  # noqa: BLE001 - sorted into user errors and the rest below
     if not is_ours(err):
       raise
