@@ -187,7 +187,7 @@ def reading_rows(readers: dict, config, num: int, seed: int) -> list[dict]:
   rows {'name', 'split', 'accuracy', 'char_accuracy', 'by_length'}."""
   import jax
   import jax.numpy as jnp
-  from evaluators.glyph_judge import match_rates, match_rates_by_length
+  from evaluators.glyph_scores import match_rates, match_rates_by_length
   from pipelines.images import eval_batches
   from sample import transfusion as tfs
   rows = []
@@ -260,7 +260,7 @@ def check_judge(config, m: dict, log):
   """Train (or load the cached) glyph judge and refuse to race when it reads fewer than
   `m['judge_bar']` of the race's real held-out strings (the report's second held-out set):
   its legibility and FD would mean nothing."""
-  from evaluators.glyph_judge import match_rates
+  from evaluators.glyph_scores import match_rates
   from pipelines.images import eval_batches
   judge = bench.load_judge(config, m['judge_steps'])
   real = eval_batches(config.data, batch_size=m['num'], num_batches=2)[1]
@@ -277,7 +277,7 @@ def check_tokenizers(vq_runs: dict, judge, config, m: dict, log) -> None:
   """Refuse to train the token models on a tokenizer whose reconstructions of the race's real
   held-out strings are legible for fewer than `m['tokenizer_bar']`: no VAR, HART, raster AR or
   MaskGIT can draw text its decoder cannot (the race of 2026-12-06 lost hours to that cap)."""
-  from evaluators.glyph_judge import match_rates
+  from evaluators.glyph_scores import match_rates
   from pipelines.images import eval_batches
   real = eval_batches(config.data, batch_size=m['num'], num_batches=2)[1]
   for name, run in vq_runs.items():

@@ -50,6 +50,12 @@ def two(row: dict) -> tuple[float, int]:
   return pooled(row, lambda n: n == 2)
 
 
+def two_pct(row: dict) -> float | None:
+  """The 2-character exact rate in percent; None when the row has no 2-character string."""
+  rate, count = two(row)
+  return pct(rate) if count else None
+
+
 def differ(a: tuple, b: tuple) -> str:
   """'for' / 'against' / 'no evidence': a two-proportion z test at 2 standard errors of rates
   (p, n)."""
@@ -126,7 +132,7 @@ def markdown(budget, spec, rows, refs, picks, seen, reading, runs, plots, result
                  'b1': r.get(f'images_per_s_b{timing[0]}'),
                  'bN': r.get(f'images_per_s_b{timing[-1]}'), 'fd': r['fd'],
                  'acc': pct(r['accuracy']), 'chars': pct(r['char_accuracy']),
-                 'two': pct(two(r)[0] if two(r)[0] >= 0 else None)} for r in rows]
+                 'two': two_pct(r)} for r in rows]
   speed = report.table(speed_rows, [
       ('model', 'model'), ('setting', 'setting'), ('nfe', 'NFE'),
       ('b1', f'images/s @b{timing[0]}', '.3g'), ('bN', f'images/s @b{timing[-1]}', '.3g'),

@@ -39,7 +39,8 @@ import grain
 import numpy as np
 from PIL import Image
 
-from pipelines.text import is_held_out, random_stream
+from pipelines.streams import random_stream
+from pipelines.text import is_held_out
 from pipelines.glyphs import (DEFAULT_ALPHABET, DEFAULT_HELDOUT_STRINGS, check_alphabet,
                               check_palette, check_prompts, check_size, check_stroke,
                               render_glyph, to_float, to_gray)

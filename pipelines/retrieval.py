@@ -166,8 +166,8 @@ def open_pairs(cfg):
   """The 'retrieval' source: (query, file) pairs of training files for contrastive training
   and of held-out files for evaluation (module doc; queries of data.query_len bytes, documents
   the data.seq_len-byte chunk of the file holding the query: `pairs`). Returns pipelines.sources.Data."""
-  from pipelines import text
   from pipelines.sources import Data
+  from pipelines.streams import random_stream
   frac = cfg.get('holdout_fraction', 0.05)
   limit, qlen = cfg.seq_len, cfg.query_len
   train = pairs(code_retrieval(files(frac, False), passage_len=qlen, seed=cfg.get('seed', 0)),
@@ -179,8 +179,8 @@ def open_pairs(cfg):
     if batch_size > len(train['query']):
       raise ValueError(f'data.batch_size={batch_size} is more than the {len(train["query"])} '
                        'training pairs; lower it')
-    return text.random_stream(_RandomPair(train), batch_size=batch_size, seed=seed,
-                              process_index=process_index, process_count=process_count)
+    return random_stream(_RandomPair(train), batch_size=batch_size, seed=seed,
+                         process_index=process_index, process_count=process_count)
 
   def eval_batches(*, batch_size, num_batches=0):
     n = len(held['query']) // batch_size

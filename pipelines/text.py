@@ -41,11 +41,12 @@ from typing import Any, Callable, Sequence
 import grain
 import numpy as np
 
+from pipelines.streams import random_stream
+
 _CACHE_FORMAT = 2  # bump when the cached layout or the document encoding changes
 _EXCLUDED_DIRS = ('site-packages', 'dist-packages')
 _HOLDOUT_BUCKETS = 10_000
 _CONTROL = np.isin(np.arange(256), [*range(0, 9), *range(14, 27), *range(28, 32)])  # not \t\n\v\f\r, ESC
-_NUM_ELEMENTS = 2**40  # length of the random-window stream: infinite for any real run
 
 
 class ByteTokenizer:
@@ -460,27 +461,6 @@ def train_dataset(tokens: np.ndarray, *, seq_len: int, batch_size: int, seed: in
                      f'{len(tokens)} training tokens; lower data.seq_len or add data.')
   return random_stream(_RandomWindow(tokens, seq_len), batch_size=batch_size, seed=seed,
                        process_index=process_index, process_count=process_count)
-
-
-def random_stream(element: Callable[[int, np.random.Generator], dict], *, batch_size: int,
-                  seed: int, process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
-  """The training stream of every source: element ``i`` is ``element(i, rng)`` with ``rng``
-  seeded by ``(seed, i)`` only; process ``p`` of ``P`` keeps the ``i`` with ``i % P == p``;
-  batches of ``batch_size // process_count`` (see ``train_dataset``). Resumable and sharded."""
-  if batch_size < 1:
-    raise ValueError(f'batch_size={batch_size} must be >= 1.')
-  if batch_size % process_count:
-    raise ValueError(f'batch_size={batch_size} is not divisible by process_count='
-                     f'{process_count}; make the global batch size a multiple of it.')
-  if not 0 <= process_index < process_count:
-    raise ValueError(f'process_index={process_index} not in [0, process_count={process_count}).')
-  if not 0 <= seed < 2**32:
-    raise ValueError(f'seed={seed} must be in [0, 2**32).')
-  ds = grain.MapDataset.range(_NUM_ELEMENTS).seed(seed)
-  ds = ds.random_map(element)
-  ds = ds[process_index::process_count]
-  ds = ds.batch(batch_size // process_count, drop_remainder=True)
-  return ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=4))
 
 
 def eval_batches(tokens: np.ndarray, *, seq_len: int, batch_size: int,

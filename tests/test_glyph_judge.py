@@ -1,10 +1,11 @@
-"""Tests for evaluators/glyph_judge.py: Fréchet distance oracles, accuracy counting, the cache."""
+"""Tests for evaluators/glyph_judge.py and glyph_scores.py: Fréchet distance oracles, accuracy
+counting, the cache."""
 import jax
 import ml_collections
 import numpy as np
 import pytest
 
-from evaluators import glyph_judge
+from evaluators import glyph_judge, glyph_scores
 from pipelines import glyphs, images as image_data
 
 ALPHABET = '0AB'
@@ -25,7 +26,7 @@ def test_frechet_distance_matches_the_diagonal_closed_form():
   a = exact_gaussian_samples(rng, mu1, var1, 500)
   b = exact_gaussian_samples(rng, mu2, var2, 300)
   closed = ((mu1 - mu2)**2).sum() + ((np.sqrt(var1) - np.sqrt(var2))**2).sum()
-  assert glyph_judge.frechet_distance(a, b) == pytest.approx(closed, rel=1e-9, abs=1e-9)
+  assert glyph_scores.frechet_distance(a, b) == pytest.approx(closed, rel=1e-9, abs=1e-9)
 
 
 def test_frechet_distance_general_covariance_symmetry_and_zero():
@@ -37,12 +38,12 @@ def test_frechet_distance_general_covariance_symmetry_and_zero():
   eig = np.linalg.eigvals(s_a @ s_b)
   expected = (((a.mean(0) - b.mean(0))**2).sum() + np.trace(s_a) + np.trace(s_b)
               - 2 * np.sqrt(eig.real.clip(0)).sum())
-  fd = glyph_judge.frechet_distance(a, b)
+  fd = glyph_scores.frechet_distance(a, b)
   assert fd == pytest.approx(expected, rel=1e-8)
-  assert fd == pytest.approx(glyph_judge.frechet_distance(b, a), rel=1e-9)
-  assert abs(glyph_judge.frechet_distance(a, a)) < 1e-6
+  assert fd == pytest.approx(glyph_scores.frechet_distance(b, a), rel=1e-9)
+  assert abs(glyph_scores.frechet_distance(a, a)) < 1e-6
   with pytest.raises(ValueError, match='same F'):
-    glyph_judge.frechet_distance(a, b[:, :4])
+    glyph_scores.frechet_distance(a, b[:, :4])
 
 
 def random_judge(image_size=16, max_chars=2):
@@ -72,7 +73,7 @@ def test_accuracy_counts_exact_strings_and_characters(monkeypatch):
   # Row 4 is unconditional (all null): skipped. Exact: rows 0, 3 of 4. Chars: 5 of 6 slots.
   assert judge.accuracy(images, labels) == pytest.approx(2 / 4)
   assert judge.char_accuracy(images, labels) == pytest.approx(5 / 6)
-  assert glyph_judge.match_rates(labels, labels) == (1.0, 1.0)
+  assert glyph_scores.match_rates(labels, labels) == (1.0, 1.0)
 
 
 def test_match_rates_by_length_splits_by_non_blank_slots():
@@ -84,7 +85,7 @@ def test_match_rates_by_length_splits_by_non_blank_slots():
                    [1, 2, 0], [3, 2, 0],
                    [1, 2, 3], [3, 1, 3], [1, 2, 3],
                    [1, 1, 1]], np.int32)
-  by = glyph_judge.match_rates_by_length(pred, labels)
+  by = glyph_scores.match_rates_by_length(pred, labels)
   assert sorted(by) == [1, 2, 3]
   rates = lambda n: (by[n]['count'], by[n]['accuracy'], by[n]['char_accuracy'])
   # Length 1: rows 0, 1 exact (row 3 has an extra character); slots 3 of 4.
@@ -94,14 +95,14 @@ def test_match_rates_by_length_splits_by_non_blank_slots():
   # Length 3: row 6 exact; slots 3 + 2 + 0 of 9.
   assert rates(3) == (3, pytest.approx(1 / 3), pytest.approx(5 / 9))
   # The split agrees with the pooled rates: weighted by rows (exact) and by slots (chars).
-  exact, per_char = glyph_judge.match_rates(pred, labels)
+  exact, per_char = glyph_scores.match_rates(pred, labels)
   assert exact == pytest.approx(sum(by[n]['count'] * by[n]['accuracy'] for n in by) / 9)
   chars = sum(n * by[n]['count'] * by[n]['char_accuracy'] for n in by)
   assert per_char == pytest.approx(chars / 17)
-  empty = glyph_judge.match_rates_by_length(pred[:4, :2], labels[:4, :2])
+  empty = glyph_scores.match_rates_by_length(pred[:4, :2], labels[:4, :2])
   assert empty[2]['count'] == 0 and np.isnan(empty[2]['accuracy'])
   with pytest.raises(ValueError, match='per-slot label row'):
-    glyph_judge.match_rates_by_length(pred[:, :2], labels)
+    glyph_scores.match_rates_by_length(pred[:, :2], labels)
 
 
 def test_glyph_metrics_keys_and_identical_sets():
@@ -113,7 +114,7 @@ def test_glyph_metrics_keys_and_identical_sets():
   assert set(metrics) == {'fd', 'accuracy', 'char_accuracy', 'by_length'}
   assert abs(metrics['fd']) < 1e-6 and 0 <= metrics['accuracy'] <= 1
   pred = judge.predict(batch['image'])  # the one pass's readings split by length
-  assert metrics['by_length'] == glyph_judge.match_rates_by_length(pred, batch['label'])
+  assert metrics['by_length'] == glyph_scores.match_rates_by_length(pred, batch['label'])
   assert np.isnan(glyph_judge.glyph_metrics(judge, batch['image'], None,
                                             batch['image'])['accuracy'])
 

@@ -9,7 +9,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from evaluators import glyph_judge
+from evaluators import glyph_judge, glyph_scores
 from pipelines import glyphs, images as image_data
 
 PROMPTS = dict(image_size=32, image_width=64, max_chars=8, prompts=True)
@@ -169,7 +169,7 @@ def test_match_rates_by_split_on_a_hand_made_case():
   pred = labels.copy()
   pred[1, 1] = 1  # '42' -> '40': held-out, length 2, 1 of 2 characters right
   pred[3, 4] = 0  # 'HEDGE' -> 'HEDG': seen, length 5, 4 of 5 characters right
-  by = glyph_judge.match_rates_by_split(pred, labels, alphabet)
+  by = glyph_scores.match_rates_by_split(pred, labels, alphabet)
   held, seen = by['held-out'], by['seen']
   assert (held['count'], seen['count']) == (3, 2)
   assert held['accuracy'] == pytest.approx(2 / 3)
