@@ -463,4 +463,5 @@ def main(argv=None) -> None:
 
 
 if __name__ == '__main__':
-  main()
+  from train.cli import run_main  # the entry point: a user's mistake is one line (layer 5)
+  run_main(main)

@@ -212,6 +212,13 @@ def test_dit_num_zero_names_the_flag(tmp_path):
   _one_line_error(proc, '--num')
 
 
+def test_the_judge_cli_reports_a_bad_flag_in_one_line(tmp_path):
+  proc = run_python(['-m', 'evaluators.glyph_judge', '--max_chars', '0', '--cache_dir',
+                     str(tmp_path)], check=False, timeout=120)
+  _one_line_error(proc, 'max_chars=0')
+  assert not any(tmp_path.iterdir())  # nothing trained or cached
+
+
 # --- 7. unwritable places fail at once, and a failing save keeps the previous checkpoint ---------
 
 def test_an_unwritable_workdir_fails_before_training(tmp_path):

@@ -12,7 +12,10 @@
       sample/__main__.py
 
 tests/ is not checked. Imports are read with `ast` (nothing is executed); imports inside functions
-count too, and relative imports are resolved against the importing module's package.
+count too, and relative imports are resolved against the importing module's package. The body of a
+module-level `if __name__ == '__main__':` block is an entry point (layer 5): it runs only as
+`python -m <module>`, never on import, so it adds no dependency to the module's importers (e.g.
+`python -m evaluators.glyph_judge` reports a user's mistake through train.cli.run_main).
 """
 import ast
 import json
@@ -64,6 +67,15 @@ def imported_modules(node: ast.AST, package: str) -> list[str]:
   return [base] + [f'{base}.{a.name}' for a in node.names if a.name != '*']
 
 
+def is_main_guard(node: ast.stmt) -> bool:
+  """Whether a module-level statement is `if __name__ == '__main__':`."""
+  test = getattr(node, 'test', None)
+  return (isinstance(node, ast.If) and isinstance(test, ast.Compare)
+          and isinstance(test.left, ast.Name) and test.left.id == '__name__'
+          and len(test.comparators) == 1 and isinstance(test.comparators[0], ast.Constant)
+          and test.comparators[0].value == '__main__')
+
+
 def upward_imports(path: Path, source: str, root: Path) -> list[str]:
   """One message per import in `source` (the module at `path` under `root`) that breaks the
   layer rule."""
@@ -74,8 +86,10 @@ def upward_imports(path: Path, source: str, root: Path) -> list[str]:
     return []
   package = name if rel.name == '__init__.py' else name.rpartition('.')[0]
   out = []
-  nodes = [n for n in ast.walk(ast.parse(source, filename=str(path)))
-           if isinstance(n, (ast.Import, ast.ImportFrom))]
+  tree = ast.parse(source, filename=str(path))
+  script = {id(n) for block in tree.body if is_main_guard(block) for n in ast.walk(block)}
+  nodes = [n for n in ast.walk(tree)
+           if isinstance(n, (ast.Import, ast.ImportFrom)) and id(n) not in script]
   for node in sorted(nodes, key=lambda n: (n.lineno, n.col_offset)):
     text = ' '.join((ast.get_source_segment(source, node) or ast.unparse(node)).split())
     where = f'{rel.as_posix()}:{node.lineno}: {text!r}'
@@ -128,6 +142,8 @@ def test_checker_catches_an_upward_import(tmp_path):
       'paradigms/v.py': 'from PIL import Image\n',
       'sample/s.py': 'from sample import __main__\n',
       'evaluators/e.py': 'import sample.__main__ as m\n',
+      'evaluators/g.py': ('def main():\n  from train.cli import run_main\n\n\n'
+                          "if __name__ == '__main__':\n  main()\n"),
   }
   for rel, source in flagged.items():
     assert len(check(rel, source)) == 1, (rel, check(rel, source))
@@ -151,6 +167,8 @@ def test_checker_catches_an_upward_import(tmp_path):
       'paradigms/nn/d.py': 'from .. import hybrid\nfrom ..nn.layers import rope\n',
       'train/t.py': 'from evaluators import glyph_judge\nfrom sample import hybrid\nimport grain\n',
       'arena/u.py': 'from train.trainer import train\nfrom .runs import x\n',
+      'evaluators/m.py': ("def main():\n  pass\n\n\nif __name__ == '__main__':\n"
+                          '  from train.cli import run_main\n  run_main(main)\n'),
   }
   for rel, source in allowed.items():
     assert check(rel, source) == [], (rel, check(rel, source))
