@@ -57,8 +57,8 @@ import numpy as np
 import optax
 import PIL
 
-from pipelines.text import cache_root
 from evaluators.glyph_scores import frechet_distance, match_rates, match_rates_by_length
+from pipelines.text import cache_root
 from pipelines.glyphs import (DEFAULT_ALPHABET, DEFAULT_HELDOUT_STRINGS, GLYPH_VERSION,
                               check_alphabet, glyph_example, render_glyph, to_float)
 

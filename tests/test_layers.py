@@ -72,7 +72,8 @@ def is_main_guard(node: ast.stmt) -> bool:
   test = getattr(node, 'test', None)
   return (isinstance(node, ast.If) and isinstance(test, ast.Compare)
           and isinstance(test.left, ast.Name) and test.left.id == '__name__'
-          and len(test.comparators) == 1 and isinstance(test.comparators[0], ast.Constant)
+          and len(test.comparators) == 1 and isinstance(test.ops[0], ast.Eq)
+          and isinstance(test.comparators[0], ast.Constant)
           and test.comparators[0].value == '__main__')
 
 
@@ -144,6 +145,7 @@ def test_checker_catches_an_upward_import(tmp_path):
       'evaluators/e.py': 'import sample.__main__ as m\n',
       'evaluators/g.py': ('def main():\n  from train.cli import run_main\n\n\n'
                           "if __name__ == '__main__':\n  main()\n"),
+      'evaluators/h.py': "if __name__ != '__main__':\n  from train.cli import run_main\n",
   }
   for rel, source in flagged.items():
     assert len(check(rel, source)) == 1, (rel, check(rel, source))
